@@ -1,0 +1,117 @@
+"""Grid patch sampling over mirror-padded tiles (method 1's training patches).
+
+Where to cut is decided here from shapes alone; reading happens in
+:func:`service.geoio.read_window`, which mirror pads whatever runs off the tile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import rasterio
+import torch
+from torch.utils.data import Dataset
+
+from service.geoio import read_window
+
+from .inria import Tile
+
+# Method 1: pad every tile by 92 px (the U-Net's valid-convolution margin), cut
+# 572-px patches on a grid whose neighbours overlap by 92 px.
+AMLL_PAD = 92
+AMLL_PATCH = 572
+AMLL_OVERLAP = 92
+
+
+def grid_offsets(length: int, patch: int, overlap: int) -> list[int]:
+    """Start positions of ``patch``-long windows covering ``[0, length)``.
+
+    Neighbours start ``patch - overlap`` apart; the last window is moved back to end
+    exactly at ``length`` so nothing is left uncovered (it overlaps its neighbour
+    more than ``overlap``). The count is ``ceil((length - patch) / stride) + 1``.
+    A ``length`` shorter than ``patch`` gets a single window at 0, which runs off
+    the end and is mirror padded when read.
+    """
+    if patch <= 0:
+        raise ValueError(f"patch size must be positive, got {patch}")
+    if not 0 <= overlap < patch:
+        raise ValueError(f"overlap must be in [0, patch), got {overlap} for patch {patch}")
+    if length <= patch:
+        return [0]
+    stride = patch - overlap
+    offsets = list(range(0, length - patch, stride))
+    offsets.append(length - patch)
+    return offsets
+
+
+@dataclass(frozen=True)
+class PatchGrid:
+    """A grid of square patches over a tile padded by ``pad`` pixels on every side."""
+
+    patch: int = AMLL_PATCH
+    overlap: int = AMLL_OVERLAP
+    pad: int = AMLL_PAD
+
+    def windows(self, height: int, width: int) -> list[tuple[int, int]]:
+        """Top-left ``(row, col)`` of each patch, in tile pixels (negative = padding)."""
+        rows = grid_offsets(height + 2 * self.pad, self.patch, self.overlap)
+        cols = grid_offsets(width + 2 * self.pad, self.patch, self.overlap)
+        return [(r - self.pad, c - self.pad) for r in rows for c in cols]
+
+
+class GridPatchDataset(Dataset):
+    """All grid patches of a set of tiles, pooled: item ``i`` is one (tile, window).
+
+    Returns ``{"image": uint8 (3, P, P), "mask": uint8 (P, P) of 0/1}`` for the input
+    window; ``transform`` (augmentation, normalisation) is applied to that dict.
+    Files are opened lazily per process so the dataset is safe in DataLoader workers.
+    """
+
+    def __init__(
+        self,
+        tiles: Sequence[Tile],
+        grid: PatchGrid = PatchGrid(),
+        transform: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+    ) -> None:
+        missing = [t.name for t in tiles if t.gt is None]
+        if missing:
+            raise ValueError(f"tiles without ground truth cannot train: {missing[:5]}")
+        self.tiles = list(tiles)
+        self.grid = grid
+        self.transform = transform
+        index = []
+        for i, t in enumerate(self.tiles):
+            with rasterio.open(t.image) as src:
+                index += [(i, r, c) for r, c in grid.windows(src.height, src.width)]
+        # One int32 row per patch: the pool for 155 Inria tiles is ~19k rows.
+        self.index = np.asarray(index, dtype=np.int32).reshape(-1, 3)
+        self._open: dict[int, tuple[rasterio.io.DatasetReader, rasterio.io.DatasetReader]] = {}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _sources(self, i: int) -> tuple[rasterio.io.DatasetReader, rasterio.io.DatasetReader]:
+        if i not in self._open:
+            t = self.tiles[i]
+            self._open[i] = (rasterio.open(t.image), rasterio.open(t.gt))
+        return self._open[i]
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        i, r, c = (int(v) for v in self.index[k])
+        img_src, gt_src = self._sources(i)
+        p = self.grid.patch
+        image = read_window(img_src, r, c, p, p, bands=[1, 2, 3])
+        mask = read_window(gt_src, r, c, p, p, bands=[1])[0]
+        sample = {
+            "image": torch.from_numpy(np.ascontiguousarray(image)),
+            "mask": torch.from_numpy((mask > 0).astype(np.uint8)),
+        }
+        return self.transform(sample) if self.transform else sample
+
+    def __getstate__(self) -> dict:
+        # Open file handles do not cross process boundaries; workers reopen.
+        state = self.__dict__.copy()
+        state["_open"] = {}
+        return state
