@@ -114,11 +114,6 @@ def geotiff_profile(
 ) -> dict[str, Any]:
     """Creation profile for a tiled, compressed GeoTIFF on the given grid."""
     profile = dict(_GTIFF_OPTIONS)
-    # A raster smaller than one block cannot be tiled at 256 px.
-    if width < 256 or height < 256:
-        profile.pop("blockxsize")
-        profile.pop("blockysize")
-        profile["tiled"] = False
     profile.update(
         width=width,
         height=height,
@@ -164,3 +159,15 @@ def write_geotiff(
 def row_strips(height: int, strip: int) -> list[tuple[int, int]]:
     """``(row_start, row_stop)`` pairs that cut ``height`` rows into strips."""
     return [(r, min(r + strip, height)) for r in range(0, height, strip)]
+
+
+def read_decimated(path: str | Path, max_side: int, bands: list[int] | None = None) -> np.ndarray:
+    """The whole raster shrunk (nearest pixel) so its longer side is at most ``max_side``.
+
+    GDAL decimates while reading, so a 5000^2 tile never sits in memory at full size.
+    """
+    with rasterio.open(path) as src:
+        scale = min(1.0, max_side / max(src.height, src.width))
+        shape = (max(1, round(src.height * scale)), max(1, round(src.width * scale)))
+        bands = bands or list(range(1, src.count + 1))
+        return src.read(bands, out_shape=(len(bands), *shape))

@@ -20,6 +20,8 @@ import numpy as np
 import rasterio
 from tqdm import tqdm
 
+from service.errors import InputError
+
 # City names are lowercase words joined by hyphens (tyrol-w), the index is 1-based.
 TILE_NAME = re.compile(r"^(?P<city>[a-z]+(?:-[a-z]+)*)(?P<index>[1-9][0-9]*)\.tif$")
 
@@ -27,7 +29,7 @@ TILE_NAME = re.compile(r"^(?P<city>[a-z]+(?:-[a-z]+)*)(?P<index>[1-9][0-9]*)\.ti
 AMLL_VALIDATION_INDICES = range(1, 6)
 
 
-class LayoutError(ValueError):
+class LayoutError(InputError):
     """A file or folder does not fit the Inria layout; the message names it."""
 
 

@@ -14,6 +14,7 @@ import rasterio
 import torch
 from torch.utils.data import Dataset
 
+from service.errors import InputError
 from service.geoio import read_window
 
 from .inria import Tile
@@ -35,9 +36,9 @@ def grid_offsets(length: int, patch: int, overlap: int) -> list[int]:
     the end and is mirror padded when read.
     """
     if patch <= 0:
-        raise ValueError(f"patch size must be positive, got {patch}")
+        raise InputError(f"patch size must be positive, got {patch}")
     if not 0 <= overlap < patch:
-        raise ValueError(f"overlap must be in [0, patch), got {overlap} for patch {patch}")
+        raise InputError(f"overlap must be in [0, patch), got {overlap} for patch {patch}")
     if length <= patch:
         return [0]
     stride = patch - overlap
@@ -77,7 +78,7 @@ class GridPatchDataset(Dataset):
     ) -> None:
         missing = [t.name for t in tiles if t.gt is None]
         if missing:
-            raise ValueError(f"tiles without ground truth cannot train: {missing[:5]}")
+            raise InputError(f"tiles without ground truth cannot train: {missing[:5]}")
         self.tiles = list(tiles)
         self.grid = grid
         self.transform = transform

@@ -18,11 +18,13 @@ import numpy as np
 from rasterio.transform import Affine, from_origin
 from tqdm import tqdm
 
+from service.errors import InputError
+
 from .render import write_tile
 from .scene import PIXEL_M, make_scene
 from .styles import CITY_STYLES, CityStyle, style
 
-__all__ = ["CITY_STYLES", "TileReport", "synthesize", "synthesize_tile", "tile_transform"]
+__all__ = ["CITY_STYLES", "TileReport", "style", "synthesize", "synthesize_tile", "tile_transform"]
 
 
 @dataclass(frozen=True)
@@ -70,9 +72,9 @@ def synthesize(
 ) -> list[TileReport]:
     """Write ``tiles_per_city`` tiles of each city (all ten by default) under ``out``."""
     if size < 64:
-        raise ValueError(f"tile size must be at least 64 px, got {size}")
+        raise InputError(f"tile size must be at least 64 px, got {size}")
     if tiles_per_city < 1:
-        raise ValueError(f"tiles per city must be at least 1, got {tiles_per_city}")
+        raise InputError(f"tiles per city must be at least 1, got {tiles_per_city}")
     styles = [style(c) for c in cities] if cities else list(CITY_STYLES)
     jobs = [(st, i) for st in styles for i in range(1, tiles_per_city + 1)]
     reports = []

@@ -28,7 +28,7 @@ _NOISE = {
     Ground.WATER: 3, Ground.TREE: 22, Ground.CAR_WHITE: 6, Ground.CAR_BLACK: 6, Ground.CAR_RED: 6,
     Ground.CAR_BLUE: 6, Ground.CAR_SILVER: 6,
 }
-ROOF_NOISE = 6
+ROOF_NOISE = 8
 _CAR_RGB = {
     Ground.CAR_WHITE: (225, 225, 225), Ground.CAR_BLACK: (30, 30, 35), Ground.CAR_RED: (170, 30, 30),
     Ground.CAR_BLUE: (35, 60, 150), Ground.CAR_SILVER: (170, 172, 178),

@@ -41,6 +41,7 @@ class Ground(IntEnum):
 CAR_CLASSES = [Ground.CAR_WHITE, Ground.CAR_BLACK, Ground.CAR_RED, Ground.CAR_BLUE, Ground.CAR_SILVER]
 _YARD = {"grass": Ground.GRASS, "dry_grass": Ground.DRY_GRASS, "soil": Ground.SOIL}
 _SHADED_ROOF = 0.78  # brightness of the sun-facing-away half of a ridge roof
+_RING = np.linspace(0, 2 * np.pi, 10, endpoint=False)  # tree shadow outline
 
 
 @dataclass
@@ -290,8 +291,13 @@ class _Builder:
                 dry = ~shapely.intersects(water, crowns)
                 crowns, trees, tree_height = crowns[dry], trees[dry], tree_height[dry]
             scene.ground += [(p, Ground.TREE) for p in crowns]
+            # A crown's shadow starts at the trunk and ends one tree height away:
+            # the hull of the crown outline at the trunk's foot and at the far end.
             offsets = tree_height[:, None] * self.shadow_dir[None]
-            scene.shadows += list(shapely.buffer(shapely.points(trees[:, :2] + offsets), trees[:, 2], quad_segs=3))
+            ring = np.stack([np.cos(_RING), np.sin(_RING)], axis=1)  # (k, 2)
+            outline = trees[:, None, :2] + trees[:, None, 2:3] * ring[None]
+            swept = np.concatenate([outline + 0.25 * offsets[:, None], outline + offsets[:, None]], axis=1)
+            scene.shadows += list(shapely.convex_hull(shapely.multipoints(swept)))
         self._add_buildings(scene, water)
         return scene
 
@@ -332,6 +338,9 @@ class _Builder:
 
         # Roof colours: id 2b+1 lit, 2b+2 the shaded half of a ridge roof.
         base = np.asarray(st.roofs, np.float64)[rng.integers(0, len(st.roofs), n)]
+        ground_like = rng.random(n) < st.ground_like_roofs
+        lookalikes = np.asarray([st.road, st.parking, st.soil], np.float64)
+        base[ground_like] = lookalikes[rng.integers(0, 3, int(ground_like.sum()))]
         # Brightness varies more than hue: a shared jitter plus a small tint.
         base = np.clip(base + rng.normal(0, 12, (n, 1)) + rng.normal(0, 4, (n, 3)), 0, 255)
         colours = np.zeros((2 * n + 1, 3))

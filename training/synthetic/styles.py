@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from service.errors import InputError
+
 RGB = tuple[int, int, int]
 
 
@@ -49,7 +51,9 @@ class CityStyle:
     water_chance: float  # chance that a tile has a lake or a river
     sun_azimuth_deg: float  # direction shadows fall towards, clockwise from image up
     shadow_per_m: float  # shadow length per metre of height (1 / tan(sun elevation))
-    cars_per_ha_parking: float = 180.0
+    # Share of roofs (tar, gravel, concrete) coloured like the city's road, parking or
+    # soil: colour alone must not give buildings away.
+    ground_like_roofs: float = 0.25
 
 
 _SHAPES_SUBURB = {"rect": 0.6, "L": 0.3, "U": 0.07, "courtyard": 0.03}
@@ -190,4 +194,4 @@ def style(name: str) -> CityStyle:
     try:
         return STYLES_BY_NAME[name]
     except KeyError:
-        raise ValueError(f"unknown synthetic city '{name}'; known: {', '.join(STYLES_BY_NAME)}") from None
+        raise InputError(f"unknown synthetic city '{name}'; known: {', '.join(STYLES_BY_NAME)}") from None

@@ -1,0 +1,8 @@
+"""Error types shared by every layer; a leaf module that imports nothing of ours."""
+
+
+class InputError(ValueError):
+    """Input the user must fix (a file, a flag, a request). The message says what and where.
+
+    The CLI prints it as one line; the gRPC layer maps it to INVALID_ARGUMENT.
+    """

@@ -1,0 +1,144 @@
+"""``footprints evaluate``: the benchmark's scoring of a folder of predicted masks.
+
+Predictions and references are flat folders of ``<city><n>.tif`` masks (0/255 or
+0/1). Every tile is read in row strips, so memory does not grow with tile size;
+IoU and accuracy are pooled per city and overall (see :mod:`training.metric`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+from tqdm import tqdm
+
+from service.errors import InputError
+from service.geoio import row_strips
+
+from .data.inria import LayoutError, parse_tile_name
+from .metric import Counts, pooled
+
+STRIP_ROWS = 512
+_BINARY_CODINGS = ({0, 1}, {0, 255})
+
+
+class EvaluationError(InputError):
+    """Input that cannot be scored; the message names the file."""
+
+
+def _check_binary(path: Path, histogram: np.ndarray) -> None:
+    values = set(np.flatnonzero(histogram).tolist())
+    if not any(values <= coding for coding in _BINARY_CODINGS):
+        shown = sorted(values)[:8]
+        raise EvaluationError(
+            f"{path}: not a binary mask; found values {shown}{'...' if len(values) > 8 else ''}, "
+            f"expected 0/255 or 0/1"
+        )
+
+
+def tile_counts(pred_path: Path, gt_path: Path) -> Counts:
+    """Confusion counts of one predicted mask against its reference, strip by strip."""
+    with rasterio.open(pred_path) as pred, rasterio.open(gt_path) as gt:
+        if (pred.height, pred.width) != (gt.height, gt.width):
+            raise EvaluationError(
+                f"{pred_path}: prediction is {pred.width}x{pred.height} but reference {gt_path} "
+                f"is {gt.width}x{gt.height}"
+            )
+        for src, path in ((pred, pred_path), (gt, gt_path)):
+            if src.count != 1 or src.dtypes[0] not in ("uint8", "int8", "uint16", "int16", "int32", "uint32"):
+                raise EvaluationError(f"{path}: expected a 1-band integer mask, got {src.count} band(s) of {src.dtypes[0]}")
+        total = Counts()
+        hist_pred = np.zeros(256, np.int64)
+        hist_gt = np.zeros(256, np.int64)
+        for r0, r1 in row_strips(gt.height, STRIP_ROWS):
+            win = Window(0, r0, gt.width, r1 - r0)
+            p, g = pred.read(1, window=win), gt.read(1, window=win)
+            for arr, hist, path in ((p, hist_pred, pred_path), (g, hist_gt, gt_path)):
+                if arr.min() < 0 or arr.max() > 255:
+                    raise EvaluationError(f"{path}: not a binary mask; values reach {arr.min()}..{arr.max()}")
+                hist += np.bincount(arr.ravel().astype(np.uint8), minlength=256)
+            total = total + Counts.from_masks(p, g)
+    _check_binary(pred_path, hist_pred)
+    _check_binary(gt_path, hist_gt)
+    return total
+
+
+def _tiles_in(folder: Path, role: str) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise EvaluationError(f"{folder}: {role} folder does not exist")
+    tiles = {}
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith("."):
+            continue
+        try:
+            parse_tile_name(p)
+        except LayoutError as e:
+            raise EvaluationError(f"{role}: {e}") from None
+        tiles[p.name] = p
+    if not tiles:
+        raise EvaluationError(f"{folder}: no {role} tiles")
+    return tiles
+
+
+@dataclass
+class Report:
+    """Counts per tile, pooled per city and overall."""
+
+    tiles: dict[str, Counts] = field(default_factory=dict)
+
+    @property
+    def cities(self) -> dict[str, Counts]:
+        by_city: dict[str, list[Counts]] = {}
+        for name, c in self.tiles.items():
+            by_city.setdefault(parse_tile_name(name)[0], []).append(c)
+        return {city: pooled(cs) for city, cs in sorted(by_city.items())}
+
+    @property
+    def overall(self) -> Counts:
+        return pooled(list(self.tiles.values()))
+
+    def as_dict(self) -> dict:
+        return {
+            "overall": self.overall.as_dict(),
+            "cities": {k: v.as_dict() for k, v in self.cities.items()},
+            "tiles": {k: v.as_dict() for k, v in sorted(self.tiles.items())},
+        }
+
+    def table(self, label: str) -> str:
+        """A Markdown table shaped like the paper's Table 2: IoU % / accuracy % per city."""
+
+        def cell(c: Counts) -> str:
+            iou = "n/a" if np.isnan(c.iou) else f"{100 * c.iou:.2f}"
+            return f"{iou} / {100 * c.accuracy:.2f}"
+
+        cities = self.cities
+        head = ["method", *cities, "Overall"]
+        row = [label, *(cell(c) for c in cities.values()), cell(self.overall)]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), "| " + " | ".join(row) + " |"]
+        return "\n".join(lines) + "\n(IoU % / accuracy %, pooled over tiles)"
+
+
+def evaluate_dirs(pred_dir: str | Path, gt_dir: str | Path, progress: bool = True) -> Report:
+    """Score every reference tile in ``gt_dir`` against the same-named file in ``pred_dir``."""
+    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    gts = _tiles_in(gt_dir, "reference")
+    preds = _tiles_in(pred_dir, "prediction")
+    missing = sorted(set(gts) - set(preds))
+    if missing:
+        raise EvaluationError(f"{pred_dir / missing[0]}: prediction missing for reference tile {gt_dir / missing[0]}")
+    extra = sorted(set(preds) - set(gts))
+    if extra:
+        raise EvaluationError(f"{pred_dir / extra[0]}: prediction has no reference tile in {gt_dir}")
+    report = Report()
+    for name in tqdm(sorted(gts), desc="evaluate", unit="tile", disable=not progress):
+        report.tiles[name] = tile_counts(preds[name], gts[name])
+    return report
+
+
+def write_json(report: Report, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(report.as_dict(), indent=2) + "\n")
