@@ -47,6 +47,32 @@ def _baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _segment(args: argparse.Namespace) -> int:
+    from .backends.torch_backend import TorchBackend
+    from .outputs import SegmentOptions, segment_file
+    from .tiler import EngineConfig, TilingEngine
+
+    backend = TorchBackend.from_checkpoint(args.checkpoint, device=args.device)
+    config = EngineConfig(
+        window=args.window,
+        fit_window=not args.exact_window,
+        batch_size=args.batch_size,
+        memory_budget_bytes=int(args.memory_budget_gb * 2**30) if args.memory_budget_gb else None,
+        tta=args.tta,
+    )
+    opts = SegmentOptions(
+        threshold=args.threshold,
+        probabilities=args.probabilities,
+        polygons=args.polygons,
+        overlay=args.overlay,
+        min_area_m2=args.min_area,
+        simplify_m=args.simplify,
+    )
+    summary = segment_file(TilingEngine(backend, config), args.image, args.output, opts)
+    print(", ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in summary.items()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="footprints", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,6 +98,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="split to label (train, test or all)")
     p.add_argument("--overlays", type=Path, help="folder for overlay PNGs against the ground truth")
     p.set_defaults(func=_baseline)
+
+    p = sub.add_parser("segment", help="segment a GeoTIFF into a georeferenced building mask")
+    p.add_argument("image", type=Path, help="input GeoTIFF: uint8 RGB, or RGBA with alpha")
+    p.add_argument("-o", "--output", required=True, type=Path, help="output mask GeoTIFF (0/255)")
+    p.add_argument("--checkpoint", required=True, type=Path, help="footprints checkpoint (.pt)")
+    p.add_argument("--window", type=int, help="large: input side (2636 on GPU, the measured CPU default); dual: output side (384)")
+    p.add_argument("--exact-window", action="store_true", help="use --window as given instead of the smallest window with the same count")
+    p.add_argument("--batch-size", type=int, default=1, help="windows per model call (capped by the memory budget)")
+    p.add_argument("--memory-budget-gb", type=float, help="cap on the memory windows in flight may take (default: half the RAM)")
+    p.add_argument("--tta", action="store_true", help="average over the 8 flips and rotations")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--probabilities", type=Path, help="also write probabilities (uint8 0-255) here")
+    p.add_argument("--polygons", type=Path, help="also write building polygons (GeoJSON, input CRS) here")
+    p.add_argument("--min-area", type=float, default=4.0, help="smallest polygon kept, in m^2")
+    p.add_argument("--simplify", type=float, default=0.5, help="polygon simplification tolerance, in m")
+    p.add_argument("--overlay", type=Path, help="also write an overlay PNG here")
+    p.set_defaults(func=_segment)
     return parser
 
 

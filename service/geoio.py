@@ -14,8 +14,11 @@ from typing import Any
 import numpy as np
 import rasterio
 from rasterio.crs import CRS
+from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.transform import Affine
 from rasterio.windows import Window
+
+from .errors import InputError
 
 # Tiled, compressed GeoTIFFs: 256-px blocks keep windowed reads cheap, deflate with
 # the horizontal predictor is readable by every GDAL build (zstd is not).
@@ -171,3 +174,64 @@ def read_decimated(path: str | Path, max_side: int, bands: list[int] | None = No
         shape = (max(1, round(src.height * scale)), max(1, round(src.width * scale)))
         bands = bands or list(range(1, src.count + 1))
         return src.read(bands, out_shape=(len(bands), *shape))
+
+
+class RGBRaster:
+    """An RGB (or RGBA) uint8 raster opened for tiling, validated on open.
+
+    Valid input is 3 bands, or 4 whose fourth is alpha; anything else is refused
+    with an :class:`~service.errors.InputError` that says what was found. Pixels
+    the GeoTIFF marks invalid (its nodata value, alpha 0, or an internal mask)
+    are reported by :meth:`valid_rows`.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self.src = rasterio.open(self.path)
+        except rasterio.errors.RasterioIOError as e:
+            raise InputError(f"{self.path}: cannot be read as a raster ({e})") from None
+        try:
+            self._validate()
+        except InputError:
+            self.src.close()
+            raise
+        self.height, self.width = self.src.height, self.src.width
+        self.crs, self.transform = self.src.crs, self.src.transform
+        # GDAL's per-dataset mask flags: ALL_VALID means no nodata anywhere.
+        flags = self.src.mask_flag_enums[0]
+        self.has_mask = not (len(flags) == 1 and flags[0] == MaskFlags.all_valid)
+
+    def _validate(self) -> None:
+        src, where = self.src, self.path
+        if src.count not in (3, 4):
+            raise InputError(
+                f"{where}: raster has {src.count} band(s); expected RGB (3 bands) or RGBA (4 bands, the fourth alpha)"
+            )
+        if src.count == 4 and src.colorinterp[3] != ColorInterp.alpha:
+            raise InputError(
+                f"{where}: band 4 is {src.colorinterp[3].name}, not alpha; a 4-band raster must be RGBA"
+            )
+        if any(dt != "uint8" for dt in src.dtypes[:3]):
+            raise InputError(f"{where}: raster is {src.dtypes[0]}; expected uint8 RGB (0-255)")
+        if src.width == 0 or src.height == 0:
+            raise InputError(f"{where}: raster is empty ({src.width}x{src.height})")
+
+    def read(self, row: int, col: int, size: int) -> np.ndarray:
+        """``(3, size, size)`` uint8 RGB at ``(row, col)``, mirror padded off the raster."""
+        return read_window(self.src, row, col, size, size, bands=[1, 2, 3])
+
+    def valid_rows(self, r0: int, r1: int) -> np.ndarray | None:
+        """Boolean validity of rows ``r0:r1`` (None when every pixel is valid)."""
+        if not self.has_mask:
+            return None
+        return self.src.dataset_mask(window=Window(0, r0, self.width, r1 - r0)) > 0
+
+    def close(self) -> None:
+        self.src.close()
+
+    def __enter__(self) -> "RGBRaster":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

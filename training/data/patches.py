@@ -1,7 +1,8 @@
 """Grid patch sampling over mirror-padded tiles (method 1's training patches).
 
-Where to cut is decided here from shapes alone; reading happens in
-:func:`service.geoio.read_window`, which mirror pads whatever runs off the tile.
+Where to cut is decided from shapes alone (:func:`service.windows.grid_offsets`, shared
+with the tiler); reading happens in :func:`service.geoio.read_window`, which mirror
+pads whatever runs off the tile.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch.utils.data import Dataset
 
 from service.errors import InputError
 from service.geoio import read_window
+from service.windows import grid_offsets
 
 from .inria import Tile
 
@@ -24,27 +26,6 @@ from .inria import Tile
 AMLL_PAD = 92
 AMLL_PATCH = 572
 AMLL_OVERLAP = 92
-
-
-def grid_offsets(length: int, patch: int, overlap: int) -> list[int]:
-    """Start positions of ``patch``-long windows covering ``[0, length)``.
-
-    Neighbours start ``patch - overlap`` apart; the last window is moved back to end
-    exactly at ``length`` so nothing is left uncovered (it overlaps its neighbour
-    more than ``overlap``). The count is ``ceil((length - patch) / stride) + 1``.
-    A ``length`` shorter than ``patch`` gets a single window at 0, which runs off
-    the end and is mirror padded when read.
-    """
-    if patch <= 0:
-        raise InputError(f"patch size must be positive, got {patch}")
-    if not 0 <= overlap < patch:
-        raise InputError(f"overlap must be in [0, patch), got {overlap} for patch {patch}")
-    if length <= patch:
-        return [0]
-    stride = patch - overlap
-    offsets = list(range(0, length - patch, stride))
-    offsets.append(length - patch)
-    return offsets
 
 
 @dataclass(frozen=True)

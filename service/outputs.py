@@ -1,0 +1,123 @@
+"""Writing what the engine produces: mask and probability GeoTIFFs, polygons, overlay.
+
+All outputs keep the input's CRS and transform; polygons are in the input's CRS.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import shapely
+from rasterio.features import shapes
+from rasterio.windows import Window
+
+from .geoio import RGBRaster, geotiff_profile, row_strips
+from .overlay import write_overlay
+from .tiler import TilingEngine
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    threshold: float = 0.5
+    probabilities: Path | None = None  # uint8 0-255 probability GeoTIFF
+    polygons: Path | None = None  # GeoJSON in the input's CRS
+    overlay: Path | None = None  # PNG for people
+    min_area_m2: float = 4.0  # smaller blobs are noise, not buildings
+    simplify_m: float = 0.5  # Douglas-Peucker tolerance for polygon outlines
+
+
+def to_mask(prob: np.ndarray, threshold: float) -> np.ndarray:
+    return np.where(prob >= threshold, 255, 0).astype(np.uint8)
+
+
+def to_prob_u8(prob: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(prob * 255.0), 0, 255).astype(np.uint8)
+
+
+def segment_file(engine: TilingEngine, image: str | Path, out: str | Path, opts: SegmentOptions = SegmentOptions(), progress: bool = True) -> dict:
+    """Segment one GeoTIFF into a 0/255 mask GeoTIFF (and the optional outputs).
+
+    Returns a summary: size, building share, the paths written.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    building = 0
+    with RGBRaster(image) as src:
+        grid = dict(width=src.width, height=src.height, crs=src.crs, transform=src.transform)
+        writers = [rasterio.open(out, "w", **geotiff_profile(count=1, **grid))]
+        if opts.probabilities:
+            Path(opts.probabilities).parent.mkdir(parents=True, exist_ok=True)
+            writers.append(rasterio.open(opts.probabilities, "w", **geotiff_profile(count=1, **grid)))
+        try:
+            for r0, r1, prob in engine.run(src, progress=progress):
+                win = Window(0, r0, src.width, r1 - r0)
+                mask = to_mask(prob, opts.threshold)
+                building += int(np.count_nonzero(mask))
+                writers[0].write(mask[None], window=win)
+                if opts.probabilities:
+                    writers[1].write(to_prob_u8(prob)[None], window=win)
+                if src.has_mask:
+                    # The output carries the input's nodata as its own GDAL mask.
+                    valid = src.valid_rows(r0, r1).astype(np.uint8) * 255
+                    for w in writers:
+                        w.write_mask(valid, window=win)
+        finally:
+            for w in writers:
+                w.close()
+        summary = {"width": src.width, "height": src.height, "building_share": building / (src.width * src.height), "mask": str(out)}
+    if opts.polygons:
+        n = write_polygons(out, opts.polygons, opts.min_area_m2, opts.simplify_m)
+        summary.update(polygons=str(opts.polygons), polygon_count=n)
+    if opts.overlay:
+        summary["overlay"] = str(write_overlay(image, out, opts.overlay))
+    if opts.probabilities:
+        summary["probabilities"] = str(opts.probabilities)
+    return summary
+
+
+def mask_polygons(mask_path: str | Path, min_area_m2: float = 4.0, simplify_m: float = 0.5) -> tuple[list[shapely.Geometry], str | None]:
+    """Building polygons of a 0/255 mask GeoTIFF, in its CRS, and that CRS as a string.
+
+    Areas and tolerances are in the CRS's units (metres for projected CRSs).
+    """
+    geoms = []
+    with rasterio.open(mask_path) as src:
+        crs = src.crs.to_string() if src.crs else None
+        # Strips keep memory flat; shapes() works on each strip with its own transform.
+        # A building crossing a strip edge is merged back below.
+        for r0, r1 in row_strips(src.height, 1024):
+            win = Window(0, r0, src.width, r1 - r0)
+            band = src.read(1, window=win)
+            for geom, _ in shapes(band, mask=band > 0, transform=src.window_transform(win)):
+                geoms.append(shapely.geometry.shape(geom))
+    if not geoms:
+        return [], crs
+    merged = shapely.union_all(geoms)  # rejoins buildings cut at strip edges
+    parts = list(getattr(merged, "geoms", [merged]))
+    out = []
+    for g in parts:
+        if g.area < min_area_m2:
+            continue
+        out.append(g.simplify(simplify_m, preserve_topology=True) if simplify_m > 0 else g)
+    return out, crs
+
+
+def write_polygons(mask_path: str | Path, out: str | Path, min_area_m2: float = 4.0, simplify_m: float = 0.5) -> int:
+    """Write the mask's building polygons as a GeoJSON FeatureCollection; returns the count."""
+    polys, crs = mask_polygons(mask_path, min_area_m2, simplify_m)
+    features = [
+        {"type": "Feature", "properties": {"area_m2": round(p.area, 2)}, "geometry": shapely.geometry.mapping(p)}
+        for p in polys
+    ]
+    collection = {"type": "FeatureCollection", "features": features}
+    if crs:
+        # RFC 7946 GeoJSON assumes WGS 84; polygons here stay in the raster's CRS,
+        # so name it the way GDAL and QGIS read it.
+        collection["crs"] = {"type": "name", "properties": {"name": crs}}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(collection))
+    return len(features)

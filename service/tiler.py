@@ -1,0 +1,202 @@
+"""The tiling engine: plan windows, read them, run them in batches, stitch, stream rows.
+
+Used in-process by ``footprints segment`` and by the gRPC service alike. Memory
+is bounded: windows are read, run and stitched as a stream; the only full-size
+buffer is one float32 probability plane, and no more windows are in flight than
+the memory budget allows (each window's need is known before it runs, see
+:func:`training.networks.cost.window_cost`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from tqdm import tqdm
+
+from .backends.base import Backend
+from .errors import InputError
+from .stitch import Stitcher
+from .windows import DualWindowPlan, LargeWindowPlan, Window, fit_large_window
+
+# Default large-window input side per device. GPUs take the paper's 2636 (what
+# fit an 11 GB card). On the CPU, benchmarks/tiling.py measured the speed per
+# output pixel by window size; see benchmarks/results/tiling.json and the README.
+DEFAULT_WINDOW = {"cuda": 2636, "cpu": 1180}
+DUAL_WINDOW = 384
+DUAL_OVERLAP = 64
+
+
+class RasterSource(Protocol):
+    """What the engine reads: :class:`service.geoio.RGBRaster`, or an in-memory array."""
+
+    height: int
+    width: int
+
+    def read(self, row: int, col: int, size: int) -> np.ndarray: ...
+
+    def valid_rows(self, r0: int, r1: int) -> np.ndarray | None: ...
+
+
+class ArraySource:
+    """An in-memory ``(3, h, w)`` uint8 RGB array as a :class:`RasterSource`."""
+
+    def __init__(self, rgb: np.ndarray, valid: np.ndarray | None = None) -> None:
+        if rgb.ndim != 3 or rgb.shape[0] != 3 or rgb.dtype != np.uint8:
+            raise InputError(f"expected a (3, h, w) uint8 RGB array, got {rgb.shape} {rgb.dtype}")
+        self.rgb, self.valid = rgb, valid
+        self.height, self.width = rgb.shape[1:]
+
+    def read(self, row: int, col: int, size: int) -> np.ndarray:
+        from .geoio import mirror_indices
+
+        rows = mirror_indices(row, size, self.height)
+        cols = mirror_indices(col, size, self.width)
+        return self.rgb[:, rows[:, None], cols[None, :]]
+
+    def valid_rows(self, r0: int, r1: int) -> np.ndarray | None:
+        return None if self.valid is None else self.valid[r0:r1]
+
+
+def _default_budget() -> int:
+    # Half the machine's memory: room for the plane, the reader and the OS.
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+@dataclass
+class EngineConfig:
+    """How to tile. ``window``: input side for large windows (None: the device's
+    default), output side for dual ones (None: 384)."""
+
+    window: int | None = None
+    fit_window: bool = True
+    batch_size: int = 1
+    memory_budget_bytes: int | None = None
+    tta: bool = False
+    dual_overlap: int = DUAL_OVERLAP
+
+
+def dihedral(x: np.ndarray, t: int) -> np.ndarray:
+    """The ``t``-th of the 8 symmetries of the square on the last two axes."""
+    if t >= 4:
+        x = x[..., ::-1]
+    return np.rot90(x, t % 4, axes=(-2, -1))
+
+
+def undo_dihedral(x: np.ndarray, t: int) -> np.ndarray:
+    x = np.rot90(x, -(t % 4), axes=(-2, -1))
+    return x[..., ::-1] if t >= 4 else x
+
+
+class TilingEngine:
+    """Segments rasters with one backend under one :class:`EngineConfig`."""
+
+    def __init__(self, backend: Backend, config: EngineConfig | None = None) -> None:
+        self.backend = backend
+        self.config = config or EngineConfig()
+        if backend.mode == "large" and getattr(backend, "geometry", None) is None:
+            raise InputError(f"backend {backend.name} runs a large-window network but states no window geometry")
+
+    # ---- planning -----------------------------------------------------------
+    def plan(self, height: int, width: int) -> tuple[list[Window], DualWindowPlan | None, int]:
+        """Windows for a raster, the blending plan (dual only) and the model input side."""
+        cfg = self.config
+        if self.backend.mode == "dual":
+            plan = DualWindowPlan(cfg.window or DUAL_WINDOW, cfg.dual_overlap)
+            need = plan.context_margin
+            if height < need or width < need:
+                raise InputError(
+                    f"raster is {width}x{height}, smaller than the dual-resolution context margin of "
+                    f"{need} px: mirror padding would reflect more than the raster holds"
+                )
+            return plan.windows(height, width), plan, plan.window
+        geo = self.backend.geometry
+        window = cfg.window or DEFAULT_WINDOW.get(self.backend.device.split(":")[0], DEFAULT_WINDOW["cpu"])
+        geo.check(window)
+        if height < geo.margin or width < geo.margin:
+            raise InputError(
+                f"raster is {width}x{height}, smaller than the network's {geo.margin}-px context margin: "
+                f"mirror padding would reflect more than the raster holds"
+            )
+        if cfg.fit_window:
+            window = fit_large_window(max(height, width), window, geo.margin, geo.stride, geo.is_valid)
+        plan = LargeWindowPlan(window, geo.margin, geo.stride)
+        return plan.windows(height, width), None, window
+
+    def windows_in_flight(self, window: int) -> int:
+        """How many windows may run at once under the memory budget (at least 1, or an error)."""
+        budget = self.config.memory_budget_bytes or _default_budget()
+        need = self.backend.window_bytes(window)
+        if need > budget:
+            raise InputError(
+                f"one {window}-px window needs about {need / 2**30:.1f} GiB, more than the memory "
+                f"budget of {budget / 2**30:.1f} GiB; use a smaller window"
+            )
+        return max(1, min(self.config.batch_size, budget // need))
+
+    # ---- running ------------------------------------------------------------
+    def _infer(self, inputs: list[np.ndarray], in_flight: int) -> np.ndarray:
+        """Probabilities for a batch, in chunks of ``in_flight``, averaged over TTA."""
+
+        def run(xs: list[np.ndarray]) -> np.ndarray:
+            return np.concatenate(
+                [self.backend.infer([np.ascontiguousarray(x[i : i + in_flight]) for x in xs]) for i in range(0, len(xs[0]), in_flight)]
+            )
+
+        if not self.config.tta:
+            return run(inputs)
+        total = None
+        for t in range(8):
+            out = undo_dihedral(run([dihedral(x, t) for x in inputs]), t)
+            total = out if total is None else total + out
+        return total / 8
+
+    def _read(self, source: RasterSource, win: Window) -> list[np.ndarray]:
+        """The window's model inputs as float32 RGB; a context crop is averaged 2x2 down."""
+        crops = []
+        for row, col, size in win.reads:
+            x = source.read(row, col, size).astype(np.float32)
+            if size != win.reads[0][2]:  # dual context: 2s -> s by 2x2 means
+                x = x.reshape(3, size // 2, 2, size // 2, 2).mean(axis=(2, 4))
+            crops.append(x)
+        return crops
+
+    def run(self, source: RasterSource, progress: bool = False) -> Iterator[tuple[int, int, np.ndarray]]:
+        """Yield ``(r0, r1, probabilities)`` row blocks, top to bottom, as they finish.
+
+        Invalid (nodata) pixels come out with probability 0.
+        """
+        windows, blend, window = self.plan(source.height, source.width)
+        in_flight = self.windows_in_flight(window)
+        stitcher = Stitcher(source.height, source.width, windows, blend)
+        bar = tqdm(total=len(windows), desc="windows", unit="win", disable=not progress)
+        try:
+            for i in range(0, len(windows), in_flight):
+                batch = windows[i : i + in_flight]
+                reads = [self._read(source, w) for w in batch]
+                inputs = [np.stack([r[k] for r in reads]) for k in range(len(reads[0]))]
+                probs = self._infer(inputs, in_flight)
+                for w, p in zip(batch, probs):
+                    stitcher.add(w, p)
+                bar.update(len(batch))
+                while (ready := stitcher.take_ready()) is not None:
+                    yield self._masked(source, *ready)
+        finally:
+            bar.close()
+
+    @staticmethod
+    def _masked(source: RasterSource, r0: int, r1: int, rows: np.ndarray) -> tuple[int, int, np.ndarray]:
+        valid = source.valid_rows(r0, r1)
+        if valid is not None:
+            rows[~valid] = 0.0
+        return r0, r1, rows
+
+    def probabilities(self, source: RasterSource, progress: bool = False) -> np.ndarray:
+        """The whole probability plane (for tests and small rasters)."""
+        out = np.zeros((source.height, source.width), np.float32)
+        for r0, r1, rows in self.run(source, progress):
+            out[r0:r1] = rows
+        return out

@@ -1,0 +1,106 @@
+"""What serving runs: a network with its input normalisation and probability head,
+and the checkpoint format that carries both.
+
+``SegmentationModel`` takes raw RGB (float, 0-255) and returns the building
+probability ``(N, 1, h, w)``, so every backend (PyTorch, ONNX Runtime, TensorRT)
+runs the same graph and no caller has to know the normalisation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from service.errors import InputError
+
+from . import build, mode_of
+
+CHECKPOINT_FORMAT = "footprints.checkpoint/1"
+# Inputs are scaled to about unit range after the mean is taken off: the paper
+# subtracts one global mean RGB; the 1/255 keeps Adam's lr 1e-3 well behaved.
+INPUT_SCALE = 1.0 / 255.0
+
+
+class SegmentationModel(nn.Module):
+    """``forward(*rgb)`` -> building probability. One input for ``large`` windows,
+    ``(full, context)`` for ``dual`` ones."""
+
+    def __init__(self, network: str, network_args: dict[str, Any], mean_rgb: list[float]) -> None:
+        super().__init__()
+        self.network_name = network
+        self.network_args = dict(network_args)
+        self.mode = mode_of(network)
+        self.net = build(network, **network_args)
+        self.register_buffer("mean", torch.tensor(mean_rgb, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def logits(self, *rgb: torch.Tensor) -> torch.Tensor:
+        """Raw network output on normalised inputs (what the losses train)."""
+        return self.net(*[(x - self.mean) * INPUT_SCALE for x in rgb])
+
+    def forward(self, *rgb: torch.Tensor) -> torch.Tensor:
+        z = self.logits(*rgb)
+        if z.shape[1] == 2:  # two-class cross-entropy head (AMLL)
+            return torch.softmax(z, dim=1)[:, 1:2]
+        return torch.sigmoid(z)
+
+    @property
+    def geometry(self):
+        """The valid-size rules of a large-window network (None for dual)."""
+        return getattr(self.net, "geometry", None)
+
+
+def save_checkpoint(path: str | Path, model: SegmentationModel, **meta: Any) -> Path:
+    """Write the model and whatever serving or resuming needs (``meta``) to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "network": model.network_name,
+        "network_args": model.network_args,
+        "mean_rgb": model.mean.flatten().tolist(),
+        "state_dict": model.net.state_dict(),
+        **meta,
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)  # atomic: a kill mid-write never leaves a half checkpoint
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's dict, refusing files that are not footprints checkpoints."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: checkpoint file does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and torch errors all mean the same thing here
+        raise InputError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{path}: not a footprints checkpoint (no '{CHECKPOINT_FORMAT}' format tag)")
+    return payload
+
+
+def load_checkpoint(path: str | Path, expect_network: str | None = None) -> tuple[SegmentationModel, dict[str, Any]]:
+    """Rebuild the model of a checkpoint; a network that does not match its weights is refused."""
+    payload = read_checkpoint(path)
+    name = payload["network"]
+    if expect_network is not None and name != expect_network:
+        raise InputError(f"{path}: checkpoint holds network '{name}', expected '{expect_network}'")
+    try:
+        model = SegmentationModel(name, payload["network_args"], payload["mean_rgb"])
+    except TypeError as e:
+        raise InputError(f"{path}: network '{name}' cannot be built from {payload['network_args']}: {e}") from None
+    try:
+        model.net.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as e:
+        # torch names the missing and unexpected keys and the size mismatches.
+        detail = " ".join(line.strip() for line in str(e).splitlines()[1:])
+        raise InputError(
+            f"{path}: weights do not fit network '{name}' {payload['network_args']}: {detail[:400]}"
+        ) from None
+    model.eval()
+    return model, payload
