@@ -59,6 +59,7 @@ def _segment(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         memory_budget_bytes=int(args.memory_budget_gb * 2**30) if args.memory_budget_gb else None,
         tta=args.tta,
+        dual_overlap=args.overlap,
     )
     opts = SegmentOptions(
         threshold=args.threshold,
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exact-window", action="store_true", help="use --window as given instead of the smallest window with the same count")
     p.add_argument("--batch-size", type=int, default=1, help="windows per model call (capped by the memory budget)")
     p.add_argument("--memory-budget-gb", type=float, help="cap on the memory windows in flight may take (default: half the RAM)")
+    p.add_argument("--overlap", type=int, default=64, help="dual: px of overlap blended between windows")
     p.add_argument("--tta", action="store_true", help="average over the 8 flips and rotations")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--device", help="cpu or cuda (default: cuda when present)")

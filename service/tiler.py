@@ -122,7 +122,7 @@ class TilingEngine:
                 f"mirror padding would reflect more than the raster holds"
             )
         if cfg.fit_window:
-            window = fit_large_window(max(height, width), window, geo.margin, geo.stride, geo.is_valid)
+            window = fit_large_window((height, width), window, geo.margin, geo.stride, geo.is_valid)
         plan = LargeWindowPlan(window, geo.margin, geo.stride)
         return plan.windows(height, width), None, window
 

@@ -106,17 +106,22 @@ class LargeWindowPlan:
         ]
 
 
-def fit_large_window(length: int, max_window: int, margin: int, stride: int, is_valid) -> int:
-    """The smallest valid window <= ``max_window`` that needs no more windows per axis
-    than ``max_window`` does on an axis of ``length``.
+def fit_large_window(lengths: tuple[int, ...], max_window: int, margin: int, stride: int, is_valid) -> int:
+    """The smallest valid window <= ``max_window`` that needs, on every axis in
+    ``lengths``, no more windows than ``max_window`` does.
 
     Stitching is exact whatever the window, so a smaller window with the same
     window count gives the same mask with less computation (a 5000-px tile: 3 x 3
     windows of 1868 instead of 2636, about half the pixels computed).
     """
-    target = len(LargeWindowPlan(max_window, margin, stride).axis(length))
+
+    def counts(window: int) -> list[int]:
+        plan = LargeWindowPlan(window, margin, stride)
+        return [len(plan.axis(n)) for n in lengths]
+
+    target = counts(max_window)
     for size in range(2 * margin + stride, max_window + 1):
-        if is_valid(size) and len(LargeWindowPlan(size, margin, stride).axis(length)) <= target:
+        if is_valid(size) and all(c <= t for c, t in zip(counts(size), target)):
             return size
     return max_window
 

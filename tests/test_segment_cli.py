@@ -1,0 +1,177 @@
+"""``footprints segment`` on real GeoTIFFs: georeference, polygons, overlay, nodata, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+import shapely
+import torch
+from rasterio.enums import ColorInterp
+from rasterio.transform import from_origin
+
+from service.geoio import RGBRaster, write_geotiff
+from service.errors import InputError
+from training.networks.model import SegmentationModel, save_checkpoint
+
+from .conftest import run_cli
+
+TRANSFORM = from_origin(500_000.0, 4_600_000.0, 0.3, 0.3)
+CRS = "EPSG:32616"
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    amll = SegmentationModel("amll_unet", {"filters": (4, 8, 16, 32, 64)}, [110.0, 110.0, 110.0])
+    nus = SegmentationModel("nus_dual_unet", {"channels": (4, 8, 16, 8, 4)}, [110.0, 110.0, 110.0])
+    return {"amll": save_checkpoint(d / "amll.pt", amll), "nus": save_checkpoint(d / "nus.pt", nus)}
+
+
+def _image(path, h=300, w=260, seed=0, **kw):
+    rgb = np.random.default_rng(seed).integers(0, 256, (3, h, w), dtype=np.uint8)
+    rgb[:, 100:160, 80:200] = 240  # a bright block
+    write_geotiff(path, rgb, crs=CRS, transform=TRANSFORM, **kw)
+    return path
+
+
+def test_segment_keeps_georeference_and_writes_every_output(tmp_path, checkpoints):
+    img = _image(tmp_path / "in.tif")
+    out, probs, geojson, png = (tmp_path / n for n in ("mask.tif", "prob.tif", "b.geojson", "o.png"))
+    done = run_cli(
+        "segment", str(img), "-o", str(out), "--checkpoint", str(checkpoints["amll"]), "--window", "252",
+        "--probabilities", str(probs), "--polygons", str(geojson), "--overlay", str(png),
+        "--min-area", "0", "--simplify", "0",
+    )
+    assert done.returncode == 0, done.stderr
+    with rasterio.open(out) as m, rasterio.open(probs) as p, rasterio.open(img) as src:
+        assert m.crs == src.crs and m.transform == src.transform and m.shape == src.shape
+        assert p.crs == src.crs and p.transform == src.transform
+        mask, prob = m.read(1), p.read(1)
+        assert m.block_shapes[0] == (256, 256) and m.compression is not None
+    assert set(np.unique(mask)) <= {0, 255} and 0 < (mask > 0).mean() < 1
+    np.testing.assert_array_equal(mask > 0, prob >= 128)  # threshold 0.5 on the same probabilities
+
+    collection = json.loads(geojson.read_text())
+    assert collection["crs"]["properties"]["name"] == CRS
+    polys = [shapely.geometry.shape(f["geometry"]) for f in collection["features"]]
+    with rasterio.open(img) as src:
+        bounds = shapely.box(*src.bounds)
+    assert all(bounds.buffer(1e-6).contains(p) for p in polys)  # in the input's CRS, on the tile
+    assert sum(p.area for p in polys) == pytest.approx((mask > 0).sum() * 0.09)  # 0.3 m pixels, unsimplified
+    assert png.stat().st_size > 0
+
+
+def test_polygons_are_exact_in_the_crs_and_rejoined_across_strips(tmp_path):
+    from service.outputs import mask_polygons
+
+    mask = np.zeros((1200, 60), np.uint8)
+    mask[10:20, 5:25] = 255  # 10 x 20 px = 3 m x 6 m = 18 m^2
+    mask[1000:1100, 30:50] = 255  # crosses the 1024-row strip edge: must stay one polygon
+    mask[500, 50] = 255  # one pixel, 0.09 m^2: below the minimum area
+    path = tmp_path / "m.tif"
+    write_geotiff(path, mask, crs=CRS, transform=TRANSFORM)
+    polys, crs = mask_polygons(path, min_area_m2=1.0, simplify_m=0.0)
+    assert crs == CRS and len(polys) == 2
+    small = min(polys, key=lambda p: p.area)
+    assert small.area == pytest.approx(18.0)
+    x0, y0 = TRANSFORM @ (5, 20)
+    x1, y1 = TRANSFORM @ (25, 10)
+    assert small.bounds == pytest.approx((x0, y0, x1, y1))
+    assert max(p.area for p in polys) == pytest.approx(100 * 20 * 0.09)
+
+
+def test_segment_dual_resolution_checkpoint(tmp_path, checkpoints):
+    img = _image(tmp_path / "in.tif", h=260, w=230)
+    done = run_cli("segment", str(img), "-o", str(tmp_path / "m.tif"), "--checkpoint", str(checkpoints["nus"]), "--window", "64", "--overlap", "16")
+    assert done.returncode == 0, done.stderr
+    with rasterio.open(tmp_path / "m.tif") as m:
+        assert m.shape == (260, 230) and m.crs.to_string() == CRS
+
+
+def test_nodata_and_alpha_come_out_as_not_building_and_masked(tmp_path, checkpoints):
+    from service.backends.torch_backend import TorchBackend
+    from service.outputs import segment_file
+    from service.tiler import EngineConfig, TilingEngine
+
+    # A network that calls every pixel a building: only nodata can say otherwise.
+    model = SegmentationModel("amll_unet", {"filters": (4, 8, 16, 32, 64)}, [110.0, 110.0, 110.0]).eval()
+    with torch.no_grad():
+        model.net.head.weight.zero_()
+        model.net.head.bias.copy_(torch.tensor([0.0, 5.0]))
+    engine = TilingEngine(TorchBackend(model, "cpu"), EngineConfig(window=252))
+    rgb = np.full((3, 260, 240), 250, np.uint8)
+    alpha = np.full((260, 240), 255, np.uint8)
+    alpha[:, :60] = 0  # left strip transparent
+    rgba = np.concatenate([rgb, alpha[None]])
+    path = tmp_path / "rgba.tif"
+    profile = dict(driver="GTiff", width=240, height=260, count=4, dtype="uint8", crs=CRS, transform=TRANSFORM, photometric="RGB", alpha="YES")
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(rgba)
+    segment_file(engine, path, tmp_path / "m.tif", progress=False)
+    with rasterio.open(tmp_path / "m.tif") as m:
+        mask, valid = m.read(1), m.dataset_mask()
+    assert (mask[:, :60] == 0).all() and (mask[:, 60:] == 255).all()
+    assert (valid[:, :60] == 0).all() and (valid[:, 60:] == 255).all()
+
+    # A nodata value (no alpha): the same.
+    rgb[:, 200:] = 0
+    write_geotiff(tmp_path / "nd.tif", rgb, crs=CRS, transform=TRANSFORM, nodata=0)
+    segment_file(engine, tmp_path / "nd.tif", tmp_path / "m2.tif", progress=False)
+    with rasterio.open(tmp_path / "m2.tif") as m:
+        assert (m.read(1)[200:] == 0).all() and (m.dataset_mask()[200:] == 0).all() and (m.read(1)[:200] == 255).all()
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("one_band", "raster has 1 band(s); expected RGB (3 bands) or RGBA"),
+        ("two_bands", "raster has 2 band(s)"),
+        ("four_no_alpha", "band 4 is undefined, not alpha"),
+        ("uint16", "raster is uint16; expected uint8 RGB"),
+        ("small", "smaller than the network's 92-px context margin"),
+        ("not_tiff", "cannot be read as a raster"),
+    ],
+)
+def test_bad_rasters_are_refused_clearly(tmp_path, checkpoints, kind, message):
+    path = tmp_path / "bad.tif"
+    if kind == "one_band":
+        write_geotiff(path, np.zeros((1, 300, 300), np.uint8), crs=CRS, transform=TRANSFORM)
+    elif kind == "two_bands":
+        write_geotiff(path, np.zeros((2, 300, 300), np.uint8), crs=CRS, transform=TRANSFORM)
+    elif kind == "four_no_alpha":
+        with rasterio.open(path, "w", driver="GTiff", width=300, height=300, count=4, dtype="uint8", crs=CRS, transform=TRANSFORM) as d:
+            d.write(np.zeros((4, 300, 300), np.uint8))
+            d.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.undefined]
+    elif kind == "uint16":
+        write_geotiff(path, np.zeros((3, 300, 300), np.uint16), crs=CRS, transform=TRANSFORM)
+    elif kind == "small":
+        write_geotiff(path, np.zeros((3, 300, 50), np.uint8), crs=CRS, transform=TRANSFORM)
+    elif kind == "not_tiff":
+        path.write_text("hello")
+    done = run_cli("segment", str(path), "-o", str(tmp_path / "m.tif"), "--checkpoint", str(checkpoints["amll"]), "--window", "252")
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_bad_checkpoint_and_window_are_refused_clearly(tmp_path, checkpoints):
+    img = _image(tmp_path / "in.tif")
+    bad_window = run_cli("segment", str(img), "-o", str(tmp_path / "m.tif"), "--checkpoint", str(checkpoints["amll"]), "--window", "500")
+    assert bad_window.returncode == 2 and "window size 500 is not valid" in bad_window.stderr and "492 and 508" in bad_window.stderr
+    payload = torch.load(checkpoints["amll"], weights_only=True)
+    payload["network"], payload["network_args"] = "nus_dual_unet", {"channels": (4, 8, 16, 8, 4)}
+    torch.save(payload, tmp_path / "wrong.pt")
+    wrong = run_cli("segment", str(img), "-o", str(tmp_path / "m.tif"), "--checkpoint", str(tmp_path / "wrong.pt"))
+    assert wrong.returncode == 2 and "weights do not fit network 'nus_dual_unet'" in wrong.stderr
+    missing = run_cli("segment", str(img), "-o", str(tmp_path / "m.tif"), "--checkpoint", str(tmp_path / "nope.pt"))
+    assert missing.returncode == 2 and "nope.pt: checkpoint file does not exist" in missing.stderr
+
+
+def test_rgb_raster_reports_validity(tmp_path):
+    img = _image(tmp_path / "plain.tif")
+    with RGBRaster(img) as src:
+        assert not src.has_mask and src.valid_rows(0, 10) is None
+        assert src.read(-5, -5, 20).shape == (3, 20, 20)
+    with pytest.raises(InputError):
+        RGBRaster(tmp_path / "absent.tif")

@@ -1,0 +1,234 @@
+"""The tiling engine: exact large-window stitching, dual-resolution blending,
+mirror padding, TTA, nodata, the memory cap and bad input."""
+
+import numpy as np
+import pytest
+import torch
+
+from service.backends.torch_backend import TorchBackend
+from service.errors import InputError
+from service.tiler import ArraySource, EngineConfig, TilingEngine
+from service.windows import DualWindowPlan, LargeWindowPlan, grid_offsets, ramp
+from training.networks.model import SegmentationModel
+
+SMALL_AMLL = {"filters": (4, 8, 16, 32, 64)}  # same depth, so same 16k+124 geometry
+SMALL_NUS = {"channels": (4, 8, 16, 8, 4)}
+
+
+@pytest.fixture(scope="module")
+def amll():
+    torch.manual_seed(0)
+    return SegmentationModel("amll_unet", SMALL_AMLL, [120.0, 115.0, 110.0]).eval()
+
+
+@pytest.fixture(scope="module")
+def nus():
+    torch.manual_seed(1)
+    return SegmentationModel("nus_dual_unet", SMALL_NUS, [120.0, 115.0, 110.0]).eval()
+
+
+def _raster(h, w, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (3, h, w), dtype=np.uint8)
+
+
+def _monolithic(model, rgb):
+    """The network once over the whole raster, mirror padded by its margin (and at
+    the bottom/right up to the next valid size)."""
+    g = model.geometry
+    _, h, w = rgb.shape
+    ph, pw = g.smallest_input_for_output(h), g.smallest_input_for_output(w)
+    padded = np.pad(rgb, ((0, 0), (g.margin, ph - g.margin - h), (g.margin, pw - g.margin - w)), mode="symmetric")
+    with torch.no_grad():
+        return model(torch.from_numpy(padded[None].astype(np.float32)))[0, 0].numpy()[:h, :w]
+
+
+def test_large_windows_stitch_to_exactly_the_monolithic_result(amll):
+    rgb = _raster(530, 700)
+    engine = TilingEngine(TorchBackend(amll, "cpu"), EngineConfig(window=252, fit_window=False, batch_size=3))
+    windows, _, window = engine.plan(530, 700)
+    assert window == 252 and len(windows) > 20  # many windows, ragged at the bottom and right
+    stitched = engine.probabilities(ArraySource(rgb))
+    reference = _monolithic(amll, rgb)
+    assert reference.std() > 0.01  # the network's answer varies: equality means something
+    np.testing.assert_allclose(stitched, reference, atol=1e-5)
+
+
+def test_offsets_off_the_stride_would_not_stitch_exactly(amll, monkeypatch):
+    """Negative control for the test above: offsets on an 8-px grid break equality."""
+    rgb = _raster(300, 300, seed=1)
+    engine = TilingEngine(TorchBackend(amll, "cpu"), EngineConfig(window=252, fit_window=False))
+    monkeypatch.setattr("service.tiler.LargeWindowPlan", lambda w, m, s: LargeWindowPlan(w, m, 8))
+    assert np.abs(engine.probabilities(ArraySource(rgb)) - _monolithic(amll, rgb)).max() > 1e-3
+
+
+def test_fitted_window_is_smaller_and_gives_the_same_mask(amll):
+    rgb = _raster(420, 400, seed=2)
+    exact = TilingEngine(TorchBackend(amll, "cpu"), EngineConfig(window=508, fit_window=False))
+    fitted = TilingEngine(TorchBackend(amll, "cpu"), EngineConfig(window=508, fit_window=True))
+    w_exact, w_fit = exact.plan(420, 400), fitted.plan(420, 400)
+    assert len(w_fit[0]) == len(w_exact[0]) and w_fit[2] < w_exact[2]
+    np.testing.assert_allclose(fitted.probabilities(ArraySource(rgb)), exact.probabilities(ArraySource(rgb)), atol=1e-5)
+
+
+def test_large_window_plan_covers_every_pixel_once():
+    plan = LargeWindowPlan(2636, 92, 16)
+    for length in (5000, 2452, 2453, 100, 7777):
+        axis = plan.axis(length)
+        kept = np.zeros(length, int)
+        for offset, k0, k1 in axis:
+            assert offset % 16 == 0 and offset <= k0 < k1 <= offset + plan.out
+            kept[k0:k1] += 1
+        assert (kept == 1).all()
+    assert len(plan.axis(5000)) == 3
+
+
+class OffsetBackend:
+    """Dual-mode test double: the answer is a known function of the full-resolution
+    crop plus a constant error that differs per window, like a real network's edge
+    effects. Lets the blending rule be checked against an exact bound."""
+
+    mode, device, name, geometry = "dual", "cpu", "offset", None
+
+    def __init__(self, error=0.2, seed=0):
+        self.rng = np.random.default_rng(seed)
+        self.error = error
+        self.calls = []
+
+    def infer(self, inputs):
+        full, context = inputs
+        assert full.shape == context.shape
+        self.calls.append(len(full))
+        truth = full.mean(axis=1) / 255.0
+        offsets = self.rng.uniform(-self.error, self.error, (len(full), 1, 1)).astype(np.float32)
+        return truth + offsets
+
+    def window_bytes(self, window):
+        return 2 * 3 * window * window * 4
+
+    def close(self):
+        pass
+
+
+def test_dual_windows_cover_every_pixel_and_normalise_exactly():
+    rgb = _raster(300, 250, seed=3)
+    engine = TilingEngine(OffsetBackend(error=0.0), EngineConfig(window=64, dual_overlap=16, batch_size=5))
+    out = engine.probabilities(ArraySource(rgb))
+    np.testing.assert_allclose(out, rgb.mean(axis=0) / 255.0, atol=1e-5)
+
+
+def test_dual_blending_leaves_no_seam_within_the_stated_bound():
+    """Per-window errors e in [-0.2, 0.2]. Blended, the error field is a ramp-weighted
+    mean of neighbouring windows' e: between two neighbouring pixels it moves by at
+    most range(e) * 2 / (overlap + 1) (each ramp moves by 1/(overlap+1) per pixel and
+    overlapping weights sum to at least 1). A hard cut (overlap 0) jumps by up to
+    range(e) at window borders, which this bound catches."""
+    rgb = _raster(320, 320, seed=4)
+    truth = rgb.mean(axis=0) / 255.0
+    overlap = 16
+    blended = TilingEngine(OffsetBackend(), EngineConfig(window=64, dual_overlap=overlap, batch_size=8))
+    err = blended.probabilities(ArraySource(rgb)) - truth
+    jump = max(np.abs(np.diff(err, axis=0)).max(), np.abs(np.diff(err, axis=1)).max())
+    bound = 0.4 * 2 / (overlap + 1)
+    assert jump <= bound + 1e-5
+
+    hard = TilingEngine(OffsetBackend(), EngineConfig(window=64, dual_overlap=0, batch_size=8))
+    err_hard = hard.probabilities(ArraySource(rgb)) - truth
+    assert np.abs(np.diff(err_hard, axis=1)).max() > 2 * bound
+
+
+def test_dual_windows_read_mirror_padded_context_at_every_edge():
+    rgb = _raster(200, 180, seed=5)
+    engine = TilingEngine(OffsetBackend(), EngineConfig(window=64, dual_overlap=16))
+    windows, plan, _ = engine.plan(200, 180)
+    pad = 2 * 64
+    padded = np.pad(rgb, ((0, 0), (pad, pad), (pad, pad)), mode="symmetric").astype(np.float32)
+    rows = {w.out_row for w in windows}
+    cols = {w.out_col for w in windows}
+    assert min(rows) == 0 and max(rows) == 200 - 64 and min(cols) == 0 and max(cols) == 180 - 64
+    for w in windows:  # every window, corners and edges included
+        full, ctx = engine._read(ArraySource(rgb), w)
+        r, c = w.out_row + pad, w.out_col + pad
+        np.testing.assert_array_equal(full, padded[:, r : r + 64, c : c + 64])
+        big = padded[:, r - 32 : r + 96, c - 32 : c + 96]
+        np.testing.assert_allclose(ctx, big.reshape(3, 64, 2, 64, 2).mean(axis=(2, 4)))
+        # The context is centred on the full crop.
+        assert w.reads[1][0] == w.reads[0][0] - 32 and w.reads[1][2] == 128
+
+
+def test_real_dual_network_through_the_engine(nus):
+    rgb = _raster(200, 230, seed=6)
+    engine = TilingEngine(TorchBackend(nus, "cpu"), EngineConfig(window=64, dual_overlap=16, batch_size=4))
+    out = engine.probabilities(ArraySource(rgb))
+    assert out.shape == (200, 230) and np.isfinite(out).all()
+    assert ((out > 0) & (out < 1)).all() and out.std() > 1e-3
+
+
+def test_tta_inverts_its_transforms(amll):
+    """TTA of a flip/rotation-covariant model equals the plain answer; a model
+    that is not (a real U-Net) gives a different, averaged answer."""
+
+    class Covariant(OffsetBackend):
+        def infer(self, inputs):
+            return inputs[0].mean(axis=1) / 255.0
+
+    rgb = _raster(150, 170, seed=7)
+    plain = TilingEngine(Covariant(), EngineConfig(window=64, dual_overlap=16)).probabilities(ArraySource(rgb))
+    tta = TilingEngine(Covariant(), EngineConfig(window=64, dual_overlap=16, tta=True)).probabilities(ArraySource(rgb))
+    np.testing.assert_allclose(tta, plain, atol=1e-6)
+
+    unet = TorchBackend(amll, "cpu")
+    p0 = TilingEngine(unet, EngineConfig(window=252)).probabilities(ArraySource(rgb))
+    p8 = TilingEngine(unet, EngineConfig(window=252, tta=True)).probabilities(ArraySource(rgb))
+    assert np.abs(p8 - p0).max() > 1e-4
+    # Averaging 8 views of the same pixel smooths the random network's answer.
+    assert p8.std() < p0.std()
+
+
+def test_memory_budget_caps_windows_in_flight():
+    backend = OffsetBackend()
+    per_window = backend.window_bytes(64)
+    engine = TilingEngine(backend, EngineConfig(window=64, dual_overlap=16, batch_size=16, memory_budget_bytes=3 * per_window))
+    assert engine.windows_in_flight(64) == 3
+    engine.probabilities(ArraySource(_raster(300, 300)))
+    assert max(backend.calls) == 3 and sum(backend.calls) == len(engine.plan(300, 300)[0])
+
+    tta = OffsetBackend()
+    TilingEngine(tta, EngineConfig(window=64, dual_overlap=16, batch_size=16, tta=True, memory_budget_bytes=2 * per_window)).probabilities(
+        ArraySource(_raster(200, 200))
+    )
+    assert max(tta.calls) == 2
+
+    with pytest.raises(InputError, match="needs about .* GiB, more than the memory budget"):
+        TilingEngine(OffsetBackend(), EngineConfig(window=64, memory_budget_bytes=per_window - 1)).windows_in_flight(64)
+
+
+def test_memory_estimate_of_the_real_network_grows_with_the_window(amll):
+    backend = TorchBackend(amll, "cpu")
+    small, large = backend.window_bytes(252), backend.window_bytes(508)
+    # Activations grow between the inputs' area ratio and the outputs' (valid
+    # convolutions shrink every map by a fixed margin).
+    assert (508 / 252) ** 2 < large / small < ((508 - 184) / (252 - 184)) ** 2
+
+
+def test_bad_windows_and_small_rasters_are_refused(amll):
+    engine = TilingEngine(TorchBackend(amll, "cpu"), EngineConfig(window=600))
+    with pytest.raises(InputError, match="window size 600 is not valid.*588 and 604"):
+        engine.plan(1000, 1000)
+    ok = TilingEngine(TorchBackend(amll, "cpu"), EngineConfig(window=252))
+    with pytest.raises(InputError, match="smaller than the network's 92-px context margin"):
+        ok.plan(80, 500)
+    with pytest.raises(InputError, match="multiple of 16"):
+        TilingEngine(OffsetBackend(), EngineConfig(window=100)).plan(500, 500)
+    with pytest.raises(InputError, match="smaller than the dual-resolution context margin of 192"):
+        TilingEngine(OffsetBackend(), EngineConfig()).plan(150, 500)
+
+
+def test_dual_weights_sum_like_the_product_of_axis_sums():
+    plan = DualWindowPlan(64, 16)
+    rows, cols = plan.weight_sums(200, 150)
+    full = np.zeros((200, 150))
+    for w in plan.windows(200, 150):
+        r0, r1, c0, c1 = w.keep
+        full[r0:r1, c0:c1] += np.outer(ramp(64, 16)[: r1 - r0], ramp(64, 16)[: c1 - c0])
+    np.testing.assert_allclose(full, np.outer(rows, cols), rtol=1e-6)
+    assert len(grid_offsets(200, 64, 16)) * len(grid_offsets(150, 64, 16)) == len(plan.windows(200, 150))

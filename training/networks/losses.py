@@ -1,0 +1,31 @@
+"""The methods' losses.
+
+* AMLL: cross-entropy over two classes.
+* NUS: ``BCE(sigmoid) - log(softIoU)``, softIoU computed from the probabilities and
+  the ground truth, so the network is pushed towards the benchmark's own metric.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_EPS = 1e-6
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``logits (N, 2, h, w)``, ``target (N, h, w)`` of class indices 0/1."""
+    return F.cross_entropy(logits, target)
+
+
+def soft_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Differentiable IoU over the whole batch: sum(p*t) / sum(p + t - p*t)."""
+    p = torch.sigmoid(logits)
+    inter = (p * target).sum()
+    union = (p + target - p * target).sum()
+    return (inter + _EPS) / (union + _EPS)
+
+
+def bce_soft_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """NUS's loss on one-channel ``logits`` and a float 0/1 ``target`` of the same shape."""
+    return F.binary_cross_entropy_with_logits(logits, target) - torch.log(soft_iou(logits, target))
