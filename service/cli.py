@@ -74,6 +74,19 @@ def _segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from training.config import load_config
+    from training.loop import train
+
+    cfg = load_config(args.config)
+    meta = train(cfg, args.data, args.out, resume=args.resume)
+    overall = meta.get("metrics", {}).get("overall")
+    if overall:
+        print(f"validation: IoU {100 * overall['iou']:.2f} %, accuracy {100 * overall['accuracy']:.2f} %")
+    print(f"model: {args.out / 'model.pt'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="footprints", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -118,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--simplify", type=float, default=0.5, help="polygon simplification tolerance, in m")
     p.add_argument("--overlay", type=Path, help="also write an overlay PNG here")
     p.set_defaults(func=_segment)
+
+    p = sub.add_parser("train", help="train a network by a config (also under torchrun for DDP)")
+    p.add_argument("--config", required=True, type=Path, help="training/configs/<name>.yaml")
+    p.add_argument("--data", required=True, type=Path, help="dataset root in the Inria layout")
+    p.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, log.csv, curves.png)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    p.set_defaults(func=_train)
     return parser
 
 

@@ -133,9 +133,14 @@ def evaluate_dirs(pred_dir: str | Path, gt_dir: str | Path, progress: bool = Tru
     extra = sorted(set(preds) - set(gts))
     if extra:
         raise EvaluationError(f"{pred_dir / extra[0]}: prediction has no reference tile in {gt_dir}")
+    return evaluate_pairs({name: (preds[name], gts[name]) for name in gts}, progress)
+
+
+def evaluate_pairs(pairs: dict[str, tuple[Path, Path]], progress: bool = True) -> Report:
+    """Score named ``(prediction, reference)`` mask pairs (names are ``<city><n>.tif``)."""
     report = Report()
-    for name in tqdm(sorted(gts), desc="evaluate", unit="tile", disable=not progress):
-        report.tiles[name] = tile_counts(preds[name], gts[name])
+    for name in tqdm(sorted(pairs), desc="evaluate", unit="tile", disable=not progress):
+        report.tiles[name] = tile_counts(*pairs[name])
     return report
 
 

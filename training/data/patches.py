@@ -75,6 +75,7 @@ class GridPatchDataset(Dataset):
         return len(self.index)
 
     def _sources(self, i: int) -> tuple[rasterio.io.DatasetReader, rasterio.io.DatasetReader]:
+        """Open files lazily, once per process (DataLoader workers included)."""
         if i not in self._open:
             t = self.tiles[i]
             self._open[i] = (rasterio.open(t.image), rasterio.open(t.gt))
@@ -97,3 +98,51 @@ class GridPatchDataset(Dataset):
         state = self.__dict__.copy()
         state["_open"] = {}
         return state
+
+
+class RandomDualPatchDataset(Dataset):
+    """Method 2's samples: a random ``patch`` crop and the ``2 * patch`` context crop
+    with the same centre, averaged 2x2 down to ``patch`` (as the tiler does).
+
+    Item ``n`` is drawn from a generator seeded by ``(seed, n)``: tile chosen in
+    proportion to its area, centre uniform on it (context mirror padded off the
+    edge). Returns ``image`` uint8, ``context`` float32 (both ``(3, P, P)``) and
+    ``mask`` uint8 ``(P, P)``.
+    """
+
+    def __init__(self, tiles: Sequence[Tile], patch: int, seed: int) -> None:
+        missing = [t.name for t in tiles if t.gt is None]
+        if missing:
+            raise InputError(f"tiles without ground truth cannot train: {missing[:5]}")
+        self.tiles, self.patch, self.seed = list(tiles), patch, seed
+        self.shapes = []
+        for t in self.tiles:
+            with rasterio.open(t.image) as src:
+                self.shapes.append((src.height, src.width))
+        area = np.array([h * w for h, w in self.shapes], np.float64)
+        self.weights = area / area.sum()
+        self._open: dict[int, tuple[rasterio.io.DatasetReader, rasterio.io.DatasetReader]] = {}
+
+    def __len__(self) -> int:
+        return 2**62  # drawn, not enumerated
+
+    _sources = GridPatchDataset._sources
+    __getstate__ = GridPatchDataset.__getstate__
+
+    def __getitem__(self, n: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, n, 0xD0A1])
+        i = int(rng.choice(len(self.tiles), p=self.weights))
+        h, w = self.shapes[i]
+        p = self.patch
+        r = int(rng.integers(0, max(1, h - p + 1)))
+        c = int(rng.integers(0, max(1, w - p + 1)))
+        img_src, gt_src = self._sources(i)
+        full = read_window(img_src, r, c, p, p, bands=[1, 2, 3])
+        big = read_window(img_src, r - p // 2, c - p // 2, 2 * p, 2 * p, bands=[1, 2, 3]).astype(np.float32)
+        context = big.reshape(3, p, 2, p, 2).mean(axis=(2, 4))
+        mask = read_window(gt_src, r, c, p, p, bands=[1])[0]
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(full)),
+            "context": torch.from_numpy(context),
+            "mask": torch.from_numpy((mask > 0).astype(np.uint8)),
+        }

@@ -2,13 +2,14 @@
 service imports this package (and :mod:`training.metric`) and nothing else of
 ``training``.
 
-| name | method | window | parameters | MACs per window |
+| name | method | window (in -> out) | parameters | MACs per window |
 |---|---|---|---|---|
-| ``amll_unet`` | 1, AMLL | 572 -> 388 (any 16k+124) | 7,760,130 | 37.9 G at 572, 1164 G at 2636 |
-| ``nus_dual_unet`` | 2, NUS | 384 + 768 context -> 384 | see ``footprints cost`` | see ``footprints cost`` |
+| ``amll_unet`` | 1, AMLL | any 16k+124 -> in - 184 | 7,760,130 | 37.85 G at 572, 206.4 G at 1180, 1163.8 G at 2636 |
+| ``nus_dual_unet`` | 2, NUS | 384 + 768 context (as 384) -> 384 | 5,462,019 | 41.68 G per 384 pair |
 
-(``training/networks/cost.py`` computes both; the table's AMLL figures match
-``shared/perf-notes.md``.)
+Per output pixel: AMLL 251 kMAC at 572, 194 kMAC at 2636; NUS 283 kMAC per window
+pixel, about 427 kMAC per stitched pixel of a 5000 tile (256 windows overlapping by 64 px).
+Figures from :func:`training.networks.cost.window_cost` (tested for AMLL).
 """
 
 from __future__ import annotations

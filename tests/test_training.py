@@ -1,0 +1,162 @@
+"""Training: config validation, batch sampling, a short run, resume after a kill, DDP."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from service.errors import InputError
+from training.config import load_config
+from training.data.sampling import StepBatchSampler
+from training.networks.model import load_checkpoint, read_checkpoint
+
+from .conftest import REPO, run_cli
+
+TINY = {
+    "name": "tiny",
+    "network": {"name": "amll_unet", "args": {"filters": [4, 8, 16, 32, 64]}},
+    "data": {"sampler": "grid", "patch_px": 220, "grid_overlap_px": 92, "tile_pad_px": 92,
+             "validation_tile_indices": [1], "loader_workers": 0},
+    "optim": {"loss": "cross_entropy", "learning_rate": 3.0e-3, "lr_policy": "step", "lr_step_epoch": 1000},
+    "schedule": {"epochs": 1, "steps_per_epoch": 30, "batch_size": 4, "checkpoint_every_steps": 10,
+                 "validate_every_steps": 30, "validation_window_px": 220, "log_every_steps": 5, "seed": 0},
+}
+
+
+def _config(tmp_path, name="tiny.yaml", **changes):
+    cfg = yaml.safe_load(yaml.safe_dump(TINY))
+    for dotted, value in changes.items():
+        node = cfg
+        *path, leaf = dotted.split("__")
+        for k in path:
+            node = node.setdefault(k, {})
+        node[leaf] = value
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+@pytest.fixture(scope="module")
+def train_cities(tmp_path_factory):
+    from training.synthetic import synthesize
+
+    out = tmp_path_factory.mktemp("train-cities")
+    synthesize(out, size=320, tiles_per_city=2, seed=11, cities=["brookline", "ashford"], progress=False)
+    return out
+
+
+def test_shipped_configs_are_valid_and_say_the_paper_recipes():
+    amll = load_config(REPO / "training/configs/amll.yaml")
+    assert (amll.data.patch_px, amll.data.grid_overlap_px, amll.schedule.batch_size) == (572, 92, 5)
+    assert (amll.schedule.epochs, amll.schedule.steps_per_epoch, amll.optim.lr_step_epoch) == (100, 8000, 60)
+    nus = load_config(REPO / "training/configs/nus.yaml")
+    assert (nus.data.patch_px, nus.data.context_px, nus.optim.loss, nus.optim.lr_policy) == (384, 768, "bce_soft_iou", "poly")
+    for path in (REPO / "training/configs").glob("*.yaml"):
+        load_config(path)
+
+
+def test_config_errors_are_clear(tmp_path):
+    bad = _config(tmp_path, optim__learnin_rate=0.1)
+    with pytest.raises(InputError, match="unknown key 'optim.learnin_rate'; allowed here: .*learning_rate"):
+        load_config(bad)
+    with pytest.raises(InputError, match="'schedule.batch_size' must be int, got 'five'"):
+        load_config(_config(tmp_path, schedule__batch_size="five"))
+    with pytest.raises(InputError, match="'optim.loss' is 'dice'; choose one of"):
+        load_config(_config(tmp_path, optim__loss="dice"))
+    with pytest.raises(InputError, match="config file does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    done = run_cli("train", "--config", str(_config(tmp_path)), "--data", str(tmp_path / "no-such-data"), "--out", str(tmp_path / "run"))
+    assert done.returncode == 2 and "no-such-data: dataset path does not exist" in done.stderr
+
+
+def test_batches_depend_on_the_step_only_and_shard_across_ranks():
+    one = StepBatchSampler(pool_size=37, batch_size=4, total_steps=30, seed=5)
+    resumed = StepBatchSampler(pool_size=37, batch_size=4, total_steps=30, seed=5, start_step=12)
+    assert list(resumed) == list(one)[12:]
+    # Each pass over the pool visits every patch once.
+    first_pass = [i for b in list(one)[:10] for i, _ in b][:37]
+    assert sorted(first_pass) == list(range(37))
+    ranks = [StepBatchSampler(37, 2, 30, 5, rank=r, world_size=2) for r in range(2)]
+    for step in range(15):
+        a, b = ranks[0].batch(step), ranks[1].batch(step)
+        assert not {n for _, n in a} & {n for _, n in b}
+        assert sorted(a + b) == sorted(one.batch(step))  # together: the 1-rank batch of 4
+
+
+def test_short_run_learns_and_its_checkpoint_reloads_identically(tmp_path, train_cities):
+    run = tmp_path / "run"
+    cfg = _config(tmp_path, schedule__steps_per_epoch=60, schedule__validate_every_steps=60)
+    done = run_cli("train", "--config", str(cfg), "--data", str(train_cities), "--out", str(run))
+    assert done.returncode == 0, done.stderr[-2000:]
+    with (run / "log.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    losses = [float(r["loss"]) for r in rows if r["loss"]]
+    assert len(losses) == 12 and np.mean(losses[-3:]) < 0.75 * np.mean(losses[:3])
+    assert any(r["val_iou"] for r in rows) and (run / "curves.png").stat().st_size > 0
+
+    model, meta = load_checkpoint(run / "model.pt")
+    assert meta["network"] == "amll_unet" and meta["window"]["mode"] == "large"
+    assert meta["data"]["validation_tiles"] == ["ashford1", "brookline1"]
+    assert meta["data"]["train_tiles"] == ["ashford2", "brookline2"]
+    assert 0.0 <= meta["metrics"]["overall"]["iou"] <= 1.0 and meta["code_version"]
+    assert len(model.mean.flatten()) == 3 and model.mean.sum() > 0  # the global mean went in
+    again, _ = load_checkpoint(run / "model.pt")
+    x = torch.rand(2, 3, 220, 220) * 255
+    with torch.no_grad():
+        assert torch.equal(model(x), again(x))
+
+
+def test_resume_after_a_kill_continues_where_it_stopped(tmp_path, train_cities):
+    cfg = _config(tmp_path, schedule__steps_per_epoch=40, schedule__validate_every_steps=1000)
+    straight = tmp_path / "straight"
+    assert run_cli("train", "--config", str(cfg), "--data", str(train_cities), "--out", str(straight)).returncode == 0
+
+    killed = tmp_path / "killed"
+    exe = Path(sys.executable).with_name("footprints")
+    proc = subprocess.Popen([str(exe), "train", "--config", str(cfg), "--data", str(train_cities), "--out", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (killed / "last.pt").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stopped_at = read_checkpoint(killed / "last.pt")["step"]
+    assert 10 <= stopped_at < 40
+
+    done = run_cli("train", "--config", str(cfg), "--data", str(train_cities), "--out", str(killed), "--resume")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"resuming {killed} at step {stopped_at}" in done.stdout
+    a, _ = load_checkpoint(straight / "model.pt")
+    b, _ = load_checkpoint(killed / "model.pt")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.allclose(p, q, atol=1e-6), name  # the same training, interrupted or not
+    with (killed / "log.csv").open() as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f) if r["loss"]]
+    assert steps == sorted(set(steps)) and steps[-1] == 40  # no row logged twice
+
+
+def test_two_rank_distributed_training_keeps_weights_identical(tmp_path, train_cities):
+    cfg = _config(tmp_path, schedule__steps_per_epoch=6, schedule__checkpoint_every_steps=3, schedule__batch_size=2,
+                  schedule__validate_every_steps=1000)
+    run = tmp_path / "ddp"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "service.cli", "train",
+         "--config", str(cfg), "--data", str(train_cities), "--out", str(run)],
+        capture_output=True, text=True, timeout=600, env=env, cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = read_checkpoint(run / "last.pt")
+    assert state["step"] == 6
+    sums = state["rank_param_checksums"]
+    assert len(sums) == 2 and sums[0] == sums[1]
+    assert (run / "model.pt").is_file()

@@ -1,0 +1,156 @@
+"""Training configs: YAML files validated into dataclasses before anything runs.
+
+Every number has a name that says what it is; an unknown key, a wrong type or a
+missing dataset path is an :class:`~service.errors.InputError` that names the key
+and the file, not a crash deep in training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from service.errors import InputError
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    name: str = "amll_unet"
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # Patches: "grid" cuts every training tile on a grid (method 1: 572 px, 92 px
+    # overlap, tiles padded by 92 px); "random" draws centres uniformly (method 2).
+    sampler: str = "grid"
+    patch_px: int = 572
+    grid_overlap_px: int = 92
+    tile_pad_px: int = 92
+    context_px: int = 0  # NUS: 768-px context crop per 384-px patch (0: none)
+    validation_tile_indices: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    subtract_global_mean: bool = True
+    augment_flips: bool = True
+    augment_rotations: bool = True
+    loader_workers: int = 2
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    loss: str = "cross_entropy"  # or "bce_soft_iou"
+    learning_rate: float = 1e-3
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    # "step": multiply by lr_step_factor after lr_step_epoch (method 1: 1e-3 -> 1e-4
+    # after epoch 60); "poly": lr * (1 - step / total) ** poly_power (method 2).
+    lr_policy: str = "step"
+    lr_step_epoch: int = 60
+    lr_step_factor: float = 0.1
+    poly_power: float = 0.9
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    epochs: int = 100
+    steps_per_epoch: int = 8000
+    batch_size: int = 5
+    checkpoint_every_steps: int = 1000
+    validate_every_steps: int = 8000
+    validation_window_px: int = 572  # large: input side; dual: output side
+    log_every_steps: int = 50
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    name: str
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+    @property
+    def total_steps(self) -> int:
+        return self.schedule.epochs * self.schedule.steps_per_epoch
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_CHOICES = {
+    "data.sampler": ("grid", "random"),
+    "optim.loss": ("cross_entropy", "bce_soft_iou"),
+    "optim.lr_policy": ("step", "poly"),
+}
+
+
+def _build(cls: type, raw: Any, where: str, source: str) -> Any:
+    if not isinstance(raw, dict):
+        raise InputError(f"{source}: '{where or 'top level'}' must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise InputError(f"{source}: unknown key '{key}'; allowed here: {', '.join(sorted(names))}")
+    values = {}
+    for f in dataclasses.fields(cls):
+        key = f"{where}.{f.name}" if where else f.name
+        if f.name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise InputError(f"{source}: missing required key '{key}'")
+            continue
+        value, hint = raw[f.name], hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            values[f.name] = _build(hint, value, key, source)
+            continue
+        values[f.name] = _check_type(value, hint, key, source)
+        if key in _CHOICES and value not in _CHOICES[key]:
+            raise InputError(f"{source}: '{key}' is '{value}'; choose one of {', '.join(_CHOICES[key])}")
+    return cls(**values)
+
+
+def _check_type(value: Any, hint: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise InputError(f"{source}: '{key}' must be a list, got {value!r}")
+        return [_check_type(v, item, key, source) for v in value]
+    if origin is dict or hint is Any:
+        if origin is dict and not isinstance(value, dict):
+            raise InputError(f"{source}: '{key}' must be a mapping, got {value!r}")
+        return value
+    if isinstance(hint, types.UnionType):
+        hint = typing.get_args(hint)[0]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    # bool is an int in Python; a YAML "yes" where a number belongs is still wrong.
+    if not isinstance(value, hint) or (hint is not bool and isinstance(value, bool)):
+        raise InputError(f"{source}: '{key}' must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read and validate a training config YAML."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: config file does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise InputError(f"{path}: not valid YAML ({e})") from None
+    cfg = _build(TrainConfig, raw or {}, "", str(path))
+    s, d = cfg.schedule, cfg.data
+    for key, value in (("schedule.epochs", s.epochs), ("schedule.steps_per_epoch", s.steps_per_epoch), ("schedule.batch_size", s.batch_size)):
+        if value < 1:
+            raise InputError(f"{path}: '{key}' must be at least 1, got {value}")
+    if cfg.network.name == "nus_dual_unet" and d.context_px != 2 * d.patch_px:
+        raise InputError(f"{path}: the dual-resolution network needs data.context_px = 2 x patch_px ({2 * d.patch_px})")
+    return cfg

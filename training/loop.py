@@ -1,0 +1,293 @@
+"""``footprints train``: the paper recipes, resumable, on one process or under torchrun.
+
+A run directory holds ``last.pt`` (everything needed to resume: weights,
+optimizer, step), ``model.pt`` (what serving needs), ``log.csv`` and
+``curves.png``. Batches are a pure function of the step (see
+:mod:`training.data.sampling`), so a run killed and resumed from its last
+checkpoint trains exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from service.errors import InputError
+
+from .config import TrainConfig
+from .data.augment import Augmented
+from .data.inria import InriaDataset, Tile, mean_rgb, validation_split
+from .data.patches import GridPatchDataset, PatchGrid, RandomDualPatchDataset
+from .data.sampling import StepBatchSampler
+from .networks.losses import bce_soft_iou, cross_entropy
+from .networks.model import SegmentationModel, read_checkpoint, save_checkpoint
+
+LOG_FIELDS = ["step", "epoch", "loss", "lr", "seconds_per_step", "val_iou", "val_accuracy"]
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int = 0
+    world: int = 1
+    device: str = "cpu"
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _start_ranks() -> Ranks:
+    """One process, or one of ``torchrun``'s (gloo on CPU, NCCL on GPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available()
+    if world == 1:
+        return Ranks(device="cuda" if cuda else "cpu")
+    dist.init_process_group("nccl" if cuda else "gloo")
+    rank, local = dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:
+        torch.cuda.set_device(local)
+    else:
+        # Ranks share the machine's cores instead of each taking all of them.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+    return Ranks(rank, world, f"cuda:{local}" if cuda else "cpu")
+
+
+def code_version() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """The lr at ``step``: a pure function, so resuming needs no scheduler state."""
+    o, s = cfg.optim, cfg.schedule
+    if o.lr_policy == "step":
+        return o.learning_rate * (o.lr_step_factor if step // s.steps_per_epoch >= o.lr_step_epoch else 1.0)
+    return o.learning_rate * (1 - step / cfg.total_steps) ** o.poly_power
+
+
+class _Logits(nn.Module):
+    """DDP wraps ``forward``; training needs the model's logits, not probabilities."""
+
+    def __init__(self, model: SegmentationModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *rgb: torch.Tensor) -> torch.Tensor:
+        return self.model.logits(*rgb)
+
+
+def _loss(cfg: TrainConfig, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # Valid convolutions answer for the centre of the patch only: crop the mask to it.
+    dh, dw = (mask.shape[-2] - logits.shape[-2]) // 2, (mask.shape[-1] - logits.shape[-1]) // 2
+    target = mask[:, dh : dh + logits.shape[-2], dw : dw + logits.shape[-1]]
+    if cfg.optim.loss == "cross_entropy":
+        return cross_entropy(logits, target.long())
+    return bce_soft_iou(logits, target[:, None].float())
+
+
+def _patches(cfg: TrainConfig, tiles: list[Tile]) -> tuple[Augmented, int | None]:
+    d = cfg.data
+    if d.sampler == "grid":
+        base = GridPatchDataset(tiles, PatchGrid(d.patch_px, d.grid_overlap_px, d.tile_pad_px))
+        pool: int | None = len(base)
+    else:
+        base, pool = RandomDualPatchDataset(tiles, d.patch_px, cfg.schedule.seed), None
+    return Augmented(base, cfg.schedule.seed, d.augment_flips, d.augment_rotations), pool
+
+
+def validate(model: SegmentationModel, tiles: list[Tile], window: int, progress: bool = False) -> dict[str, Any]:
+    """The benchmark's way: whole tiles through the tiling engine, pooled IoU/accuracy."""
+    from service.backends.torch_backend import TorchBackend
+    from service.outputs import segment_file
+    from service.tiler import EngineConfig, TilingEngine
+
+    from .evaluate import evaluate_pairs
+
+    engine = TilingEngine(TorchBackend(copy.deepcopy(model).eval(), "cpu" if not torch.cuda.is_available() else None),
+                          EngineConfig(window=window, dual_overlap=min(64, window // 4)))
+    with tempfile.TemporaryDirectory(prefix="footprints-val-") as tmp:
+        pairs = {}
+        for t in tqdm(tiles, desc="validate", unit="tile", disable=not progress, leave=False):
+            pred = Path(tmp) / t.image.name
+            segment_file(engine, t.image, pred, progress=False)
+            pairs[t.image.name] = (pred, t.gt)
+        return evaluate_pairs(pairs, progress=False).as_dict()
+
+
+def _param_checksum(model: nn.Module) -> float:
+    return float(sum(p.detach().double().abs().sum() for p in model.parameters()))
+
+
+def _gather_checksums(model: nn.Module, ranks: Ranks) -> list[float]:
+    """Every rank's weight checksum; DDP keeps them identical, and this proves it."""
+    mine = torch.tensor([_param_checksum(model)], dtype=torch.float64)
+    if ranks.world == 1:
+        return [mine.item()]
+    out = [torch.zeros_like(mine) for _ in range(ranks.world)]
+    dist.all_gather(out, mine)
+    return [t.item() for t in out]
+
+
+class _Log:
+    """log.csv, trimmed on resume to the checkpointed step so no row is doubled."""
+
+    def __init__(self, path: Path, resume_step: int | None) -> None:
+        self.path = path
+        rows = []
+        if resume_step is not None and path.is_file():
+            with path.open() as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        with path.open("w", newline="") as f:
+            w = csv.DictWriter(f, LOG_FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+
+    def write(self, **row: Any) -> None:
+        with self.path.open("a", newline="") as f:
+            csv.DictWriter(f, LOG_FIELDS).writerow({k: row.get(k, "") for k in LOG_FIELDS})
+
+
+def plot_curves(log_csv: Path, out_png: Path) -> None:
+    """Training loss and validation IoU against step, for people to look at."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with log_csv.open() as f:
+        rows = list(csv.DictReader(f))
+    train = [(int(r["step"]), float(r["loss"])) for r in rows if r["loss"]]
+    val = [(int(r["step"]), 100 * float(r["val_iou"])) for r in rows if r["val_iou"]]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    if train:
+        a.plot(*zip(*train))
+    a.set(xlabel="step", ylabel="training loss", title="loss")
+    a.set_yscale("log")
+    if val:
+        b.plot(*zip(*val), marker="o")
+    b.set(xlabel="step", ylabel="IoU %", title="validation IoU (whole tiles, pooled)")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+
+
+def train(cfg: TrainConfig, data_root: str | Path, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train per ``cfg``; returns the final checkpoint's metadata."""
+    data_root, run_dir = Path(data_root), Path(run_dir)
+    if not data_root.exists():
+        raise InputError(f"{data_root}: dataset path does not exist")
+    ranks = _start_ranks()
+    try:
+        return _train(cfg, data_root, run_dir, resume, progress, ranks)
+    finally:
+        if ranks.world > 1:
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, data_root: Path, run_dir: Path, resume: bool, progress: bool, ranks: Ranks) -> dict[str, Any]:
+    s = cfg.schedule
+    fit_tiles, val_tiles = validation_split(InriaDataset(data_root).split("train"), cfg.data.validation_tile_indices)
+    if not fit_tiles:
+        raise InputError(f"{data_root}: no training tiles left after holding out tiles {cfg.data.validation_tile_indices}")
+    mean = mean_rgb(fit_tiles, progress=progress and ranks.main).tolist() if cfg.data.subtract_global_mean else [0.0] * 3
+
+    torch.manual_seed(s.seed)
+    model = SegmentationModel(cfg.network.name, cfg.network.args, mean).to(ranks.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.learning_rate, betas=(cfg.optim.adam_beta1, cfg.optim.adam_beta2))
+    start = 0
+    last = run_dir / "last.pt"
+    if resume:
+        if not last.is_file():
+            raise InputError(f"{last}: nothing to resume (no checkpoint in the run directory)")
+        state = read_checkpoint(last)
+        model.net.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = int(state["step"])
+        if ranks.main:
+            print(f"resuming {run_dir} at step {start}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = _Log(run_dir / "log.csv", start if resume else None) if ranks.main else None
+
+    net = _Logits(model)
+    if ranks.world > 1:
+        net = DistributedDataParallel(net, device_ids=[ranks.device] if ranks.device.startswith("cuda") else None)
+    data, pool = _patches(cfg, fit_tiles)
+    sampler = StepBatchSampler(pool, s.batch_size, cfg.total_steps, s.seed, start, ranks.rank, ranks.world)
+    workers = cfg.data.loader_workers
+    loader = DataLoader(data, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0)
+
+    meta_base = {
+        "config": cfg.as_dict(),
+        "code_version": code_version(),
+        "window": {"mode": model.mode, "validation_window_px": s.validation_window_px},
+        "data": {
+            "root": str(data_root),
+            "train_tiles": [t.name for t in fit_tiles],
+            "validation_tiles": [t.name for t in val_tiles],
+        },
+    }
+    metrics: dict[str, Any] = {}
+    running, since, t0 = 0.0, 0, time.perf_counter()
+    bar = tqdm(total=cfg.total_steps, initial=start, desc=f"train {cfg.name}", unit="step", disable=not (progress and ranks.main))
+    model.train()
+    for step, batch in enumerate(loader, start=start):
+        lr = learning_rate(cfg, step)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        inputs = [batch["image"].to(ranks.device).float()]
+        if "context" in batch:
+            inputs.append(batch["context"].to(ranks.device).float())
+        loss = _loss(cfg, net(*inputs), batch["mask"].to(ranks.device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        running += loss.item()
+        since += 1
+        bar.update(1)
+        done = step + 1
+        if ranks.main and (done % s.log_every_steps == 0 or done == cfg.total_steps):
+            sec = (time.perf_counter() - t0) / since
+            log.write(step=done, epoch=f"{done / s.steps_per_epoch:.3f}", loss=f"{running / since:.5f}", lr=f"{lr:.3g}", seconds_per_step=f"{sec:.3f}")
+            bar.set_postfix(loss=f"{running / since:.4f}", s_per_step=f"{sec:.2f}")
+            running, since, t0 = 0.0, 0, time.perf_counter()
+        if done % s.validate_every_steps == 0 or done == cfg.total_steps:
+            if ranks.main and val_tiles:
+                model.eval()
+                metrics = validate(model, val_tiles, s.validation_window_px, progress)
+                model.train()
+                log.write(step=done, val_iou=metrics["overall"]["iou"], val_accuracy=metrics["overall"]["accuracy"])
+        if done % s.checkpoint_every_steps == 0 or done == cfg.total_steps:
+            checksums = _gather_checksums(model, ranks)
+            if len(set(checksums)) != 1:
+                raise RuntimeError(f"ranks' weights diverged at step {done}: {checksums}")
+            if ranks.main:
+                save_checkpoint(last, model, step=done, optimizer=optimizer.state_dict(), metrics=metrics,
+                                rank_param_checksums=checksums, **meta_base)
+                plot_curves(run_dir / "log.csv", run_dir / "curves.png")
+            if ranks.world > 1:
+                dist.barrier()
+    bar.close()
+    meta = {"step": cfg.total_steps, "metrics": metrics, **meta_base}
+    if ranks.main:
+        save_checkpoint(run_dir / "model.pt", model, **meta)
+    return meta
