@@ -87,6 +87,29 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _publish(args: argparse.Namespace) -> int:
+    from training.publish import publish
+
+    metrics = publish(
+        args.checkpoint, args.store, args.name, args.version, args.test_data, args.real_data,
+        commands=args.command or [], train_minutes=args.train_minutes,
+    )
+    overall = metrics["synthetic_test"]["overall"]
+    print(f"{args.name} v{args.version}: synthetic test IoU {100 * overall['iou']:.2f} %, accuracy {100 * overall['accuracy']:.2f} %")
+    if metrics["real_oam"]:
+        real = metrics["real_oam"]["overall"]
+        print(f"real imagery: IoU {100 * real['iou']:.2f} %, accuracy {100 * real['accuracy']:.2f} %")
+    print(f"card: {args.store / args.name / 'MODEL_CARD.md'}")
+    return 0
+
+
+def _overlay(args: argparse.Namespace) -> int:
+    from .overlay import write_overlay
+
+    print(f"overlay {write_overlay(args.image, args.mask, args.output, ref=args.reference)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="footprints", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -138,6 +161,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, log.csv, curves.png)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("publish", help="score a trained model and put it in the model store with its card")
+    p.add_argument("--checkpoint", required=True, type=Path, help="RUN_DIR/model.pt")
+    p.add_argument("--name", required=True, help="model name in the store (e.g. amll)")
+    p.add_argument("--version", type=int, default=1)
+    p.add_argument("--store", type=Path, default=Path("model_store"))
+    p.add_argument("--test-data", required=True, type=Path, help="dataset with held-out test cities (test/images, test/gt)")
+    p.add_argument("--real-data", type=Path, help="real imagery in the Inria layout (e.g. ../shared/data/real-oam)")
+    p.add_argument("--command", action="append", help="a command that produced the model (repeatable; goes in the card)")
+    p.add_argument("--train-minutes", type=float, help="wall-clock training time, for the card")
+    p.set_defaults(func=_publish)
+
+    p = sub.add_parser("overlay", help="draw a mask (and its reference) over an image as a PNG")
+    p.add_argument("image", type=Path)
+    p.add_argument("mask", type=Path)
+    p.add_argument("-o", "--output", required=True, type=Path)
+    p.add_argument("--reference", type=Path, help="reference mask: hits green, false alarms red, misses blue")
+    p.set_defaults(func=_overlay)
     return parser
 
 

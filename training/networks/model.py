@@ -52,16 +52,22 @@ class SegmentationModel(nn.Module):
         return getattr(self.net, "geometry", None)
 
 
-def save_checkpoint(path: str | Path, model: SegmentationModel, **meta: Any) -> Path:
-    """Write the model and whatever serving or resuming needs (``meta``) to ``path``."""
+def save_checkpoint(path: str | Path, model: SegmentationModel, half: bool = False, **meta: Any) -> Path:
+    """Write the model and whatever serving or resuming needs (``meta``) to ``path``.
+
+    ``half`` stores floating-point weights as fp16 (half the size; loading upcasts).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    state = model.net.state_dict()
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     payload = {
         "format": CHECKPOINT_FORMAT,
         "network": model.network_name,
         "network_args": model.network_args,
         "mean_rgb": model.mean.flatten().tolist(),
-        "state_dict": model.net.state_dict(),
+        "state_dict": state,
         **meta,
     }
     tmp = path.with_suffix(path.suffix + ".tmp")

@@ -1,0 +1,44 @@
+"""``footprints publish``: the model store entry, its fp16 weights and its card."""
+
+import json
+
+import torch
+
+from training.networks.model import SegmentationModel, load_checkpoint, save_checkpoint
+
+from .conftest import run_cli
+
+
+def test_publish_writes_fp16_model_metrics_and_card(tmp_path, tiny_cities, real_oam):
+    torch.manual_seed(0)
+    model = SegmentationModel("amll_unet", {"filters": (4, 8, 16, 32, 64)}, [110.0, 111.0, 112.0])
+    ckpt = save_checkpoint(
+        tmp_path / "model.pt", model, step=7, window={"mode": "large", "validation_window_px": 252},
+        data={"train_tiles": ["ashford2", "brookline2", "zanzibar1"], "validation_tiles": ["ashford1"]},
+        config={"name": "tiny", "schedule": {"epochs": 1}}, code_version="abc123", metrics={"overall": {"iou": 0.5}},
+    )
+    store = tmp_path / "store"
+    done = run_cli(
+        "publish", "--checkpoint", str(ckpt), "--name", "tinynet", "--store", str(store),
+        "--test-data", str(tiny_cities), "--real-data", str(real_oam),
+        "--command", "footprints train --config x.yaml", "--train-minutes", "3",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    folder = store / "tinynet" / "1"
+    published, meta = load_checkpoint(folder / "model.pt")
+    assert all(v.dtype == torch.float16 for v in torch.load(folder / "model.pt", weights_only=True)["state_dict"].values() if v.is_floating_point())
+    x = torch.rand(1, 3, 252, 252) * 255
+    with torch.no_grad():
+        assert torch.allclose(published(x), model.eval()(x), atol=2e-3)  # fp16 weights, fp32 compute
+    assert ckpt.stat().st_size > 1.8 * (folder / "model.pt").stat().st_size
+
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert set(metrics["synthetic_test"]["cities"]) == {"fairhaven"}
+    # zanzibar1 was a training tile: it is not scored as held-out real imagery.
+    assert sorted(metrics["real_oam"]["tiles"]) == ["kampala1.tif", "kampala2.tif", "nepal1.tif", "nepal2.tif", "zanzibar2.tif"]
+    assert meta["metrics"]["synthetic_test"] == metrics["synthetic_test"]
+    card = (store / "tinynet" / "MODEL_CARD.md").read_text()
+    overall = metrics["synthetic_test"]["overall"]
+    assert f"{100 * overall['iou']:.2f} / {100 * overall['accuracy']:.2f}" in card
+    assert "footprints train --config x.yaml" in card and "in 3 min" in card and "abc123" in card
+    assert (folder / "overlays" / "fairhaven1.png").is_file() and (folder / "overlays" / "nepal1.png").is_file()
