@@ -52,7 +52,15 @@ def _segment(args: argparse.Namespace) -> int:
     from .outputs import SegmentOptions, segment_file
     from .tiler import EngineConfig, TilingEngine
 
-    backend = TorchBackend.from_checkpoint(args.checkpoint, device=args.device)
+    if args.checkpoint:
+        backend = TorchBackend.from_checkpoint(args.checkpoint, device=args.device)
+    else:
+        from .backends import open_backend
+        from .store import ModelStore
+
+        name, _, version = args.model.partition(":")
+        entry = ModelStore(args.store).get(name, int(version) if version else None)
+        backend = open_backend(entry, args.backend, device=args.device)
     config = EngineConfig(
         window=args.window,
         fit_window=not args.exact_window,
@@ -139,7 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("segment", help="segment a GeoTIFF into a georeferenced building mask")
     p.add_argument("image", type=Path, help="input GeoTIFF: uint8 RGB, or RGBA with alpha")
     p.add_argument("-o", "--output", required=True, type=Path, help="output mask GeoTIFF (0/255)")
-    p.add_argument("--checkpoint", required=True, type=Path, help="footprints checkpoint (.pt)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", type=Path, help="footprints checkpoint (.pt), run with PyTorch")
+    which.add_argument("--model", help="NAME or NAME:VERSION from the model store")
+    p.add_argument("--store", type=Path, default=Path("model_store"), help="model store folder (with --model)")
+    p.add_argument("--backend", choices=["onnxruntime", "torch"], default="onnxruntime", help="with --model")
     p.add_argument("--window", type=int, help="large: input side (2636 on GPU, the measured CPU default); dual: output side (384)")
     p.add_argument("--exact-window", action="store_true", help="use --window as given instead of the smallest window with the same count")
     p.add_argument("--batch-size", type=int, default=1, help="windows per model call (capped by the memory budget)")
@@ -183,12 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import InputError
+    from .errors import InputError, NotFoundError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (InputError, FileNotFoundError) as e:
+    except (InputError, NotFoundError, FileNotFoundError) as e:
         # Bad input is the user's to fix: one clear line, no traceback.
         print(f"footprints {args.command}: error: {e}", file=sys.stderr)
         return 2

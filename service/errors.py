@@ -6,3 +6,7 @@ class InputError(ValueError):
 
     The CLI prints it as one line; the gRPC layer maps it to INVALID_ARGUMENT.
     """
+
+
+class NotFoundError(LookupError):
+    """A model, version or artefact that does not exist (gRPC: NOT_FOUND)."""

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from service.errors import InputError
 from service.geoio import row_strips
 
-from .data.inria import LayoutError, parse_tile_name
+from .data.inria import LayoutError, parse_tile_name, tile_files
 from .metric import Counts, pooled
 
 STRIP_ROWS = 512
@@ -70,15 +70,10 @@ def tile_counts(pred_path: Path, gt_path: Path) -> Counts:
 def _tiles_in(folder: Path, role: str) -> dict[str, Path]:
     if not folder.is_dir():
         raise EvaluationError(f"{folder}: {role} folder does not exist")
-    tiles = {}
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith("."):
-            continue
-        try:
-            parse_tile_name(p)
-        except LayoutError as e:
-            raise EvaluationError(f"{role}: {e}") from None
-        tiles[p.name] = p
+    try:
+        tiles = tile_files(folder)
+    except LayoutError as e:
+        raise EvaluationError(f"{role}: {e}") from None
     if not tiles:
         raise EvaluationError(f"{folder}: no {role} tiles")
     return tiles

@@ -60,21 +60,22 @@ class Tile:
         return f"{self.city}{self.index}"
 
 
-def _tif_files(folder: Path) -> list[Path]:
-    # Hidden files (editor and OS droppings) are not tiles; anything else must fit.
-    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+def tile_files(folder: Path) -> dict[str, Path]:
+    """``{file name: path}`` of the tiles in ``folder``; a file that is not
+    ``<city><n>.tif`` is a :class:`LayoutError` naming it. Hidden files (editor and
+    OS droppings) are not tiles and are skipped."""
+    files = {p.name: p for p in sorted(folder.iterdir()) if not p.name.startswith(".")}
+    for p in files.values():
+        parse_tile_name(p)
+    return files
 
 
 def scan_split(images_dir: Path, gt_dir: Path | None, split: str) -> list[Tile]:
     """List the tiles of one split folder, pairing each image with its mask."""
-    images = {p.name: p for p in _tif_files(images_dir)}
-    for p in images.values():
-        parse_tile_name(p)
+    images = tile_files(images_dir)
     masks: dict[str, Path] = {}
     if gt_dir is not None and gt_dir.is_dir():
-        masks = {p.name: p for p in _tif_files(gt_dir)}
-        for p in masks.values():
-            parse_tile_name(p)
+        masks = tile_files(gt_dir)
         orphans = sorted(set(masks) - set(images))
         if orphans:
             raise LayoutError(f"{gt_dir / orphans[0]}: ground truth without an image in {images_dir}")

@@ -34,6 +34,8 @@ class SegmentationModel(nn.Module):
         self.network_args = dict(network_args)
         self.mode = mode_of(network)
         self.net = build(network, **network_args)
+        # Two-class heads (AMLL's cross-entropy) take a softmax; one-logit heads a sigmoid.
+        self.two_class = getattr(self.net, "classes", 1) == 2
         self.register_buffer("mean", torch.tensor(mean_rgb, dtype=torch.float32).view(1, 3, 1, 1))
 
     def logits(self, *rgb: torch.Tensor) -> torch.Tensor:
@@ -42,9 +44,7 @@ class SegmentationModel(nn.Module):
 
     def forward(self, *rgb: torch.Tensor) -> torch.Tensor:
         z = self.logits(*rgb)
-        if z.shape[1] == 2:  # two-class cross-entropy head (AMLL)
-            return torch.softmax(z, dim=1)[:, 1:2]
-        return torch.sigmoid(z)
+        return torch.softmax(z, dim=1)[:, 1:2] if self.two_class else torch.sigmoid(z)
 
     @property
     def geometry(self):

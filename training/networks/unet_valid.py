@@ -138,6 +138,7 @@ class ValidUNet(nn.Module):
     def __init__(self, in_channels: int = 3, classes: int = 2, filters: tuple[int, ...] = (32, 64, 128, 256, 512)) -> None:
         super().__init__()
         self.filters = tuple(filters)
+        self.classes = classes
         self.geometry = ValidGeometry(depth=len(filters) - 1)
         self.down = nn.ModuleList()
         cin = in_channels

@@ -1,0 +1,97 @@
+"""ONNX export into the versioned store, the store itself, and the ONNX Runtime backend."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from service.backends import open_backend
+from service.errors import InputError, NotFoundError
+from service.store import ModelStore
+from service.tiler import ArraySource, EngineConfig, TilingEngine
+from training import export as export_mod
+from training.networks.model import SegmentationModel, save_checkpoint
+
+from .conftest import run_cli, write_image
+
+NETS = {"amll": ("amll_unet", {"filters": (4, 8, 16, 32, 64)}), "nus": ("nus_dual_unet", {"channels": (4, 8, 16, 8, 4)})}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    for name, (net, args) in NETS.items():
+        torch.manual_seed(0)
+        model = SegmentationModel(net, args, [110.0, 112.0, 114.0])
+        ckpt = save_checkpoint(root.parent / f"{name}.pt", model, metrics={"overall": {"iou": 0.42}})
+        export_mod.export(ckpt, root, name)
+    return root
+
+
+def test_export_writes_a_triton_style_versioned_store(store):
+    for name, (net, _) in NETS.items():
+        folder = store / name / "1"
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert manifest["network"] == net and manifest["version"] == 1
+        assert manifest["parity_max_abs_diff"] < 1e-4
+        assert set(manifest["files"]) == {"model.onnx", "model.pt"}
+        assert manifest["metrics"] == {"overall": {"iou": 0.42}}
+        config = (store / name / "config.pbtxt").read_text()
+        assert 'platform: "onnxruntime_onnx"' in config and "dims: [ 3, -1, -1 ]" in config
+    assert [i["name"] for i in json.loads((store / "nus/1/manifest.json").read_text())["inputs"]] == ["rgb", "context"]
+    assert json.loads((store / "amll/1/manifest.json").read_text())["geometry"]["margin"] == 92
+
+
+@pytest.mark.parametrize("name", ["amll", "nus"])
+def test_onnx_runtime_and_pytorch_tile_to_the_same_mask(store, name):
+    entry = ModelStore(store).get(name)
+    rgb = np.random.default_rng(1).integers(0, 256, (3, 300, 280), dtype=np.uint8)
+    cfg = EngineConfig(window=252 if name == "amll" else 64, dual_overlap=16)
+    ort = TilingEngine(open_backend(entry, "onnxruntime"), cfg).probabilities(ArraySource(rgb))
+    pt = TilingEngine(open_backend(entry, "torch", "cpu"), cfg).probabilities(ArraySource(rgb))
+    assert ort.std() > 1e-3
+    np.testing.assert_allclose(ort, pt, atol=1e-4)
+
+
+def test_export_refuses_a_graph_that_disagrees_with_pytorch(tmp_path, monkeypatch):
+    model = SegmentationModel(*NETS["amll"], [0.0, 0.0, 0.0])
+    ckpt = save_checkpoint(tmp_path / "m.pt", model)
+    monkeypatch.setattr(export_mod, "PARITY_ATOL", 0.0)  # any difference at all now fails
+    real_run = export_mod.check_parity
+
+    def skewed(model, path, inputs):
+        return real_run(model, path, [x + 1.0 for x in inputs])  # ONNX sees other pixels
+
+    monkeypatch.setattr(export_mod, "check_parity", skewed)
+    with pytest.raises(InputError, match="ONNX Runtime and PyTorch differ by .* export refused"):
+        export_mod.export(ckpt, tmp_path / "store", "amll")
+    assert not list((tmp_path / "store").rglob("model.onnx*"))
+
+
+def test_store_versions_and_errors(store, tmp_path):
+    s = ModelStore(store)
+    assert s.names() == ["amll", "nus"]
+    m = SegmentationModel(*NETS["amll"], [0.0, 0.0, 0.0])
+    export_mod.export(save_checkpoint(tmp_path / "v2.pt", m), store, "amll")
+    s = ModelStore(store)
+    assert s.get("amll").version == 2 and s.get("amll", 1).version == 1
+    with pytest.raises(NotFoundError, match="no model 'segnet'.*have: amll, nus"):
+        s.get("segnet")
+    with pytest.raises(NotFoundError, match="has no version 7; have: \\[1, 2\\]"):
+        s.get("amll", 7)
+    onnx = store / "amll" / "2" / "model.onnx"
+    onnx.write_bytes(onnx.read_bytes() + b"tampered")
+    with pytest.raises(InputError, match="sha256 does not match"):
+        open_backend(ModelStore(store).get("amll", 2))
+    export_mod.remove_version(store, "amll", 2)
+    assert ModelStore(store).get("amll").version == 1
+
+
+def test_segment_cli_runs_a_store_model_with_onnx_runtime(store, tmp_path):
+    rgb = np.random.default_rng(2).integers(0, 256, (3, 300, 300), dtype=np.uint8)
+    img = write_image(tmp_path / "t.tif", rgb)
+    done = run_cli("segment", str(img), "-o", str(tmp_path / "m.tif"), "--model", "amll:1", "--store", str(store), "--window", "252")
+    assert done.returncode == 0, done.stderr
+    missing = run_cli("segment", str(img), "-o", str(tmp_path / "m.tif"), "--model", "nope", "--store", str(store))
+    assert missing.returncode == 2 and "no model 'nope'" in missing.stderr

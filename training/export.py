@@ -1,0 +1,152 @@
+"""``footprints export``: a checkpoint becomes an ONNX graph in the versioned model store.
+
+The store is laid out the way Triton Inference Server reads a model repository::
+
+    model_store/<name>/config.pbtxt          Triton's model configuration
+    model_store/<name>/<version>/model.onnx  the graph (raw RGB in, probability out)
+    model_store/<name>/<version>/model.pt    the fp16 PyTorch checkpoint it came from
+    model_store/<name>/<version>/manifest.json  what footprints' service reads
+    (a TensorRT ``model.plan`` joins the same version folder on GPU machines)
+
+The graph includes the mean subtraction and the probability head, so every
+backend runs the same computation. Export fails unless ONNX Runtime and PyTorch
+agree within 1e-4 on a real window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from service.errors import InputError
+from service.store import MANIFEST, manifest_geometry
+
+from .networks.model import SegmentationModel, load_checkpoint, save_checkpoint
+
+PARITY_ATOL = 1e-4
+OPSET = 17
+OUTPUT = "probability"
+
+
+def input_names(mode: str) -> list[str]:
+    return ["rgb"] if mode == "large" else ["rgb", "context"]
+
+
+def _parity_inputs(model: SegmentationModel, manifest: dict[str, Any]) -> list[np.ndarray]:
+    """One real window per input: the smallest default window the service would run."""
+    side = manifest["parity_window_px"]
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (2, 3, side, side)).astype(np.float32) for _ in input_names(model.mode)]
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def triton_config(name: str, mode: str, max_batch_size: int = 8) -> str:
+    """Triton's ``config.pbtxt``: ONNX Runtime platform, variable batch/height/width,
+    and a dynamic batcher (the service's own batcher follows the same settings)."""
+    inputs = ",\n".join(f'  {{ name: "{n}" data_type: TYPE_FP32 dims: [ 3, -1, -1 ] }}' for n in input_names(mode))
+    return (
+        f'name: "{name}"\n'
+        'platform: "onnxruntime_onnx"\n'
+        f"max_batch_size: {max_batch_size}\n"
+        f"input [\n{inputs}\n]\n"
+        f'output [\n  {{ name: "{OUTPUT}" data_type: TYPE_FP32 dims: [ 1, -1, -1 ] }}\n]\n'
+        "dynamic_batching {\n  max_queue_delay_microseconds: 5000\n}\n"
+    )
+
+
+def export_onnx(model: SegmentationModel, path: Path) -> None:
+    """TorchScript-based exporter (opset 17), dynamic batch, height and width."""
+    names = input_names(model.mode)
+    side = model.geometry.smallest_input_for_output(64) if model.mode == "large" else 64
+    examples = tuple(torch.rand(1, 3, side, side) * 255 for _ in names)
+    axes = {n: {0: "batch", 2: "height", 3: "width"} for n in names}
+    axes[OUTPUT] = {0: "batch", 2: "out_height", 3: "out_width"}
+    with torch.no_grad():
+        torch.onnx.export(
+            model, examples, str(path), input_names=names, output_names=[OUTPUT],
+            dynamic_axes=axes, opset_version=OPSET, dynamo=False,
+        )
+
+
+def check_parity(model: SegmentationModel, onnx_path: Path, inputs: list[np.ndarray]) -> float:
+    """Largest |ONNX Runtime - PyTorch| on ``inputs``; raises when above 1e-4."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = session.run([OUTPUT], dict(zip(input_names(model.mode), inputs)))[0]
+    with torch.no_grad():
+        want = model(*[torch.from_numpy(x) for x in inputs]).numpy()
+    if got.shape != want.shape:
+        raise InputError(f"{onnx_path}: ONNX output shape {got.shape} differs from PyTorch's {want.shape}")
+    diff = float(np.abs(got - want).max())
+    if diff > PARITY_ATOL:
+        raise InputError(f"{onnx_path}: ONNX Runtime and PyTorch differ by {diff:.2e} (> {PARITY_ATOL}); export refused")
+    return diff
+
+
+def next_version(store: Path, name: str) -> int:
+    versions = [int(p.name) for p in (store / name).glob("*") if p.is_dir() and p.name.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def export(checkpoint: Path, store: Path, name: str, version: int | None = None) -> dict[str, Any]:
+    """Export ``checkpoint`` as ``store/name/version``; returns the manifest written."""
+    model, meta = load_checkpoint(checkpoint)
+    # The store keeps fp16 weights; the graph is exported from those same (rounded)
+    # weights so that model.pt and model.onnx are one model.
+    with torch.no_grad():
+        for t in model.net.state_dict().values():
+            if t.is_floating_point():
+                t.copy_(t.half().float())
+    version = version or next_version(store, name)
+    folder = store / name / str(version)
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx_path = folder / "model.onnx"
+    tmp = folder / "model.onnx.tmp"
+    manifest: dict[str, Any] = {
+        "name": name,
+        "version": version,
+        "network": model.network_name,
+        "network_args": model.network_args,
+        "mode": model.mode,
+        "mean_rgb": model.mean.flatten().tolist(),
+        "geometry": manifest_geometry(model),
+        "inputs": [{"name": n, "dtype": "float32", "shape": [-1, 3, -1, -1], "meaning": "raw RGB 0-255"} for n in input_names(model.mode)],
+        "outputs": [{"name": OUTPUT, "dtype": "float32", "shape": [-1, 1, -1, -1], "meaning": "building probability"}],
+        "metrics": meta.get("metrics", {}),
+        "training": {k: meta.get(k) for k in ("code_version", "step", "data")},
+    }
+    manifest["parity_window_px"] = manifest["geometry"]["default_window_px"]["parity"]
+    export_onnx(model, tmp)
+    try:
+        manifest["parity_max_abs_diff"] = check_parity(model, tmp, _parity_inputs(model, manifest))
+    except InputError:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(onnx_path)
+    pt = folder / "model.pt"
+    if Path(checkpoint).resolve() != pt.resolve():
+        kept = {k: v for k, v in meta.items() if k not in ("format", "network", "network_args", "mean_rgb", "state_dict", "optimizer")}
+        save_checkpoint(pt, model, half=True, **kept)
+    manifest["files"] = {p.name: sha256(p) for p in (onnx_path, pt)}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    (store / name / "config.pbtxt").write_text(triton_config(name, model.mode))
+    return manifest
+
+
+def remove_version(store: Path, name: str, version: int) -> None:
+    """Roll back: a version is one folder."""
+    shutil.rmtree(store / name / str(version))
