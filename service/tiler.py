@@ -155,14 +155,8 @@ class TilingEngine:
         return total / 8
 
     def _read(self, source: RasterSource, win: Window) -> list[np.ndarray]:
-        """The window's model inputs as float32 RGB; a context crop is averaged 2x2 down."""
-        crops = []
-        for row, col, size in win.reads:
-            x = source.read(row, col, size).astype(np.float32)
-            if size != win.reads[0][2]:  # dual context: 2s -> s by 2x2 means
-                x = x.reshape(3, size // 2, 2, size // 2, 2).mean(axis=(2, 4))
-            crops.append(x)
-        return crops
+        """The window's crops as read (uint8): what backends, local or remote, take."""
+        return [source.read(row, col, size) for row, col, size in win.reads]
 
     def run(self, source: RasterSource, progress: bool = False) -> Iterator[tuple[int, int, np.ndarray]]:
         """Yield ``(r0, r1, probabilities)`` row blocks, top to bottom, as they finish.

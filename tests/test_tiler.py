@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from service.backends.base import model_inputs
 from service.backends.torch_backend import TorchBackend
 from service.errors import InputError
 from service.tiler import ArraySource, EngineConfig, TilingEngine
@@ -95,8 +96,8 @@ class OffsetBackend:
         self.calls = []
 
     def infer(self, inputs):
-        full, context = inputs
-        assert full.shape == context.shape
+        assert inputs[1].shape[-1] == 2 * inputs[0].shape[-1]  # context crops come as read
+        full, context = model_inputs(inputs)
         self.calls.append(len(full))
         truth = full.mean(axis=1) / 255.0
         offsets = self.rng.uniform(-self.error, self.error, (len(full), 1, 1)).astype(np.float32)
@@ -146,7 +147,7 @@ def test_dual_windows_read_mirror_padded_context_at_every_edge():
     cols = {w.out_col for w in windows}
     assert min(rows) == 0 and max(rows) == 200 - 64 and min(cols) == 0 and max(cols) == 180 - 64
     for w in windows:  # every window, corners and edges included
-        full, ctx = engine._read(ArraySource(rgb), w)
+        full, ctx = (x[0] for x in model_inputs([c[None] for c in engine._read(ArraySource(rgb), w)]))
         r, c = w.out_row + pad, w.out_col + pad
         np.testing.assert_array_equal(full, padded[:, r : r + 64, c : c + 64])
         big = padded[:, r - 32 : r + 96, c - 32 : c + 96]
@@ -169,7 +170,7 @@ def test_tta_inverts_its_transforms(amll):
 
     class Covariant(OffsetBackend):
         def infer(self, inputs):
-            return inputs[0].mean(axis=1) / 255.0
+            return inputs[0].astype(np.float32).mean(axis=1) / 255.0
 
     rgb = _raster(150, 170, seed=7)
     plain = TilingEngine(Covariant(), EngineConfig(window=64, dual_overlap=16)).probabilities(ArraySource(rgb))

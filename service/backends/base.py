@@ -7,12 +7,29 @@ from typing import Protocol
 import numpy as np
 
 
+def model_inputs(crops: list[np.ndarray]) -> list[np.ndarray]:
+    """Crops as read (uint8 ``(N, 3, n, n)``; for dual windows also the ``(N, 3, 2n, 2n)``
+    context) -> the model's float32 inputs, the context averaged 2x2 down to ``n``.
+
+    Every backend calls this, so a window gives the same numbers in-process and on
+    a remote model server (which receives the uint8 crops).
+    """
+    out = []
+    for x in crops:
+        x = x.astype(np.float32)
+        if x.shape[-1] != crops[0].shape[-1]:
+            n, c, h, w = x.shape
+            x = x.reshape(n, c, h // 2, 2, w // 2, 2).mean(axis=(3, 5))
+        out.append(x)
+    return out
+
+
 class Backend(Protocol):
     """A loaded model. ``mode`` is ``"large"`` or ``"dual"``.
 
-    ``infer`` takes one float32 array ``(N, 3, n, n)`` of raw RGB (0-255) per model
-    input (one for large windows; full and context for dual) and returns the
-    building probability ``(N, h, w)`` float32. Batching is the caller's business.
+    ``infer`` takes the window crops as read, uint8 ``(N, 3, n, n)`` (and for dual
+    windows the ``(N, 3, 2n, 2n)`` context crops), and returns the building
+    probability ``(N, h, w)`` float32. Batching is the caller's business.
     """
 
     name: str

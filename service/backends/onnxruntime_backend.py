@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..store import ModelEntry
+from .base import model_inputs
 
 
 class OnnxRuntimeBackend:
@@ -28,7 +29,7 @@ class OnnxRuntimeBackend:
         self._window_bytes: dict[int, int] = {}
 
     def infer(self, inputs: list[np.ndarray]) -> np.ndarray:
-        feed = {n: np.ascontiguousarray(x, dtype=np.float32) for n, x in zip(self._inputs, inputs)}
+        feed = dict(zip(self._inputs, model_inputs(inputs)))
         return self.session.run([self._output], feed)[0][:, 0]
 
     def window_bytes(self, window: int) -> int:

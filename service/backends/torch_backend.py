@@ -6,6 +6,8 @@ import numpy as np
 import torch
 
 from training.networks.cost import window_bytes
+
+from .base import model_inputs
 from training.networks.model import SegmentationModel, load_checkpoint
 
 
@@ -27,7 +29,7 @@ class TorchBackend:
 
     @torch.inference_mode()
     def infer(self, inputs: list[np.ndarray]) -> np.ndarray:
-        xs = [torch.from_numpy(x).to(self.device).contiguous(memory_format=torch.channels_last) for x in inputs]
+        xs = [torch.from_numpy(x).to(self.device).contiguous(memory_format=torch.channels_last) for x in model_inputs(inputs)]
         return self.model(*xs)[:, 0].float().cpu().numpy()
 
     def window_bytes(self, window: int) -> int:
