@@ -15,6 +15,7 @@ fi
 stamp=.venv/.footprints-installed
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  .venv/bin/python -m service.codegen  # gRPC stubs: a no-op unless proto/ changed
   exit 0
 fi
 
@@ -25,4 +26,5 @@ echo "setup: installing torch==2.13.0 (CPU)"
 "${pip[@]}" install torch==2.13.0
 echo "setup: installing footprints and its pinned dependencies"
 "${pip[@]}" install -e ".[dev]"
+.venv/bin/python -m service.codegen
 echo "$want" > "$stamp"

@@ -48,12 +48,16 @@ def _baseline(args: argparse.Namespace) -> int:
 
 
 def _segment(args: argparse.Namespace) -> int:
+    if args.server:
+        return _segment_remote(args)
     from .backends.torch_backend import TorchBackend
     from .outputs import SegmentOptions, segment_file
     from .tiler import EngineConfig, TilingEngine
 
     if args.checkpoint:
         backend = TorchBackend.from_checkpoint(args.checkpoint, device=args.device)
+    elif not args.model:
+        raise InputError("say which model: --checkpoint FILE, --model NAME (store), or --server HOST:PORT")
     else:
         from .backends import open_backend
         from .store import ModelStore
@@ -118,6 +122,44 @@ def _overlay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _segment_remote(args: argparse.Namespace) -> int:
+    import grpc
+
+    from .client import FootprintsClient
+
+    name, _, version = (args.model or "amll").partition(":")
+    with FootprintsClient(args.server) as client:
+        try:
+            result = client.segment_file(
+                args.image, args.output, model=name, version=int(version or 0), window=args.window or 0,
+                threshold=args.threshold, tta=args.tta, probabilities=args.probabilities, polygons=args.polygons,
+                overlay=args.overlay,
+            )
+        except grpc.RpcError as e:
+            raise InputError(f"server {args.server} answered {e.code().name}: {e.details()}") from None
+    s = result.summary
+    print(f"{args.image.name}: {s.width}x{s.height} by {s.model} v{s.model_version} ({s.backend}), {s.windows} windows of "
+          f"{s.window} px, building share {s.building_share:.4f}, {s.timings.total_seconds:.1f} s; mask {args.output}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .api import Limits
+    from .server import ServerConfig, serve_forever
+
+    cfg = ServerConfig(
+        store=args.store, host=args.host, port=args.port, metrics_port=args.metrics_port if args.metrics_port >= 0 else None,
+        models=args.models.split(",") if args.models else None, backend=args.backend, max_batch=args.max_batch,
+        max_queue_delay_ms=args.max_queue_delay_ms, max_queued_windows=args.max_queued_windows,
+        limits=Limits(max_tiles_in_flight=args.max_tiles, max_raster_side=args.max_side, max_batch=args.max_batch),
+        grace_s=args.grace, model_servers=args.model_servers.split(",") if args.model_servers else [],
+    )
+    asyncio.run(serve_forever(cfg))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="footprints", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -147,9 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("segment", help="segment a GeoTIFF into a georeferenced building mask")
     p.add_argument("image", type=Path, help="input GeoTIFF: uint8 RGB, or RGBA with alpha")
     p.add_argument("-o", "--output", required=True, type=Path, help="output mask GeoTIFF (0/255)")
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--checkpoint", type=Path, help="footprints checkpoint (.pt), run with PyTorch")
-    which.add_argument("--model", help="NAME or NAME:VERSION from the model store")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--checkpoint", type=Path, help="footprints checkpoint (.pt), run with PyTorch in-process")
+    p.add_argument("--model", help="NAME or NAME:VERSION: from the store in-process, or on --server (default amll)")
+    which.add_argument("--server", help="HOST:PORT of a footprints server: stream the tile there")
     p.add_argument("--store", type=Path, default=Path("model_store"), help="model store folder (with --model)")
     p.add_argument("--backend", choices=["onnxruntime", "torch"], default="onnxruntime", help="with --model")
     p.add_argument("--window", type=int, help="large: input side (2636 on GPU, the measured CPU default); dual: output side (384)")
@@ -191,6 +234,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, type=Path)
     p.add_argument("--reference", type=Path, help="reference mask: hits green, false alarms red, misses blue")
     p.set_defaults(func=_overlay)
+
+    p = sub.add_parser("serve", help="run the gRPC service (SegmentTile, InferWindows, ListModels, health, reflection)")
+    p.add_argument("--store", type=Path, default=Path("model_store"))
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=50051, help="0: any free port")
+    p.add_argument("--metrics-port", type=int, default=9100, help="Prometheus /metrics port (0: any free, -1: off)")
+    p.add_argument("--models", help="comma-separated model names (default: all in the store, newest versions)")
+    p.add_argument("--backend", choices=["onnxruntime", "torch"], default="onnxruntime")
+    p.add_argument("--max-batch", type=int, default=4, help="windows per model call, across requests")
+    p.add_argument("--max-queue-delay-ms", type=float, default=5.0, help="how long a batch waits to fill")
+    p.add_argument("--max-queued-windows", type=int, default=64, help="past this, RESOURCE_EXHAUSTED")
+    p.add_argument("--max-tiles", type=int, default=4, help="tiles in flight at once; past this, RESOURCE_EXHAUSTED")
+    p.add_argument("--max-side", type=int, default=10000, help="largest raster side accepted, px")
+    p.add_argument("--grace", type=float, default=30.0, help="seconds in-flight tiles get to finish on SIGTERM")
+    p.add_argument("--model-servers", help="HOST:PORT,...: run windows on these servers' InferWindows")
+    p.set_defaults(func=_serve)
     return parser
 
 

@@ -185,10 +185,10 @@ class RGBRaster:
     are reported by :meth:`valid_rows`.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, dataset: rasterio.io.DatasetReader | None = None) -> None:
         self.path = Path(path)
         try:
-            self.src = rasterio.open(self.path)
+            self.src = dataset if dataset is not None else rasterio.open(self.path)
         except rasterio.errors.RasterioIOError as e:
             raise InputError(f"{self.path}: cannot be read as a raster ({e})") from None
         try:

@@ -79,36 +79,37 @@ def segment_file(engine: TilingEngine, image: str | Path, out: str | Path, opts:
     return summary
 
 
-def mask_polygons(mask_path: str | Path, min_area_m2: float = 4.0, simplify_m: float = 0.5) -> tuple[list[shapely.Geometry], str | None]:
-    """Building polygons of a 0/255 mask GeoTIFF, in its CRS, and that CRS as a string.
-
-    Areas and tolerances are in the CRS's units (metres for projected CRSs).
-    """
+def mask_polygons(mask, min_area_m2: float = 4.0, simplify_m: float = 0.5) -> tuple[list[shapely.Geometry], str | None]:
+    """Building polygons of a 0/255 mask GeoTIFF (a path or an open dataset), in its
+    CRS, and that CRS as a string. Areas and tolerances are in the CRS's units
+    (metres for projected CRSs)."""
+    if isinstance(mask, (str, Path)):
+        with rasterio.open(mask) as src:
+            return mask_polygons(src, min_area_m2, simplify_m)
+    src = mask
+    crs = src.crs.to_string() if src.crs else None
     geoms = []
-    with rasterio.open(mask_path) as src:
-        crs = src.crs.to_string() if src.crs else None
-        # Strips keep memory flat; shapes() works on each strip with its own transform.
-        # A building crossing a strip edge is merged back below.
-        for r0, r1 in row_strips(src.height, 1024):
-            win = Window(0, r0, src.width, r1 - r0)
-            band = src.read(1, window=win)
-            for geom, _ in shapes(band, mask=band > 0, transform=src.window_transform(win)):
-                geoms.append(shapely.geometry.shape(geom))
+    # Strips keep memory flat; shapes() works on each strip with its own transform.
+    # A building crossing a strip edge is merged back below.
+    for r0, r1 in row_strips(src.height, 1024):
+        win = Window(0, r0, src.width, r1 - r0)
+        band = src.read(1, window=win)
+        for geom, _ in shapes(band, mask=band > 0, transform=src.window_transform(win)):
+            geoms.append(shapely.geometry.shape(geom))
     if not geoms:
         return [], crs
     merged = shapely.union_all(geoms)  # rejoins buildings cut at strip edges
-    parts = list(getattr(merged, "geoms", [merged]))
     out = []
-    for g in parts:
+    for g in getattr(merged, "geoms", [merged]):
         if g.area < min_area_m2:
             continue
         out.append(g.simplify(simplify_m, preserve_topology=True) if simplify_m > 0 else g)
     return out, crs
 
 
-def write_polygons(mask_path: str | Path, out: str | Path, min_area_m2: float = 4.0, simplify_m: float = 0.5) -> int:
-    """Write the mask's building polygons as a GeoJSON FeatureCollection; returns the count."""
-    polys, crs = mask_polygons(mask_path, min_area_m2, simplify_m)
+def polygons_geojson(mask, min_area_m2: float = 4.0, simplify_m: float = 0.5) -> str:
+    """The mask's building polygons as a GeoJSON FeatureCollection string."""
+    polys, crs = mask_polygons(mask, min_area_m2, simplify_m)
     features = [
         {"type": "Feature", "properties": {"area_m2": round(p.area, 2)}, "geometry": shapely.geometry.mapping(p)}
         for p in polys
@@ -118,6 +119,12 @@ def write_polygons(mask_path: str | Path, out: str | Path, min_area_m2: float = 
         # RFC 7946 GeoJSON assumes WGS 84; polygons here stay in the raster's CRS,
         # so name it the way GDAL and QGIS read it.
         collection["crs"] = {"type": "name", "properties": {"name": crs}}
+    return json.dumps(collection)
+
+
+def write_polygons(mask_path: str | Path, out: str | Path, min_area_m2: float = 4.0, simplify_m: float = 0.5) -> int:
+    """Write the mask's building polygons as GeoJSON; returns the count."""
+    text = polygons_geojson(mask_path, min_area_m2, simplify_m)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(collection))
-    return len(features)
+    Path(out).write_text(text)
+    return len(json.loads(text)["features"])

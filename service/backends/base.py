@@ -24,6 +24,20 @@ def model_inputs(crops: list[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
+def estimate_window_bytes(manifest: dict, window: int) -> int:
+    """Memory bound of one window of a store model, from its manifest's network
+    (a meta-device pass: no weights loaded, no memory touched)."""
+    import torch
+
+    from training.networks.cost import window_cost
+    from training.networks.model import SegmentationModel
+
+    with torch.device("meta"):
+        model = SegmentationModel(manifest["network"], manifest["network_args"], manifest["mean_rgb"])
+    shapes = ((1, 3, window, window),) * len(manifest["inputs"])
+    return window_cost(model, shapes)["activation_bytes"]
+
+
 class Backend(Protocol):
     """A loaded model. ``mode`` is ``"large"`` or ``"dual"``.
 

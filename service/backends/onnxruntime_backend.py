@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..store import ModelEntry
-from .base import model_inputs
+from .base import estimate_window_bytes, model_inputs
 
 
 class OnnxRuntimeBackend:
@@ -33,19 +33,10 @@ class OnnxRuntimeBackend:
         return self.session.run([self._output], feed)[0][:, 0]
 
     def window_bytes(self, window: int) -> int:
-        """The network's activation bound (meta-device pass); ONNX Runtime's peak at
-        2636 px (11 GB) sits at this bound, above eager PyTorch's (7.6 GB)."""
+        """The network's activation bound; ONNX Runtime's peak at 2636 px (11 GB,
+        shared/perf-notes.md) sits at this bound, above eager PyTorch's (7.6 GB)."""
         if window not in self._window_bytes:
-            import torch
-
-            from training.networks.cost import window_cost
-            from training.networks.model import SegmentationModel
-
-            m = self.entry.manifest
-            with torch.device("meta"):
-                model = SegmentationModel(m["network"], m["network_args"], m["mean_rgb"])
-            shapes = ((1, 3, window, window),) * len(self._inputs)
-            self._window_bytes[window] = window_cost(model, shapes)["activation_bytes"]
+            self._window_bytes[window] = estimate_window_bytes(self.entry.manifest, window)
         return self._window_bytes[window]
 
     def close(self) -> None:

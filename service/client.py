@@ -1,0 +1,184 @@
+"""A small Python client for the footprints gRPC service.
+
+    client = FootprintsClient("127.0.0.1:50051")
+    summary = client.segment_file("tile.tif", "mask.tif", model="amll", polygons="b.geojson")
+
+Files are streamed in chunks (never read whole into memory) and mask rows are
+written to the output GeoTIFF as they arrive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+import rasterio
+from rasterio.transform import Affine
+from rasterio.windows import Window
+from tqdm import tqdm
+
+from ._pb import footprints_pb2 as pb
+from ._pb import footprints_pb2_grpc as pb_grpc
+from .geoio import geotiff_profile
+from .remote import MAX_MESSAGE_BYTES
+
+CHUNK_BYTES = 2**20
+
+
+@dataclass
+class TileResult:
+    summary: pb.TileSummary | None = None
+    geotiff: bytes = b""
+    polygons_geojson: str | None = None
+    rows_received: int = 0
+    row_messages: int = 0
+    first_rows_at: float | None = None  # seconds after the call started
+    extra: dict = field(default_factory=dict)
+
+
+class FootprintsClient:
+    def __init__(self, address: str) -> None:
+        options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+        self.channel = grpc.insecure_channel(address, options=options)
+        self.stub = pb_grpc.SegmentationStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "FootprintsClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def list_models(self, timeout: float | None = 30) -> list[pb.ModelInfo]:
+        return list(self.stub.ListModels(pb.ListModelsRequest(), timeout=timeout).models)
+
+    def get_model(self, name: str, version: int = 0, timeout: float | None = 30) -> pb.ModelInfo:
+        return self.stub.GetModel(pb.GetModelRequest(name=name, version=version), timeout=timeout)
+
+    # ---- SegmentTile ----------------------------------------------------------
+    def stream(
+        self,
+        header: pb.TileHeader,
+        chunks: Iterator[bytes],
+        on_rows: Callable[[pb.MaskRows], None],
+        timeout: float | None = None,
+    ) -> TileResult:
+        """Send ``header`` and ``chunks``; call ``on_rows`` for each block of mask rows."""
+        import time
+
+        def requests():
+            yield pb.SegmentTileRequest(header=header)
+            for c in chunks:
+                yield pb.SegmentTileRequest(chunk=c)
+
+        result = TileResult()
+        t0 = time.perf_counter()
+        geotiff = bytearray()
+        for reply in self.stub.SegmentTile(requests(), timeout=timeout):
+            part = reply.WhichOneof("part")
+            if part == "rows":
+                if result.first_rows_at is None:
+                    result.first_rows_at = time.perf_counter() - t0
+                result.rows_received += reply.rows.row_count
+                result.row_messages += 1
+                on_rows(reply.rows)
+            elif part == "summary":
+                result.summary = reply.summary
+            elif part == "mask_geotiff_chunk":
+                geotiff += reply.mask_geotiff_chunk
+            elif part == "polygons_geojson":
+                result.polygons_geojson = reply.polygons_geojson
+        result.geotiff = bytes(geotiff)
+        return result
+
+    def segment_file(
+        self,
+        image: str | Path,
+        out: str | Path,
+        model: str = "amll",
+        version: int = 0,
+        window: int = 0,
+        threshold: float | None = None,
+        tta: bool = False,
+        probabilities: str | Path | None = None,
+        polygons: str | Path | None = None,
+        overlay: str | Path | None = None,
+        progress: bool = True,
+        timeout: float | None = None,
+    ) -> TileResult:
+        """Segment a GeoTIFF on the server; write the mask (and outputs) locally."""
+        image, out = Path(image), Path(out)
+        with rasterio.open(image) as src:  # header only: the grid for the output
+            grid = dict(width=src.width, height=src.height, crs=src.crs, transform=src.transform)
+        header = pb.TileHeader(
+            model=model, model_version=version, window=window, tta=tta,
+            outputs=pb.Outputs(probabilities=probabilities is not None, polygons=polygons is not None),
+            geotiff=pb.GeoTiffInput(size_bytes=image.stat().st_size),
+        )
+        if threshold is not None:
+            header.threshold = threshold
+
+        def chunks() -> Iterator[bytes]:
+            with image.open("rb") as f:
+                while block := f.read(CHUNK_BYTES):
+                    yield block
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        writers = [rasterio.open(out, "w", **geotiff_profile(count=1, **grid))]
+        if probabilities is not None:
+            writers.append(rasterio.open(probabilities, "w", **geotiff_profile(count=1, **grid)))
+        bar = tqdm(total=grid["height"], desc=f"segment {image.name}", unit="row", disable=not progress)
+
+        def write(rows: pb.MaskRows) -> None:
+            win = Window(0, rows.row_start, rows.width, rows.row_count)
+            shape = (1, rows.row_count, rows.width)
+            writers[0].write(np.frombuffer(rows.mask, np.uint8).reshape(shape), window=win)
+            if probabilities is not None:
+                writers[1].write(np.frombuffer(rows.probabilities, np.uint8).reshape(shape), window=win)
+            bar.update(rows.row_count)
+
+        try:
+            result = self.stream(header, chunks(), write, timeout)
+        finally:
+            bar.close()
+            for w in writers:
+                w.close()
+        if polygons is not None and result.polygons_geojson is not None:
+            Path(polygons).parent.mkdir(parents=True, exist_ok=True)
+            Path(polygons).write_text(result.polygons_geojson)
+        if overlay is not None:
+            from .overlay import write_overlay
+
+            write_overlay(image, out, overlay)
+        return result
+
+    def segment_array(
+        self,
+        rgb: np.ndarray,
+        crs: str,
+        transform: Affine,
+        model: str = "amll",
+        version: int = 0,
+        window: int = 0,
+        outputs: pb.Outputs | None = None,
+        timeout: float | None = None,
+    ) -> tuple[np.ndarray, TileResult]:
+        """Segment an in-memory ``(3, h, w)`` uint8 array sent as raw RGB rows."""
+        _, h, w = rgb.shape
+        header = pb.TileHeader(
+            model=model, model_version=version, window=window, outputs=outputs or pb.Outputs(),
+            raw=pb.RawRgbInput(width=w, height=h, georeference=pb.Georeference(crs=crs, transform=list(transform.to_gdal()))),
+        )
+        data = np.ascontiguousarray(rgb.transpose(1, 2, 0)).tobytes()
+        mask = np.zeros((h, w), np.uint8)
+
+        def put(rows: pb.MaskRows) -> None:
+            mask[rows.row_start : rows.row_start + rows.row_count] = np.frombuffer(rows.mask, np.uint8).reshape(rows.row_count, rows.width)
+
+        chunks = (data[i : i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES))
+        return mask, self.stream(header, chunks, put, timeout)

@@ -1,0 +1,131 @@
+"""The composition root: builds the store, backends, batchers and servicer, and owns
+the lifecycle (health, reflection, metrics endpoint, SIGTERM drain)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ._pb import footprints_pb2 as pb
+from ._pb import footprints_pb2_grpc as pb_grpc
+from .api import Limits, LoadedModel, SegmentationServicer
+from .backends import open_backend
+from .backends.base import estimate_window_bytes
+from .batcher import Batcher
+from .metrics import Metrics
+from .remote import MAX_MESSAGE_BYTES, RemoteBackend
+from .store import ModelStore
+
+
+@dataclass
+class ServerConfig:
+    store: Path = Path("model_store")
+    host: str = "127.0.0.1"
+    port: int = 50051  # 0: any free port
+    metrics_port: int | None = 9100  # 0: any free port, None: no endpoint
+    models: list[str] | None = None  # None: every model in the store, newest version
+    backend: str = "onnxruntime"
+    max_batch: int = 4
+    max_queue_delay_ms: float = 5.0
+    max_queued_windows: int = 64
+    limits: Limits = field(default_factory=Limits)
+    grace_s: float = 30.0
+    model_servers: list[str] = field(default_factory=list)  # remote InferWindows servers
+
+
+class Server:
+    """A running footprints gRPC server (``await Server.start(cfg)``)."""
+
+    def __init__(self, cfg: ServerConfig) -> None:
+        self.cfg = cfg
+        self.metrics = Metrics()
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        self.grpc = grpc.aio.server(options=[
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ])
+        self.models: dict[tuple[str, int], LoadedModel] = {}
+        self.port = 0
+        self.metrics_port: int | None = None
+        self._stopped = asyncio.Event()
+
+    def _load(self) -> dict[str, int]:
+        cfg = self.cfg
+        store = ModelStore(cfg.store)
+        latest = {}
+        for name in cfg.models or store.names():
+            entry = store.get(name)
+            if cfg.model_servers:
+                info = self._remote_info(name)
+                estimate = lambda window, e=entry: estimate_window_bytes(e.manifest, window)  # noqa: E731
+                backend, kind = RemoteBackend(cfg.model_servers, name, entry.version, info, estimate), "remote"
+                threads = len(cfg.model_servers)
+            else:
+                backend, kind, threads = open_backend(entry, cfg.backend), cfg.backend, 1
+            batcher = Batcher(backend, cfg.max_batch, cfg.max_queue_delay_ms / 1000, cfg.max_queued_windows,
+                              self.metrics, label=f"{name}/{entry.version}", threads=threads)
+            self.models[(name, entry.version)] = LoadedModel(entry, backend, batcher, kind)
+            latest[name] = entry.version
+            self.metrics.model_loaded.labels(name, str(entry.version), kind, entry.mode).set(1)
+        return latest
+
+    def _remote_info(self, name: str) -> pb.ModelInfo:
+        with grpc.insecure_channel(self.cfg.model_servers[0]) as channel:
+            return pb_grpc.SegmentationStub(channel).GetModel(pb.GetModelRequest(name=name), timeout=30)
+
+    @classmethod
+    async def start(cls, cfg: ServerConfig) -> "Server":
+        self = cls(cfg)
+        latest = self._load()
+        servicer = SegmentationServicer(self.models, latest, cfg.limits, self.metrics)
+        pb_grpc.add_SegmentationServicer_to_server(servicer, self.grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        names = (pb.DESCRIPTOR.services_by_name["Segmentation"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, self.grpc)
+        self.port = self.grpc.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        await self.grpc.start()
+        for service in ("", pb.DESCRIPTOR.services_by_name["Segmentation"].full_name):
+            await _set_health(self.health, service, health_pb2.HealthCheckResponse.SERVING)
+        if cfg.metrics_port is not None:
+            self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.host).server_port
+        return self
+
+    async def stop(self) -> None:
+        """Drain: health goes NOT_SERVING, new calls are refused, in-flight tiles get
+        up to ``grace_s`` to finish, then the server stops."""
+        for service in ("", pb.DESCRIPTOR.services_by_name["Segmentation"].full_name):
+            await _set_health(self.health, service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.grpc.stop(self.cfg.grace_s)
+        for m in self.models.values():
+            await m.batcher.close()
+            m.backend.close()
+        self._stopped.set()
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+
+async def _set_health(servicer, service: str, status) -> None:
+    result = servicer.set(service, status)
+    if asyncio.iscoroutine(result):
+        await result
+
+
+async def serve_forever(cfg: ServerConfig) -> None:
+    """``footprints serve``: run until SIGTERM or SIGINT, then drain."""
+    server = await Server.start(cfg)
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: stopping.append(asyncio.ensure_future(server.stop())) if not stopping else None)
+    models = ", ".join(f"{n} v{v}" for n, v in server.models)
+    metrics = f", metrics on http://{cfg.host}:{server.metrics_port}/metrics" if server.metrics_port else ""
+    print(f"footprints serving {models} on {cfg.host}:{server.port}{metrics}", flush=True)
+    await server.wait()
+    print("footprints server stopped", flush=True)

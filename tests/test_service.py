@@ -1,0 +1,315 @@
+"""The gRPC service against real servers on 127.0.0.1 (small networks keep it fast)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import rasterio
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from rasterio.transform import from_origin
+
+from service._pb import footprints_pb2 as pb
+from service.api import Limits
+from service.backends import open_backend
+from service.client import FootprintsClient
+from service.geoio import RGBRaster, write_geotiff
+from service.server import Server, ServerConfig
+from service.store import ModelStore
+from service.tiler import EngineConfig, TilingEngine
+from training.export import export
+from training.networks.model import SegmentationModel, save_checkpoint
+
+from .conftest import REPO
+
+CRS = "EPSG:32616"
+TRANSFORM = from_origin(500_000.0, 4_600_000.0, 0.3, 0.3)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    torch.manual_seed(0)
+    for name, net, args in (("amll", "amll_unet", {"filters": (4, 8, 16, 32, 64)}), ("nus", "nus_dual_unet", {"channels": (4, 8, 16, 8, 4)})):
+        model = SegmentationModel(net, args, [110.0, 112.0, 114.0])
+        export(save_checkpoint(root.parent / f"{name}.pt", model), root, name)
+    return root
+
+
+class RunningServer:
+    """A footprints server in this process, on its own event loop thread."""
+
+    def __init__(self, cfg: ServerConfig) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = asyncio.run_coroutine_threadsafe(Server.start(cfg), self.loop).result(120)
+        self.address = f"127.0.0.1:{self.server.port}"
+        self.metrics_url = f"http://127.0.0.1:{self.server.metrics_port}/metrics"
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(120)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def _config(store, **kw) -> ServerConfig:
+    limits = kw.pop("limits", Limits(max_tiles_in_flight=4, max_raster_side=6000, max_batch=4))
+    return ServerConfig(store=store, port=0, metrics_port=0, limits=limits, grace_s=60, **kw)
+
+
+@pytest.fixture(scope="module")
+def server(store):
+    s = RunningServer(_config(store))
+    yield s
+    s.stop()
+
+
+def _tile(path: Path, h: int, w: int, seed: int = 0, dtype="uint8", bands: int = 3) -> Path:
+    rng = np.random.default_rng(seed)
+    rgb = rng.integers(0, 256, (bands, h, w)).astype(dtype)
+    rgb[:, h // 4 : h // 2, w // 4 : w // 2] = 230  # some structure
+    write_geotiff(path, rgb, crs=CRS, transform=TRANSFORM)
+    return path
+
+
+def _in_process(store, name, path, window):
+    entry = ModelStore(store).get(name)
+    engine = TilingEngine(open_backend(entry, "onnxruntime"), EngineConfig(window=window, dual_overlap=64 if name == "nus" else 64))
+    with RGBRaster(path) as src:
+        return engine.probabilities(src)
+
+
+def _scrape(url: str) -> dict[str, float]:
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            values[key] = float(value)
+    return values
+
+
+def test_a_5000_px_tile_round_trip_equals_the_in_process_engine(server, store, tmp_path):
+    image = _tile(tmp_path / "big.tif", 5000, 5000)
+    out = tmp_path / "mask.tif"
+    with FootprintsClient(server.address) as client:
+        result = client.segment_file(image, out, model="amll", window=1180, polygons=tmp_path / "p.geojson", progress=False)
+    with rasterio.open(out) as m:
+        mask = m.read(1)
+        assert m.crs.to_string() == CRS and m.transform == TRANSFORM  # georeference preserved
+    expected = np.where(_in_process(store, "amll", image, 1180) >= 0.5, 255, 0).astype(np.uint8)
+    assert np.array_equal(mask, expected)  # bit for bit
+    s = result.summary
+    assert (s.width, s.height, s.model, s.model_version, s.backend) == (5000, 5000, "amll", 1, "onnxruntime")
+    assert s.georeference.crs == CRS and list(s.georeference.transform) == list(TRANSFORM.to_gdal())
+    assert result.rows_received == 5000 and result.row_messages > 4  # streamed in parts
+    assert (tmp_path / "p.geojson").read_text().startswith('{"type": "FeatureCollection"')
+
+
+def test_dual_resolution_through_the_service_and_raw_rows(server, store, tmp_path):
+    image = _tile(tmp_path / "d.tif", 420, 400, seed=3)
+    with rasterio.open(image) as src:
+        rgb = src.read()
+    with FootprintsClient(server.address) as client:
+        mask, result = client.segment_array(rgb, CRS, TRANSFORM, model="nus", outputs=pb.Outputs(geotiff=True))
+    expected = np.where(_in_process(store, "nus", image, None) >= 0.5, 255, 0).astype(np.uint8)
+    assert np.array_equal(mask, expected)
+    assert result.summary.windows == 4 and result.summary.window == 384
+    with rasterio.MemoryFile(result.geotiff) as mem, mem.open() as ds:
+        assert np.array_equal(ds.read(1), expected) and ds.crs.to_string() == CRS and ds.transform == TRANSFORM
+
+
+def _raw_header(w, h, **kw):
+    return pb.TileHeader(model=kw.pop("model", "amll"), raw=pb.RawRgbInput(width=w, height=h, georeference=pb.Georeference(crs=CRS, transform=list(TRANSFORM.to_gdal()))), **kw)
+
+
+def _call(address, messages, timeout=60):
+    with FootprintsClient(address) as client:
+        return list(client.stub.SegmentTile(iter(messages), timeout=timeout))
+
+
+def _bad_inputs(tmp_path):
+    good = np.zeros(300 * 300 * 3, np.uint8).tobytes()
+    u16 = _tile(tmp_path / "u16.tif", 300, 300, dtype="uint16").read_bytes()
+    one = _tile(tmp_path / "one.tif", 300, 300, bands=1).read_bytes()
+    R = pb.SegmentTileRequest
+    return {
+        "no header": ([R(chunk=good[:10])], grpc.StatusCode.INVALID_ARGUMENT, "before the header"),
+        "empty stream": ([], grpc.StatusCode.INVALID_ARGUMENT, "no header"),
+        "header twice": ([R(header=_raw_header(300, 300)), R(header=_raw_header(300, 300))], grpc.StatusCode.INVALID_ARGUMENT, "second header"),
+        "past declared size": ([R(header=_raw_header(300, 300)), R(chunk=good), R(chunk=b"x")], grpc.StatusCode.INVALID_ARGUMENT, "exceed the declared raster size"),
+        "truncated": ([R(header=_raw_header(300, 300)), R(chunk=good[:1000])], grpc.StatusCode.INVALID_ARGUMENT, "truncated"),
+        "zero size": ([R(header=_raw_header(0, 300))], grpc.StatusCode.INVALID_ARGUMENT, "must be positive"),
+        "too large": ([R(header=_raw_header(7000, 300))], grpc.StatusCode.INVALID_ARGUMENT, "exceeds the maximum side of 6000"),
+        "not uint8": ([R(header=pb.TileHeader(model="amll", geotiff=pb.GeoTiffInput(size_bytes=len(u16)))), R(chunk=u16)], grpc.StatusCode.INVALID_ARGUMENT, "expected uint8 RGB"),
+        "not RGB": ([R(header=pb.TileHeader(model="amll", geotiff=pb.GeoTiffInput(size_bytes=len(one)))), R(chunk=one)], grpc.StatusCode.INVALID_ARGUMENT, "1 band(s)"),
+        "undecodable": ([R(header=pb.TileHeader(model="amll", geotiff=pb.GeoTiffInput(size_bytes=5))), R(chunk=b"hello")], grpc.StatusCode.INVALID_ARGUMENT, "cannot be decoded"),
+        "unknown mode": ([R(header=_raw_header(300, 300, mode=7)), R(chunk=good)], grpc.StatusCode.INVALID_ARGUMENT, "mode"),
+        "wrong mode": ([R(header=_raw_header(300, 300, mode=pb.MODE_DUAL_RESOLUTION)), R(chunk=good)], grpc.StatusCode.INVALID_ARGUMENT, "runs large windows"),
+        "bad window": ([R(header=_raw_header(300, 300, window=600)), R(chunk=good)], grpc.StatusCode.INVALID_ARGUMENT, "window size 600 is not valid"),
+        "unknown model": ([R(header=_raw_header(300, 300, model="segnet")), R(chunk=good)], grpc.StatusCode.NOT_FOUND, "no model 'segnet'"),
+        "no raster": ([R(header=pb.TileHeader(model="amll"))], grpc.StatusCode.INVALID_ARGUMENT, "names no raster"),
+    }
+
+
+def test_every_bad_input_gets_its_status_and_the_next_good_request_succeeds(server, tmp_path):
+    good_rgb = np.random.default_rng(0).integers(0, 256, (3, 300, 300), dtype=np.uint8)
+    for name, (messages, code, text) in _bad_inputs(tmp_path).items():
+        with pytest.raises(grpc.RpcError) as err:
+            _call(server.address, messages)
+        assert err.value.code() == code, name
+        assert text in err.value.details(), (name, err.value.details())
+        with FootprintsClient(server.address) as client:
+            mask, result = client.segment_array(good_rgb, CRS, TRANSFORM, model="amll", window=252)
+        assert result.summary.height == 300 and mask.shape == (300, 300), name
+
+
+def test_overload_is_refused_with_resource_exhausted(store):
+    s = RunningServer(_config(store, limits=Limits(max_tiles_in_flight=1, max_raster_side=6000)))
+    try:
+        gate = threading.Event()
+        header = _raw_header(300, 300)
+
+        def slow():  # holds the only tile slot until released
+            yield pb.SegmentTileRequest(header=header)
+            gate.wait(30)
+            yield pb.SegmentTileRequest(chunk=np.zeros(300 * 300 * 3, np.uint8).tobytes())
+
+        with FootprintsClient(s.address) as client:
+            holder = client.stub.SegmentTile(slow(), timeout=60)
+            time.sleep(0.5)
+            with pytest.raises(grpc.RpcError) as err:
+                _call(s.address, [pb.SegmentTileRequest(header=header)])
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "limit 1" in err.value.details()
+            gate.set()
+            assert any(r.WhichOneof("part") == "summary" for r in holder)
+    finally:
+        s.stop()
+
+
+def test_cancelling_a_tile_stops_its_windows(store, tmp_path):
+    s = RunningServer(_config(store, max_batch=1))
+    try:
+        rgb = np.random.default_rng(1).integers(0, 256, (3, 3000, 3000), dtype=np.uint8)
+        header = _raw_header(3000, 3000, window=252)  # 22 x 22 = 484 windows
+        data = np.ascontiguousarray(rgb.transpose(1, 2, 0)).tobytes()
+        messages = [pb.SegmentTileRequest(header=header)] + [pb.SegmentTileRequest(chunk=data[i : i + 2**22]) for i in range(0, len(data), 2**22)]
+        with FootprintsClient(s.address) as client:
+            call = client.stub.SegmentTile(iter(messages), timeout=120)
+            for reply in call:
+                if reply.WhichOneof("part") == "rows":
+                    call.cancel()
+                    break
+        time.sleep(2.0)
+        ran = _scrape(s.metrics_url)['footprints_windows_total{model="amll/1"}']
+        time.sleep(1.0)
+        assert _scrape(s.metrics_url)['footprints_windows_total{model="amll/1"}'] == ran  # nothing more runs
+        assert ran < 484 / 2
+        assert _scrape(s.metrics_url)["footprints_tiles_in_flight"] == 0
+    finally:
+        s.stop()
+
+
+def test_health_reflection_models_and_metrics(server):
+    channel = grpc.insecure_channel(server.address)
+    health = health_pb2_grpc.HealthStub(channel)
+    assert health.Check(health_pb2.HealthCheckRequest(service="")).status == health_pb2.HealthCheckResponse.SERVING
+    assert health.Check(health_pb2.HealthCheckRequest(service="footprints.v1.Segmentation")).status == health_pb2.HealthCheckResponse.SERVING
+    refl = reflection_pb2_grpc.ServerReflectionStub(channel)
+    answer = next(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    names = {s.name for s in answer.list_services_response.service}
+    assert {"footprints.v1.Segmentation", "grpc.health.v1.Health"} <= names
+    channel.close()
+
+    before = _scrape(server.metrics_url)
+    with FootprintsClient(server.address) as client:
+        models = {m.name: m for m in client.list_models()}
+        assert set(models) == {"amll", "nus"}
+        assert models["amll"].mode == pb.MODE_LARGE_WINDOW and models["amll"].margin == 92 and models["amll"].stride == 16
+        assert models["nus"].mode == pb.MODE_DUAL_RESOLUTION and models["nus"].context == 768
+        assert client.get_model("amll", 1).versions == [1]
+        with pytest.raises(grpc.RpcError) as err:
+            client.get_model("amll", 9)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        client.segment_array(np.zeros((3, 300, 300), np.uint8), CRS, TRANSFORM, window=252)
+    after = _scrape(server.metrics_url)
+    key = 'footprints_requests_total{code="OK",method="SegmentTile"}'
+    assert after[key] == before.get(key, 0) + 1
+    assert after['footprints_requests_total{code="NOT_FOUND",method="GetModel"}'] >= 1
+    assert after['footprints_windows_total{model="amll/1"}'] > before.get('footprints_windows_total{model="amll/1"}', 0)
+    assert after["footprints_tile_seconds_count"] == before.get("footprints_tile_seconds_count", 0) + 1
+    assert after['footprints_model_loaded{backend="onnxruntime",mode="large",model="amll",version="1"}'] == 1
+    assert any(k.startswith("footprints_batch_size_bucket") for k in after)
+    assert "footprints_queued_windows{model=\"amll/1\"}" in after
+
+
+def _serve_process(store, *extra):
+    """A ``footprints serve`` process on free ports: (process, address, metrics URL)."""
+    exe = Path(sys.executable).with_name("footprints")
+    proc = subprocess.Popen([str(exe), "serve", "--store", str(store), "--port", "0", "--metrics-port", "0", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    line = proc.stdout.readline()
+    match = re.search(r"on 127\.0\.0\.1:(\d+), metrics on (http://\S+)", line)
+    assert match, line + proc.stderr.read()
+    return proc, f"127.0.0.1:{match.group(1)}", match.group(2)
+
+
+def test_sigterm_drains_in_flight_tiles(store, tmp_path):
+    proc, address, _ = _serve_process(store, "--max-batch", "1")
+    try:
+        rgb = np.random.default_rng(2).integers(0, 256, (3, 1500, 1500), dtype=np.uint8)
+        results = {}
+
+        def run():
+            with FootprintsClient(address) as client:
+                results["mask"], results["r"] = client.segment_array(rgb, CRS, TRANSFORM, window=252, timeout=120)
+
+        t = threading.Thread(target=run)
+        t.start()
+        time.sleep(1.5)  # the tile is being served
+        proc.send_signal(signal.SIGTERM)
+        t.join(120)
+        assert results["r"].summary.height == 1500 and results["r"].rows_received == 1500  # finished whole
+        assert proc.wait(60) == 0
+        assert "stopped" in proc.stdout.read()
+    finally:
+        proc.kill()
+
+
+def test_remote_model_servers_give_the_in_process_mask(store, tmp_path):
+    procs = [_serve_process(store) for _ in range(2)]
+    try:
+        front = RunningServer(_config(store, model_servers=[a for _, a, _ in procs]))
+        try:
+            image = _tile(tmp_path / "r.tif", 700, 650, seed=5)
+            with FootprintsClient(front.address) as client:
+                result = client.segment_file(image, tmp_path / "m.tif", model="amll", window=252, progress=False)
+            assert result.summary.backend == "remote" and result.summary.windows > 2
+            with rasterio.open(tmp_path / "m.tif") as m:
+                mask = m.read(1)
+            expected = np.where(_in_process(store, "amll", image, 252) >= 0.5, 255, 0).astype(np.uint8)
+            assert np.array_equal(mask, expected)
+        finally:
+            front.stop()
+        # The windows were spread over both model servers.
+        for proc, _, metrics in procs:
+            assert _scrape(metrics)['footprints_windows_total{model="amll/1"}'] > 0
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(60) == 0
+    finally:
+        for proc, _, _ in procs:
+            proc.kill()
