@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import shapely
+import shapely.affinity
 from rasterio.features import shapes
+from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from .geoio import RGBRaster, geotiff_profile, row_strips
@@ -88,21 +90,26 @@ def mask_polygons(mask, min_area_m2: float = 4.0, simplify_m: float = 0.5) -> tu
             return mask_polygons(src, min_area_m2, simplify_m)
     src = mask
     crs = src.crs.to_string() if src.crs else None
-    geoms = []
-    # Strips keep memory flat; shapes() works on each strip with its own transform.
-    # A building crossing a strip edge is merged back below.
+    # Strips keep memory flat. Polygons are traced in pixel coordinates; only those
+    # touching a strip edge can continue in the next strip, so only they are
+    # unioned (a noisy mask has ~10^5 specks, and one union of all is very slow).
+    inner, edge = [], []
     for r0, r1 in row_strips(src.height, 1024):
-        win = Window(0, r0, src.width, r1 - r0)
-        band = src.read(1, window=win)
-        for geom, _ in shapes(band, mask=band > 0, transform=src.window_transform(win)):
-            geoms.append(shapely.geometry.shape(geom))
-    if not geoms:
-        return [], crs
-    merged = shapely.union_all(geoms)  # rejoins buildings cut at strip edges
+        band = src.read(1, window=Window(0, r0, src.width, r1 - r0))
+        for geom, _ in shapes(band, mask=band > 0, transform=Affine.translation(0, r0)):
+            g = shapely.geometry.shape(geom)
+            _, y0, _, y1 = g.bounds
+            (edge if (y0 == r0 and r0 > 0) or (y1 == r1 and r1 < src.height) else inner).append(g)
+    if edge:
+        merged = shapely.union_all(edge)
+        inner += list(getattr(merged, "geoms", [merged]))
+    t = src.transform
+    pixel_area = abs(t.a * t.e - t.b * t.d)
     out = []
-    for g in getattr(merged, "geoms", [merged]):
-        if g.area < min_area_m2:
+    for g in inner:
+        if g.area * pixel_area < min_area_m2:
             continue
+        g = shapely.affinity.affine_transform(g, [t.a, t.b, t.d, t.e, t.c, t.f])
         out.append(g.simplify(simplify_m, preserve_topology=True) if simplify_m > 0 else g)
     return out, crs
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
+import json
 import re
 import signal
 import subprocess
@@ -107,7 +107,7 @@ def test_a_5000_px_tile_round_trip_equals_the_in_process_engine(server, store, t
     image = _tile(tmp_path / "big.tif", 5000, 5000)
     out = tmp_path / "mask.tif"
     with FootprintsClient(server.address) as client:
-        result = client.segment_file(image, out, model="amll", window=1180, polygons=tmp_path / "p.geojson", progress=False)
+        result = client.segment_file(image, out, model="amll", window=1180, progress=False)
     with rasterio.open(out) as m:
         mask = m.read(1)
         assert m.crs.to_string() == CRS and m.transform == TRANSFORM  # georeference preserved
@@ -117,7 +117,6 @@ def test_a_5000_px_tile_round_trip_equals_the_in_process_engine(server, store, t
     assert (s.width, s.height, s.model, s.model_version, s.backend) == (5000, 5000, "amll", 1, "onnxruntime")
     assert s.georeference.crs == CRS and list(s.georeference.transform) == list(TRANSFORM.to_gdal())
     assert result.rows_received == 5000 and result.row_messages > 4  # streamed in parts
-    assert (tmp_path / "p.geojson").read_text().startswith('{"type": "FeatureCollection"')
 
 
 def test_dual_resolution_through_the_service_and_raw_rows(server, store, tmp_path):
@@ -125,12 +124,14 @@ def test_dual_resolution_through_the_service_and_raw_rows(server, store, tmp_pat
     with rasterio.open(image) as src:
         rgb = src.read()
     with FootprintsClient(server.address) as client:
-        mask, result = client.segment_array(rgb, CRS, TRANSFORM, model="nus", outputs=pb.Outputs(geotiff=True))
+        mask, result = client.segment_array(rgb, CRS, TRANSFORM, model="nus", outputs=pb.Outputs(geotiff=True, polygons=True))
     expected = np.where(_in_process(store, "nus", image, None) >= 0.5, 255, 0).astype(np.uint8)
     assert np.array_equal(mask, expected)
     assert result.summary.windows == 4 and result.summary.window == 384
     with rasterio.MemoryFile(result.geotiff) as mem, mem.open() as ds:
         assert np.array_equal(ds.read(1), expected) and ds.crs.to_string() == CRS and ds.transform == TRANSFORM
+    polygons = json.loads(result.polygons_geojson)
+    assert polygons["crs"]["properties"]["name"] == CRS and polygons["type"] == "FeatureCollection"
 
 
 def _raw_header(w, h, **kw):
