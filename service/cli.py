@@ -115,6 +115,15 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from training.export import export
+
+    m = export(args.checkpoint, args.store, args.name, args.version)
+    print(f"exported {args.name} v{m['version']} to {args.store / args.name / str(m['version'])}: ONNX Runtime vs PyTorch "
+          f"max |diff| {m['parity_max_abs_diff']:.2e} on a {m['parity_window_px']}-px window")
+    return 0
+
+
 def _overlay(args: argparse.Namespace) -> int:
     from .overlay import write_overlay
 
@@ -227,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--command", action="append", help="a command that produced the model (repeatable; goes in the card)")
     p.add_argument("--train-minutes", type=float, help="wall-clock training time, for the card")
     p.set_defaults(func=_publish)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX in the versioned model store (parity-checked)")
+    p.add_argument("--checkpoint", required=True, type=Path)
+    p.add_argument("--name", required=True)
+    p.add_argument("--version", type=int, help="default: the next free version")
+    p.add_argument("--store", type=Path, default=Path("model_store"))
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("overlay", help="draw a mask (and its reference) over an image as a PNG")
     p.add_argument("image", type=Path)

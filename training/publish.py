@@ -33,7 +33,7 @@ def score(engine: TilingEngine, tiles: list[Tile], overlays: Path | None = None)
             segment_file(engine, t.image, pred, progress=False)
             pairs[t.image.name] = (pred, t.gt)
             if overlays is not None:
-                write_overlay(t.image, pred, overlays / f"{t.name}.png", ref=t.gt)
+                write_overlay(t.image, pred, overlays / f"{t.name}.png", ref=t.gt, max_side=800)
         return evaluate_pairs(pairs, progress=False)
 
 

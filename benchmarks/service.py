@@ -1,0 +1,132 @@
+"""The service's overheads, measured side by side in one run on this machine.
+
+1. One tile (5000 x 5000 by default) end to end through gRPC (a ``footprints serve``
+   process on 127.0.0.1, ONNX Runtime) vs the in-process tiling engine with the same
+   backend: the ratio should be at most 1.05.
+2. ONNX Runtime vs PyTorch on one model window (median of 3 runs each).
+3. Throughput with 1, 2 and 4 concurrent clients, each sending ``--tiles`` tiles.
+
+Writes benchmarks/results/service.json and prints a table.
+
+    .venv/bin/python benchmarks/service.py [--model amll] [--size 5000] [--throughput-size 2500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _report  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
+
+
+def _serve(store: Path) -> tuple[subprocess.Popen, str]:
+    exe = Path(sys.executable).with_name("footprints")
+    proc = subprocess.Popen(
+        [str(exe), "serve", "--store", str(store), "--port", "0", "--metrics-port", "-1", "--max-tiles", "8"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, **MALLOC_ENV}, cwd=ROOT,
+    )
+    port = re.search(r"127\.0\.0\.1:(\d+)", proc.stdout.readline()).group(1)
+    return proc, f"127.0.0.1:{port}"
+
+
+def main() -> None:
+    if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
+        # Same allocator settings as the server process, so the comparison is fair.
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--store", type=Path, default=ROOT / "model_store")
+    ap.add_argument("--model", default="amll")
+    ap.add_argument("--size", type=int, default=5000)
+    ap.add_argument("--throughput-size", type=int, default=2500)
+    ap.add_argument("--tiles", type=int, default=2, help="tiles per client in the throughput runs")
+    args = ap.parse_args()
+
+    from service.backends import open_backend
+    from service.client import FootprintsClient
+    from service.outputs import SegmentOptions, segment_file
+    from service.store import ModelStore
+    from service.tiler import EngineConfig, TilingEngine
+    from training.synthetic import style, synthesize_tile
+
+    entry = ModelStore(args.store).get(args.model)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        big = synthesize_tile(tmp / "big", style("fairhaven"), 1, args.size, 1, seed=11).image
+        small = synthesize_tile(tmp / "small", style("harbourside"), 1, args.throughput_size, 1, seed=12).image
+        proc, address = _serve(args.store)
+        try:
+            # 1. gRPC end to end vs in-process, same backend, same machine, back to back.
+            engine = TilingEngine(open_backend(entry, "onnxruntime"), EngineConfig())
+            t = time.perf_counter()
+            segment_file(engine, big, tmp / "inproc.tif", SegmentOptions(), progress=False)
+            inproc = time.perf_counter() - t
+            with FootprintsClient(address) as client:
+                t = time.perf_counter()
+                result = client.segment_file(big, tmp / "grpc.tif", model=args.model, progress=False)
+                grpc_s = time.perf_counter() - t
+            import rasterio
+
+            with rasterio.open(tmp / "inproc.tif") as a, rasterio.open(tmp / "grpc.tif") as b:
+                identical = bool(np.array_equal(a.read(1), b.read(1)))
+            rows.append({"measure": f"{args.size}^2 tile, in-process engine (s)", "value": inproc})
+            rows.append({"measure": f"{args.size}^2 tile, through gRPC (s)", "value": grpc_s})
+            rows.append({"measure": "gRPC / in-process (target <= 1.05)", "value": grpc_s / inproc})
+            rows.append({"measure": "masks identical", "value": str(identical)})
+            rows.append({"measure": "first mask rows after (s)", "value": result.first_rows_at})
+
+            # 2. One window: ONNX Runtime vs PyTorch.
+            window = result.summary.window
+            crops = [np.random.default_rng(0).integers(0, 256, (1, 3, window, window), dtype=np.uint8)]
+            per = {}
+            for kind in ("onnxruntime", "torch"):
+                backend = open_backend(entry, kind, "cpu")
+                backend.infer(crops)
+                times = []
+                for _ in range(3):
+                    t = time.perf_counter()
+                    backend.infer(crops)
+                    times.append(time.perf_counter() - t)
+                per[kind] = statistics.median(times)
+                rows.append({"measure": f"one {window}-px window, {kind} (s)", "value": per[kind]})
+            rows.append({"measure": "ONNX Runtime / PyTorch per window", "value": per["onnxruntime"] / per["torch"]})
+
+            # 3. Throughput with concurrent clients.
+            mpx = args.throughput_size**2 / 1e6
+            for clients in (1, 2, 4):
+                def work(i: int) -> None:
+                    with FootprintsClient(address) as c:
+                        for k in range(args.tiles):
+                            c.segment_file(small, tmp / f"t{clients}-{i}-{k}.tif", model=args.model, progress=False)
+
+                threads = [threading.Thread(target=work, args=(i,)) for i in range(clients)]
+                t = time.perf_counter()
+                for th in threads:
+                    th.start()
+                for th in threads:
+                    th.join()
+                wall = time.perf_counter() - t
+                n = clients * args.tiles
+                rows.append({"measure": f"{clients} client(s): {n} tiles of {args.throughput_size}^2, Mpx/s", "value": n * mpx / wall})
+        finally:
+            proc.terminate()
+            proc.wait(60)
+    _report.write("service", rows, {"model": f"{entry.name}/{entry.version}", "network_args": entry.manifest["network_args"]})
+
+
+if __name__ == "__main__":
+    main()
