@@ -225,6 +225,23 @@ def test_cancelling_a_tile_stops_its_windows(store, tmp_path):
         s.stop()
 
 
+def test_a_missed_deadline_ends_the_call_and_its_work(store):
+    s = RunningServer(_config(store, max_batch=1))
+    try:
+        rgb = np.random.default_rng(4).integers(0, 256, (3, 3000, 3000), dtype=np.uint8)
+        with FootprintsClient(s.address) as client:
+            with pytest.raises(grpc.RpcError) as err:
+                client.segment_array(rgb, CRS, TRANSFORM, window=252, timeout=2.0)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        time.sleep(2.0)
+        ran = _scrape(s.metrics_url)['footprints_windows_total{model="amll/1"}']
+        time.sleep(1.0)
+        assert _scrape(s.metrics_url)['footprints_windows_total{model="amll/1"}'] == ran < 484
+        assert _scrape(s.metrics_url)["footprints_tiles_in_flight"] == 0
+    finally:
+        s.stop()
+
+
 def test_health_reflection_models_and_metrics(server):
     channel = grpc.insecure_channel(server.address)
     health = health_pb2_grpc.HealthStub(channel)

@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from service.backends.torch_backend import TorchBackend
 from service.outputs import segment_file
 from service.overlay import write_overlay
@@ -24,16 +26,25 @@ from .networks.cost import parameter_count
 from .networks.model import load_checkpoint, save_checkpoint
 
 
+OVERLAY_SIDE = 600
+
+
 def score(engine: TilingEngine, tiles: list[Tile], overlays: Path | None = None) -> Report:
-    """Segment ``tiles`` with ``engine`` and pool IoU/accuracy per city and overall."""
+    """Segment ``tiles`` with ``engine`` and pool IoU/accuracy per city and overall.
+
+    An overlay PNG is drawn for the first tile of each city (they are ~1 MB each).
+    """
+    first = {}
+    for t in tiles:
+        first.setdefault(t.city, t.name)
     with tempfile.TemporaryDirectory(prefix="footprints-card-") as tmp:
         pairs = {}
-        for t in tiles:
+        for t in tqdm(tiles, desc="score", unit="tile"):
             pred = Path(tmp) / t.image.name
             segment_file(engine, t.image, pred, progress=False)
             pairs[t.image.name] = (pred, t.gt)
-            if overlays is not None:
-                write_overlay(t.image, pred, overlays / f"{t.name}.png", ref=t.gt, max_side=800)
+            if overlays is not None and first[t.city] == t.name:
+                write_overlay(t.image, pred, overlays / f"{t.name}.png", ref=t.gt, max_side=OVERLAY_SIDE)
         return evaluate_pairs(pairs, progress=False)
 
 
