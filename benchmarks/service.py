@@ -26,8 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 import _report  # noqa: E402
+
+# This file is named service.py: its own folder on sys.path would shadow the package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 ROOT = Path(__file__).resolve().parents[1]
 MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
