@@ -39,7 +39,6 @@ MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
 
 def child(name: str, image: str) -> None:
     """Run one configuration; print its row as JSON on the last line."""
-    import numpy as np
     import torch
 
     from service.backends.torch_backend import TorchBackend

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ._pb import footprints_pb2 as pb
 from ._pb import footprints_pb2_grpc as pb_grpc
 from .geoio import geotiff_profile
-from .remote import MAX_MESSAGE_BYTES
+from .remote import MESSAGE_OPTIONS
 
 CHUNK_BYTES = 2**20
 
@@ -41,8 +41,7 @@ class TileResult:
 
 class FootprintsClient:
     def __init__(self, address: str) -> None:
-        options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
-        self.channel = grpc.insecure_channel(address, options=options)
+        self.channel = grpc.insecure_channel(address, options=MESSAGE_OPTIONS)
         self.stub = pb_grpc.SegmentationStub(self.channel)
 
     def close(self) -> None:

@@ -23,6 +23,8 @@ from .backends.base import Backend
 from .batcher import Batcher
 
 MAX_MESSAGE_BYTES = 512 * 2**20  # a batch of 2636-px windows and their float32 answers
+# Channel and server options that lift gRPC's 4 MiB default to that size.
+MESSAGE_OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
 
 
 class Cancelled(Exception):
@@ -72,8 +74,7 @@ class RemoteBackend:
     """A model served elsewhere: ``InferWindows`` on each address in turn."""
 
     def __init__(self, addresses: list[str], model: str, version: int, info: pb.ModelInfo, window_bytes) -> None:
-        options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
-        self.channels = [grpc.insecure_channel(a, options=options) for a in addresses]
+        self.channels = [grpc.insecure_channel(a, options=MESSAGE_OPTIONS) for a in addresses]
         self.stubs = [pb_grpc.SegmentationStub(c) for c in self.channels]
         self._next = itertools.cycle(range(len(self.stubs)))
         self._lock = threading.Lock()

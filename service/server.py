@@ -19,7 +19,7 @@ from .backends import open_backend
 from .backends.base import estimate_window_bytes
 from .batcher import Batcher
 from .metrics import Metrics
-from .remote import MAX_MESSAGE_BYTES, RemoteBackend
+from .remote import MESSAGE_OPTIONS, RemoteBackend
 from .store import ModelStore
 
 
@@ -46,10 +46,7 @@ class Server:
         self.cfg = cfg
         self.metrics = Metrics()
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
-        self.grpc = grpc.aio.server(options=[
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ])
+        self.grpc = grpc.aio.server(options=MESSAGE_OPTIONS)
         self.models: dict[tuple[str, int], LoadedModel] = {}
         self.port = 0
         self.metrics_port: int | None = None

@@ -17,6 +17,15 @@ from .errors import InputError, NotFoundError
 MANIFEST = "manifest.json"
 
 
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def manifest_geometry(model) -> dict[str, Any]:
     """The window rules a manifest records for a :class:`SegmentationModel`."""
     from .tiler import DEFAULT_WINDOW, DUAL_WINDOW
@@ -67,11 +76,7 @@ class ModelEntry:
         want = self.manifest.get("files", {}).get(filename)
         if want is None or not path.is_file():
             raise NotFoundError(f"model {self.name} v{self.version} has no {filename}")
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        if h.hexdigest() != want:
+        if file_sha256(path) != want:
             raise InputError(f"{path}: sha256 does not match the manifest; the artefact was changed or damaged")
         return path
 

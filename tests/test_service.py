@@ -88,7 +88,7 @@ def _tile(path: Path, h: int, w: int, seed: int = 0, dtype="uint8", bands: int =
 
 def _in_process(store, name, path, window):
     entry = ModelStore(store).get(name)
-    engine = TilingEngine(open_backend(entry, "onnxruntime"), EngineConfig(window=window, dual_overlap=64 if name == "nus" else 64))
+    engine = TilingEngine(open_backend(entry, "onnxruntime"), EngineConfig(window=window))
     with RGBRaster(path) as src:
         return engine.probabilities(src)
 

@@ -15,7 +15,6 @@ agree within 1e-4 on a real window.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -25,9 +24,9 @@ import numpy as np
 import torch
 
 from service.errors import InputError
-from service.store import MANIFEST, manifest_geometry
+from service.store import MANIFEST, file_sha256, manifest_geometry
 
-from .networks.model import SegmentationModel, load_checkpoint, save_checkpoint
+from .networks.model import SegmentationModel, checkpoint_meta, load_checkpoint, save_checkpoint
 
 PARITY_ATOL = 1e-4
 OPSET = 17
@@ -43,14 +42,6 @@ def _parity_inputs(model: SegmentationModel, manifest: dict[str, Any]) -> list[n
     side = manifest["parity_window_px"]
     rng = np.random.default_rng(0)
     return [rng.integers(0, 256, (2, 3, side, side)).astype(np.float32) for _ in input_names(model.mode)]
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def triton_config(name: str, mode: str, max_batch_size: int = 8) -> str:
@@ -139,9 +130,8 @@ def export(checkpoint: Path, store: Path, name: str, version: int | None = None)
     tmp.replace(onnx_path)
     pt = folder / "model.pt"
     if Path(checkpoint).resolve() != pt.resolve():
-        kept = {k: v for k, v in meta.items() if k not in ("format", "network", "network_args", "mean_rgb", "state_dict", "optimizer")}
-        save_checkpoint(pt, model, half=True, **kept)
-    manifest["files"] = {p.name: sha256(p) for p in (onnx_path, pt)}
+        save_checkpoint(pt, model, half=True, **checkpoint_meta(meta))
+    manifest["files"] = {p.name: file_sha256(p) for p in (onnx_path, pt)}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     (store / name / "config.pbtxt").write_text(triton_config(name, model.mode))
     return manifest

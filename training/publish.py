@@ -23,7 +23,7 @@ from service.tiler import EngineConfig, TilingEngine
 from .data.inria import InriaDataset, Tile
 from .evaluate import Report, evaluate_pairs
 from .networks.cost import parameter_count
-from .networks.model import load_checkpoint, save_checkpoint
+from .networks.model import checkpoint_meta, load_checkpoint, save_checkpoint
 
 
 OVERLAY_SIDE = 600
@@ -72,7 +72,7 @@ def publish(
         real = score(engine, areas, folder / "overlays")
 
     metrics = {"synthetic_test": synthetic.as_dict(), "real_oam": real.as_dict() if real else None}
-    kept = {k: v for k, v in meta.items() if k not in ("format", "network", "network_args", "mean_rgb", "state_dict", "optimizer")}
+    kept = checkpoint_meta(meta)
     kept["metrics"] = {"validation": meta.get("metrics"), **metrics}
     save_checkpoint(folder / "model.pt", model, half=True, **kept)
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

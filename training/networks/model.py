@@ -76,6 +76,15 @@ def save_checkpoint(path: str | Path, model: SegmentationModel, half: bool = Fal
     return path
 
 
+_MODEL_KEYS = ("format", "network", "network_args", "mean_rgb", "state_dict", "optimizer")
+
+
+def checkpoint_meta(payload: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's metadata without the model and optimizer themselves, ready to
+    pass back to :func:`save_checkpoint` when the model is written elsewhere."""
+    return {k: v for k, v in payload.items() if k not in _MODEL_KEYS}
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint's dict, refusing files that are not footprints checkpoints."""
     path = Path(path)

@@ -271,7 +271,7 @@ class _Builder:
 
     # ---- assembly -----------------------------------------------------------
     def _finish(self, water: shapely.Geometry | None) -> Scene:
-        st, rng = self.st, self.rng
+        rng = self.rng
         scene = Scene(self.h, self.w, ground=self.ground)
         trees = np.concatenate(self.trees) if self.trees else np.zeros((0, 3))
         cars = np.concatenate(self.cars) if self.cars else np.zeros((0, 3))
