@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .errors import InputError, NotFoundError  # a leaf module: no heavy imports
+
 
 def _synth(args: argparse.Namespace) -> int:
     from training.synthetic import synthesize
@@ -270,8 +272,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import InputError, NotFoundError
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

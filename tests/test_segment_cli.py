@@ -168,6 +168,15 @@ def test_bad_checkpoint_and_window_are_refused_clearly(tmp_path, checkpoints):
     assert missing.returncode == 2 and "nope.pt: checkpoint file does not exist" in missing.stderr
 
 
+def test_segment_without_a_model_or_with_an_unreachable_server_says_so(tmp_path):
+    img = _image(tmp_path / "in.tif")
+    nothing = run_cli("segment", str(img), "-o", str(tmp_path / "m.tif"))
+    assert nothing.returncode == 2 and "say which model" in nothing.stderr and "Traceback" not in nothing.stderr
+    down = run_cli("segment", str(img), "-o", str(tmp_path / "m.tif"), "--server", "127.0.0.1:1")
+    assert down.returncode == 2 and "server 127.0.0.1:1 answered UNAVAILABLE" in down.stderr
+    assert "Traceback" not in down.stderr
+
+
 def test_rgb_raster_reports_validity(tmp_path):
     img = _image(tmp_path / "plain.tif")
     with RGBRaster(img) as src:
