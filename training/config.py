@@ -38,6 +38,9 @@ class DataConfig:
     subtract_global_mean: bool = True
     augment_flips: bool = True
     augment_rotations: bool = True
+    # Strength of a random brightness / colour-cast jitter of the imagery (0: off, as
+    # both papers; 0.15: gains within about +-15 %). Not in the papers' recipes.
+    augment_photometric: float = 0.0
     loader_workers: int = 2
 
 
@@ -151,6 +154,8 @@ def load_config(path: str | Path) -> TrainConfig:
     for key, value in (("schedule.epochs", s.epochs), ("schedule.steps_per_epoch", s.steps_per_epoch), ("schedule.batch_size", s.batch_size)):
         if value < 1:
             raise InputError(f"{path}: '{key}' must be at least 1, got {value}")
+    if not 0 <= d.augment_photometric < 1:
+        raise InputError(f"{path}: 'data.augment_photometric' must be in [0, 1), got {d.augment_photometric}")
     if cfg.network.name == "nus_dual_unet" and d.context_px != 2 * d.patch_px:
         raise InputError(f"{path}: the dual-resolution network needs data.context_px = 2 x patch_px ({2 * d.patch_px})")
     return cfg
