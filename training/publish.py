@@ -48,6 +48,21 @@ def score(engine: TilingEngine, tiles: list[Tile], overlays: Path | None = None)
         return evaluate_pairs(pairs, progress=False)
 
 
+def _augmentation(data: dict[str, Any]) -> str:
+    kinds = [k for k, on in (("flips", data.get("augment_flips")), ("90-degree rotations", data.get("augment_rotations"))) if on]
+    if data.get("augment_photometric"):
+        kinds.append(f"photometric jitter of strength {data['augment_photometric']}")
+    return ", ".join(kinds) or "none"
+
+
+def _validation_line(metrics: dict[str, Any] | None) -> list[str]:
+    """The last validation's overall figures, as the training run measured them."""
+    overall = (metrics or {}).get("overall")
+    if not overall or overall.get("iou") is None:
+        return []
+    return [f"Validation tiles at the end of training: IoU {100 * overall['iou']:.2f} %, accuracy {100 * overall['accuracy']:.2f} %."]
+
+
 def publish(
     checkpoint: Path,
     store: Path,
@@ -94,6 +109,8 @@ def publish(
         f"{cfg.get('schedule', {}).get('steps_per_epoch')} steps, batch {cfg.get('schedule', {}).get('batch_size')}, "
         f"loss {cfg.get('optim', {}).get('loss')}, Adam lr {cfg.get('optim', {}).get('learning_rate')} ({cfg.get('optim', {}).get('lr_policy')} policy); "
         f"{meta.get('step')} steps" + (f" in {train_minutes:.0f} min on this project's 2-core CPU" if train_minutes else "") + ".",
+        f"Augmentation: {_augmentation(cfg.get('data', {}))}.",
+        *_validation_line(meta.get("metrics")),
         f"Code version {meta.get('code_version')}.",
         "",
         "## Reproduce",
