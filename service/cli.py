@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .errors import InputError, NotFoundError  # a leaf module: no heavy imports
+from .memory import keep_freed_memory
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -273,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Every subcommand runs networks on big tensors: 2x faster training steps (see memory.py).
+    keep_freed_memory()
     try:
         return args.func(args)
     except (InputError, NotFoundError, FileNotFoundError) as e:
