@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
 # mallopt() parameter numbers from glibc's <malloc.h>.
@@ -24,6 +25,8 @@ def keep_freed_memory() -> bool:
     """Tune glibc's allocator for this process; False where there is no glibc (macOS, musl)."""
     if not sys.platform.startswith("linux"):
         return False
+    if "MALLOC_MMAP_MAX_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        return True  # set at start-up by whoever launched us (the Dockerfile, demo.sh): keep theirs
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
