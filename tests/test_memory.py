@@ -1,5 +1,6 @@
 """The allocator tuning every CLI command applies: freed activations stay with the process."""
 
+import os
 import subprocess
 import sys
 
@@ -22,7 +23,8 @@ print(tuned, (rss() - before) / 2**20)
 
 
 def _probe(mode: str) -> tuple[str, float]:
-    out = subprocess.run([sys.executable, "-c", _PROBE, mode], capture_output=True, text=True, check=True).stdout.split()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}  # glibc's own defaults
+    out = subprocess.run([sys.executable, "-c", _PROBE, mode], capture_output=True, text=True, check=True, env=env).stdout.split()
     return out[0], float(out[1])
 
 
