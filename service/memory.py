@@ -3,7 +3,7 @@
 By default glibc serves large allocations with fresh mmap()s and trims the heap top
 on free, so every forward (and backward) pass of a convolutional network page-faults
 its activations in again: measured on this project's 2-core CPU, a training step of
-the half-width AMLL U-Net took 4.0 s that way and 2.0 s with freed memory kept
+the half-width AMLL U-Net took 3.8 s that way and 1.9 s with freed memory kept
 (shared/perf-notes.md has the same effect for inference windows). This does at run
 time what ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...`` do at process start.
 """
