@@ -30,10 +30,8 @@ from service.geoio import RGBRaster, write_geotiff
 from service.server import Server, ServerConfig
 from service.store import ModelStore
 from service.tiler import EngineConfig, TilingEngine
-from service.windows import LargeWindowPlan, fit_large_window
 from training.export import export
 from training.networks.model import SegmentationModel, save_checkpoint
-from training.networks.unet_valid import ValidGeometry
 
 from .conftest import REPO
 
@@ -68,10 +66,10 @@ class RunningServer:
         self.thread.join(10)
 
 
-def _large_windows(side: int, window: int) -> int:
-    """How many windows the AMLL test network's tiling plan has for a square raster."""
-    geo = ValidGeometry(4)
-    return len(LargeWindowPlan(fit_large_window((side, side), window, geo.margin, geo.stride, geo.is_valid), geo.margin, geo.stride).windows(side, side))
+def _large_windows(store, side: int, window: int) -> int:
+    """How many windows the server's tiling plan has for a square raster (the AMLL test model)."""
+    engine = TilingEngine(open_backend(ModelStore(store).get("amll"), "onnxruntime"), EngineConfig(window=window))
+    return len(engine.plan(side, side)[0])
 
 
 def _config(store, **kw) -> ServerConfig:
@@ -227,7 +225,7 @@ def test_cancelling_a_tile_stops_its_windows(store, tmp_path):
         ran = _scrape(s.metrics_url)['footprints_windows_total{model="amll/1"}']
         time.sleep(1.0)
         assert _scrape(s.metrics_url)['footprints_windows_total{model="amll/1"}'] == ran  # nothing more runs
-        assert ran < _large_windows(3000, 252) / 2  # 47 x 47 = 2209: most never ran
+        assert ran < _large_windows(store, 3000, 252) / 2  # 47 x 47 = 2209: most never ran
         assert _scrape(s.metrics_url)["footprints_tiles_in_flight"] == 0
     finally:
         s.stop()
@@ -244,7 +242,7 @@ def test_a_missed_deadline_ends_the_call_and_its_work(store):
         time.sleep(2.0)
         ran = _scrape(s.metrics_url)['footprints_windows_total{model="amll/1"}']
         time.sleep(1.0)
-        assert _scrape(s.metrics_url)['footprints_windows_total{model="amll/1"}'] == ran < _large_windows(3000, 252)
+        assert _scrape(s.metrics_url)['footprints_windows_total{model="amll/1"}'] == ran < _large_windows(store, 3000, 252)
         assert _scrape(s.metrics_url)["footprints_tiles_in_flight"] == 0
     finally:
         s.stop()
