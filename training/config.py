@@ -41,6 +41,9 @@ class DataConfig:
     # Strength of a random brightness / colour-cast jitter of the imagery (0: off, as
     # both papers; 0.15: gains within about +-15 %). Not in the papers' recipes.
     augment_photometric: float = 0.0
+    # Share of patches whose roofs get a new colour (see training.data.augment.recolour_roofs;
+    # 0: off, as both papers). Needs a mask over the whole input, so not with a context crop.
+    augment_roof_recolour: float = 0.0
     loader_workers: int = 2
 
 
@@ -156,6 +159,11 @@ def load_config(path: str | Path) -> TrainConfig:
             raise InputError(f"{path}: '{key}' must be at least 1, got {value}")
     if not 0 <= d.augment_photometric < 1:
         raise InputError(f"{path}: 'data.augment_photometric' must be in [0, 1), got {d.augment_photometric}")
+    if not 0 <= d.augment_roof_recolour <= 1:
+        raise InputError(f"{path}: 'data.augment_roof_recolour' must be in [0, 1], got {d.augment_roof_recolour}")
+    if d.augment_roof_recolour > 0 and d.context_px > 0:
+        raise InputError(f"{path}: 'data.augment_roof_recolour' needs a mask over the whole input and "
+                         f"cannot be used with a context crop (data.context_px = {d.context_px})")
     if cfg.network.name == "nus_dual_unet" and d.context_px != 2 * d.patch_px:
         raise InputError(f"{path}: the dual-resolution network needs data.context_px = 2 x patch_px ({2 * d.patch_px})")
     return cfg

@@ -112,7 +112,8 @@ def _patches(cfg: TrainConfig, tiles: list[Tile]) -> tuple[Augmented, int | None
         pool: int | None = len(base)
     else:
         base, pool = RandomDualPatchDataset(tiles, d.patch_px, cfg.schedule.seed), None
-    return Augmented(base, cfg.schedule.seed, d.augment_flips, d.augment_rotations, d.augment_photometric), pool
+    return Augmented(base, cfg.schedule.seed, d.augment_flips, d.augment_rotations, d.augment_photometric,
+                     d.augment_roof_recolour), pool
 
 
 def validate(model: SegmentationModel, tiles: list[Tile], window: int, progress: bool = False) -> dict[str, Any]:

@@ -52,6 +52,8 @@ def _augmentation(data: dict[str, Any]) -> str:
     kinds = [k for k, on in (("flips", data.get("augment_flips")), ("90-degree rotations", data.get("augment_rotations"))) if on]
     if data.get("augment_photometric"):
         kinds.append(f"photometric jitter of strength {data['augment_photometric']}")
+    if data.get("augment_roof_recolour"):
+        kinds.append(f"roofs recoloured in {100 * data['augment_roof_recolour']:.0f} % of patches")
     return ", ".join(kinds) or "none"
 
 

@@ -1,5 +1,6 @@
 """Online augmentation: flips and 90-degree rotations, the same for every array of a sample,
-and optionally a photometric jitter of the imagery (never of the mask).
+and optionally a photometric jitter of the imagery (never of the mask) and a new colour for
+the roofs of a patch.
 
 Randomness comes from the sample's running number, not from global state, so a
 run resumed at step N sees exactly the batches it would have seen.
@@ -44,17 +45,45 @@ def draw_photometric(rng: np.random.Generator, strength: float) -> tuple[np.ndar
     return brightness * cast, offsets
 
 
+def recolour_roofs(image: torch.Tensor, mask: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Give the buildings of a uint8 ``(3, H, W)`` patch a new roof colour.
+
+    Every building pixel is shifted by one offset that moves their mean colour to a
+    target: half the time the colour of a random ground pixel of the same patch
+    (roofs of tar, gravel or concrete look like the yard), else a random colour. Roof
+    texture and shading survive the shift; shadows and ground are untouched. Why: a
+    network trained on a few cities learns which colours their roofs come in (red roofs
+    only on small suburban houses, say) and misses other cities' roofs; this leaves it
+    shape, height cues and context to go by.
+    """
+    roof = mask.bool()
+    count = int(roof.sum())
+    if count == 0 or count == roof.numel():
+        return image
+    x = image.float()
+    mean = x[:, roof].mean(dim=1)
+    if rng.random() < 0.5:
+        ground = (~roof).nonzero()
+        r, c = ground[int(rng.integers(len(ground)))].tolist()
+        target = x[:, r, c]
+    else:
+        target = torch.as_tensor(rng.uniform(40, 220, size=3), dtype=torch.float32)
+    x[:, roof] += (target - mean)[:, None]
+    return x.clamp_(0, 255).round_().to(torch.uint8)
+
+
 class Augmented(Dataset):
     """Wraps a patch dataset; items are ``(patch_index, sample_number)`` pairs.
 
-    The sample number seeds this sample's flip, rotation and photometric jitter
-    (``photometric`` is its strength; 0 turns it off).
+    The sample number seeds this sample's flip, rotation, photometric jitter
+    (``photometric`` is its strength; 0 turns it off) and roof recolouring
+    (``roof_recolour`` is the share of patches it touches; 0 turns it off).
     """
 
     def __init__(self, dataset: Dataset, seed: int, flips: bool = True, rotations: bool = True,
-                 photometric: float = 0.0) -> None:
+                 photometric: float = 0.0, roof_recolour: float = 0.0) -> None:
         self.dataset, self.seed, self.flips, self.rotations = dataset, seed, flips, rotations
-        self.photometric = photometric
+        self.photometric, self.roof_recolour = photometric, roof_recolour
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -67,8 +96,14 @@ class Augmented(Dataset):
         turns = int(rng.integers(4)) if self.rotations else 0
         if flip or turns:
             sample = {k: dihedral_tensor(v, flip, turns).contiguous() for k, v in sample.items()}
-        if self.photometric > 0:
-            gains, offsets = draw_photometric(rng, self.photometric)
-            sample = {k: photometric_tensor(v, gains, offsets) if k in _IMAGERY_KEYS else v
+        # Draws keep their order (flip, turns, jitter, recolour) so that switching on
+        # recolouring leaves every other draw of a sample as it was.
+        jitter = draw_photometric(rng, self.photometric) if self.photometric > 0 else None
+        if self.roof_recolour > 0 and rng.random() < self.roof_recolour:
+            if "context" in sample:
+                raise ValueError("roof recolouring needs a mask over the whole input; a context crop has none")
+            sample["image"] = recolour_roofs(sample["image"], sample["mask"], rng)
+        if jitter is not None:
+            sample = {k: photometric_tensor(v, *jitter) if k in _IMAGERY_KEYS else v
                       for k, v in sample.items()}
         return sample
