@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from service.memory import STARTUP_ENV
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _report  # noqa: E402
 
@@ -34,7 +36,6 @@ CONFIGS = {
     "amll-2636-fit": ("amll_unet", 2636, True),
     "nus-dual-384": ("nus_dual_unet", 384, False),
 }
-MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
 
 
 def child(name: str, image: str) -> None:
@@ -76,6 +77,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--size", type=int, default=5000)
     ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--out", type=Path, help="report path (default benchmarks/results/tiling.json)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--image", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -92,7 +94,7 @@ def main() -> None:
             print(f"== {name}", flush=True)
             done = subprocess.run(
                 [sys.executable, __file__, "--child", name, "--image", str(report.image)],
-                env={**os.environ, **MALLOC_ENV},
+                env={**os.environ, **STARTUP_ENV},
                 stdout=subprocess.PIPE,
                 text=True,
                 check=True,
@@ -101,7 +103,7 @@ def main() -> None:
     base = next((r["seconds"] for r in rows if r["config"] == "amll-572"), None)
     for r in rows:
         r["speed_vs_572"] = base / r["seconds"] if base else None
-    _report.write("tiling", rows, {"tile_px": args.size, "malloc_env": MALLOC_ENV})
+    _report.write("tiling", rows, {"tile_px": args.size, "malloc_env": STARTUP_ENV}, out=args.out)
 
 
 if __name__ == "__main__":

@@ -73,6 +73,10 @@ def test_config_errors_are_clear(tmp_path):
         load_config(_config(tmp_path, optim__loss="dice"))
     with pytest.raises(InputError, match=r"'data.augment_photometric' must be in \[0, 1\), got 1.5"):
         load_config(_config(tmp_path, data__augment_photometric=1.5))
+    with pytest.raises(InputError, match=r"'data.augment_roof_recolour' must be in \[0, 1\], got -0.1"):
+        load_config(_config(tmp_path, data__augment_roof_recolour=-0.1))
+    with pytest.raises(InputError, match=r"'data.augment_roof_recolour' needs a mask over the whole input .*context_px = 768"):
+        load_config(_config(tmp_path, data__augment_roof_recolour=0.5, data__context_px=768))
     with pytest.raises(InputError, match="config file does not exist"):
         load_config(tmp_path / "nope.yaml")
     done = run_cli("train", "--config", str(_config(tmp_path)), "--data", str(tmp_path / "no-such-data"), "--out", str(tmp_path / "run"))

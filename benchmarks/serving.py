@@ -8,7 +8,7 @@
 
 Writes benchmarks/results/service.json and prints a table.
 
-    .venv/bin/python benchmarks/service.py [--model amll] [--size 5000] [--throughput-size 2500]
+    .venv/bin/python benchmarks/serving.py [--model amll] [--size 5000] [--throughput-size 2500]
 """
 
 from __future__ import annotations
@@ -26,31 +26,28 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from service.memory import STARTUP_ENV
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _report  # noqa: E402
 
-# This file is named service.py: its own folder on sys.path would shadow the package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-
 ROOT = Path(__file__).resolve().parents[1]
-MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
 
 
 def _serve(store: Path) -> tuple[subprocess.Popen, str]:
     exe = Path(sys.executable).with_name("footprints")
     proc = subprocess.Popen(
         [str(exe), "serve", "--store", str(store), "--port", "0", "--metrics-port", "-1", "--max-tiles", "8"],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, **MALLOC_ENV}, cwd=ROOT,
+        stdout=subprocess.PIPE, text=True, env={**os.environ, **STARTUP_ENV}, cwd=ROOT,
     )
     port = re.search(r"127\.0\.0\.1:(\d+)", proc.stdout.readline()).group(1)
     return proc, f"127.0.0.1:{port}"
 
 
 def main() -> None:
-    if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
+    if any(os.environ.get(k) != v for k, v in STARTUP_ENV.items()):
         # Same allocator settings as the server process, so the comparison is fair.
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **STARTUP_ENV})
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--store", type=Path, default=ROOT / "model_store")
     ap.add_argument("--model", default="amll")
