@@ -214,6 +214,10 @@ def _train(cfg: TrainConfig, data_root: Path, run_dir: Path, resume: bool, progr
 
     torch.manual_seed(s.seed)
     model = SegmentationModel(cfg.network.name, cfg.network.args, mean).to(ranks.device)
+    bf16 = cfg.optim.precision == "bf16"
+    if bf16:
+        # bf16 convolutions are fast in channels_last (oneDNN's preferred layout).
+        model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.learning_rate, betas=(cfg.optim.adam_beta1, cfg.optim.adam_beta2))
     start = 0
     last = run_dir / "last.pt"
@@ -258,7 +262,11 @@ def _train(cfg: TrainConfig, data_root: Path, run_dir: Path, resume: bool, progr
         inputs = [batch["image"].to(ranks.device).float()]
         if "context" in batch:
             inputs.append(batch["context"].to(ranks.device).float())
-        loss = _loss(cfg, net(*inputs), batch["mask"].to(ranks.device))
+        if bf16:
+            inputs = [x.contiguous(memory_format=torch.channels_last) for x in inputs]
+        with torch.autocast(ranks.device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
+            logits = net(*inputs)
+        loss = _loss(cfg, logits.float(), batch["mask"].to(ranks.device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
