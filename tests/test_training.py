@@ -77,6 +77,8 @@ def test_config_errors_are_clear(tmp_path):
         load_config(_config(tmp_path, data__augment_roof_recolour=-0.1))
     with pytest.raises(InputError, match=r"'data.augment_roof_recolour' needs a mask over the whole input .*context_px = 768"):
         load_config(_config(tmp_path, data__augment_roof_recolour=0.5, data__context_px=768))
+    with pytest.raises(InputError, match="'optim.precision' is 'fp16'; choose one of fp32, bf16"):
+        load_config(_config(tmp_path, optim__precision="fp16"))
     with pytest.raises(InputError, match="config file does not exist"):
         load_config(tmp_path / "nope.yaml")
     done = run_cli("train", "--config", str(_config(tmp_path)), "--data", str(tmp_path / "no-such-data"), "--out", str(tmp_path / "run"))
@@ -118,6 +120,24 @@ def test_short_run_learns_and_its_checkpoint_reloads_identically(tmp_path, train
     x = torch.rand(2, 3, 220, 220) * 255
     with torch.no_grad():
         assert torch.equal(model(x), again(x))
+
+
+def test_bf16_mixed_precision_run_learns_and_keeps_fp32_weights(tmp_path, train_cities):
+    run = tmp_path / "run"
+    cfg = _config(tmp_path, optim__precision="bf16", schedule__steps_per_epoch=40, schedule__validate_every_steps=40)
+    done = run_cli("train", "--config", str(cfg), "--data", str(train_cities), "--out", str(run))
+    assert done.returncode == 0, done.stderr[-2000:]
+    with (run / "log.csv").open() as f:
+        losses = [float(r["loss"]) for r in csv.DictReader(f) if r["loss"]]
+    assert len(losses) == 8 and np.mean(losses[-2:]) < 0.75 * np.mean(losses[:2])
+    state = read_checkpoint(run / "last.pt")
+    # Autocast computes in bf16; what is kept and optimised is fp32.
+    assert {v.dtype for v in state["state_dict"].values() if v.is_floating_point()} == {torch.float32}
+    model, meta = load_checkpoint(run / "model.pt")
+    assert meta["config"]["optim"]["precision"] == "bf16"
+    x = torch.rand(1, 3, 220, 220) * 255
+    with torch.no_grad():
+        assert torch.isfinite(model(x)).all()
 
 
 def test_resume_after_a_kill_continues_where_it_stopped(tmp_path, train_cities):
