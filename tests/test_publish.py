@@ -15,7 +15,8 @@ def test_publish_writes_fp16_model_metrics_and_card(tmp_path, tiny_cities, real_
     ckpt = save_checkpoint(
         tmp_path / "model.pt", model, step=7, window={"mode": "large", "validation_window_px": 252},
         data={"train_tiles": ["ashford2", "brookline2", "zanzibar1"], "validation_tiles": ["ashford1"]},
-        config={"name": "tiny", "schedule": {"epochs": 1}, "data": {"augment_flips": True, "augment_photometric": 0.2, "augment_roof_recolour": 0.5}},
+        config={"name": "tiny", "schedule": {"epochs": 1}, "data": {"augment_flips": True, "augment_photometric": 0.2, "augment_roof_recolour": 0.5},
+                "optim": {"loss": "cross_entropy", "precision": "bf16"}},
         code_version="abc123", metrics={"overall": {"iou": 0.5, "accuracy": 0.9}},
     )
     store = tmp_path / "store"
@@ -43,5 +44,6 @@ def test_publish_writes_fp16_model_metrics_and_card(tmp_path, tiny_cities, real_
     assert f"{100 * overall['iou']:.2f} / {100 * overall['accuracy']:.2f}" in card
     assert "footprints train --config x.yaml" in card and "in 3 min" in card and "abc123" in card
     assert "Augmentation: flips, photometric jitter of strength 0.2, roofs recoloured in 50 % of patches." in card
+    assert "loss cross_entropy" in card and "bf16 arithmetic" in card
     assert "Validation tiles at the end of training: IoU 50.00 %, accuracy 90.00 %." in card
     assert (folder / "overlays" / "fairhaven1.png").is_file() and (folder / "overlays" / "nepal1.png").is_file()

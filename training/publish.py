@@ -109,7 +109,8 @@ def publish(
         "## Recipe",
         f"Config `{cfg.get('name')}` (training/configs/{cfg.get('name')}.yaml): {cfg.get('schedule', {}).get('epochs')} epochs x "
         f"{cfg.get('schedule', {}).get('steps_per_epoch')} steps, batch {cfg.get('schedule', {}).get('batch_size')}, "
-        f"loss {cfg.get('optim', {}).get('loss')}, Adam lr {cfg.get('optim', {}).get('learning_rate')} ({cfg.get('optim', {}).get('lr_policy')} policy); "
+        f"loss {cfg.get('optim', {}).get('loss')}, Adam lr {cfg.get('optim', {}).get('learning_rate')} ({cfg.get('optim', {}).get('lr_policy')} policy), "
+        f"{cfg.get('optim', {}).get('precision', 'fp32')} arithmetic; "
         f"{meta.get('step')} steps" + (f" in {train_minutes:.0f} min on this project's 2-core CPU" if train_minutes else "") + ".",
         f"Augmentation: {_augmentation(cfg.get('data', {}))}.",
         *_validation_line(meta.get("metrics")),
