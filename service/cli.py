@@ -123,7 +123,8 @@ def _export(args: argparse.Namespace) -> int:
 
     m = export(args.checkpoint, args.store, args.name, args.version)
     print(f"exported {args.name} v{m['version']} to {args.store / args.name / str(m['version'])}: ONNX Runtime vs PyTorch "
-          f"max |diff| {m['parity_max_abs_diff']:.2e} on a {m['parity_window_px']}-px window")
+          f"max |diff| {m['parity_max_abs_diff']:.2e} on {m['parity_window_px']}-px windows of "
+          f"{', '.join(m['parity_windows'])} ({100 * m['parity_building_share']:.1f} % building)")
     return 0
 
 

@@ -12,9 +12,9 @@ from service.errors import InputError, NotFoundError
 from service.store import ModelStore
 from service.tiler import ArraySource, EngineConfig, TilingEngine
 from training import export as export_mod
-from training.networks.model import SegmentationModel, save_checkpoint
+from training.networks.model import SegmentationModel, load_checkpoint, save_checkpoint
 
-from .conftest import run_cli, write_image
+from .conftest import REPO, run_cli, write_image
 
 NETS = {"amll": ("amll_unet", {"filters": (4, 8, 16, 32, 64)}), "nus": ("nus_dual_unet", {"channels": (4, 8, 16, 8, 4)})}
 
@@ -36,6 +36,7 @@ def test_export_writes_a_triton_style_versioned_store(store):
         manifest = json.loads((folder / "manifest.json").read_text())
         assert manifest["network"] == net and manifest["version"] == 1
         assert manifest["parity_max_abs_diff"] < 1e-4
+        assert 0 <= manifest["parity_building_share"] <= 1 and manifest["parity_windows"] == ["synthetic ashford", "synthetic ironbridge"]
         assert set(manifest["files"]) == {"model.onnx", "model.pt"}
         assert manifest["metrics"] == {"overall": {"iou": 0.42}}
         config = (store / name / "config.pbtxt").read_text()
@@ -60,17 +61,40 @@ def test_export_refuses_a_graph_that_disagrees_with_pytorch(tmp_path, monkeypatc
     ckpt = save_checkpoint(tmp_path / "m.pt", model)
     real_export = export_mod.export_onnx
 
-    def drifted_export(model, path):
-        # A graph that is not quite the model: its building logit is off by 0.5.
-        other = copy.deepcopy(model)
-        with torch.no_grad():
-            other.net.head.bias[1] += 0.5  # the building logit only (a shift of both cancels)
-        real_export(other, path)
-
-    monkeypatch.setattr(export_mod, "export_onnx", drifted_export)
+    # A graph that is not quite the model: its building logit is off by 0.5.
+    monkeypatch.setattr(export_mod, "export_onnx", lambda m, path: real_export(_drift_building_logit(m, 0.5), path))
     with pytest.raises(InputError, match="ONNX Runtime and PyTorch differ by .* export refused"):
         export_mod.export(ckpt, tmp_path / "store", "amll")
     assert not list((tmp_path / "store").rglob("model.onnx*"))
+
+
+def _drift_building_logit(model: SegmentationModel, by: float) -> SegmentationModel:
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.net.head.bias[1] += by  # the building logit only (a shift of both cancels)
+    return other
+
+
+def test_parity_windows_catch_a_drift_in_the_trained_default_model_that_noise_hides(tmp_path, monkeypatch):
+    """The committed default AMLL calls noise "not building" at ~1e-20, so a graph whose
+    building logit is off by 0.2 agrees with it on noise; on the parity windows (synthetic
+    cities, where it decides both ways) the drift shows and the export is refused."""
+    entry = ModelStore(REPO / "model_store").get("amll")
+    model, _ = load_checkpoint(entry.path("model.pt"))
+    drifted = _drift_building_logit(model, 0.2)
+    noise = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 3, 572, 572)).astype(np.float32))
+    cities = [torch.from_numpy(x) for x in export_mod._parity_inputs(model, entry.manifest)]
+    with torch.no_grad():
+        on_noise = (model(noise) - drifted(noise)).abs().max().item()
+        p = model(*cities)
+        on_cities = (p - drifted(*cities)).abs().max().item()
+    assert on_noise < export_mod.PARITY_ATOL < on_cities
+    assert 0.02 < (p > 0.5).float().mean().item() < 0.9  # both classes present
+
+    real_export = export_mod.export_onnx
+    monkeypatch.setattr(export_mod, "export_onnx", lambda m, path: real_export(_drift_building_logit(m, 0.2), path))
+    with pytest.raises(InputError, match="ONNX Runtime and PyTorch differ by .* export refused"):
+        export_mod.export(entry.path("model.pt"), tmp_path / "store", "amll")
 
 
 def test_store_versions_and_errors(store, tmp_path):
