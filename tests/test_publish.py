@@ -19,6 +19,8 @@ def test_publish_writes_fp16_model_metrics_and_card(tmp_path, tiny_cities, real_
                 "optim": {"loss": "cross_entropy", "precision": "bf16"}},
         code_version="abc123", metrics={"overall": {"iou": 0.5, "accuracy": 0.9}},
     )
+    (tmp_path / "log.csv").write_text("step,loss\n10,0.5\n")
+    (tmp_path / "curves.png").write_bytes(b"\x89PNG curves")
     store = tmp_path / "store"
     done = run_cli(
         "publish", "--checkpoint", str(ckpt), "--name", "tinynet", "--store", str(store),
@@ -47,3 +49,6 @@ def test_publish_writes_fp16_model_metrics_and_card(tmp_path, tiny_cities, real_
     assert "loss cross_entropy" in card and "bf16 arithmetic" in card
     assert "Validation tiles at the end of training: IoU 50.00 %, accuracy 90.00 %." in card
     assert (folder / "overlays" / "fairhaven1.png").is_file() and (folder / "overlays" / "nepal1.png").is_file()
+    # The run's log and curves travel with the model; the card says where.
+    assert (folder / "log.csv").read_text() == "step,loss\n10,0.5\n" and (folder / "curves.png").read_bytes() == b"\x89PNG curves"
+    assert "Training record: `1/log.csv`, `1/curves.png`" in card and "`1/overlays/`" in card

@@ -9,6 +9,7 @@ every real-imagery area it did not train on.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,9 @@ from .networks.model import checkpoint_meta, load_checkpoint, save_checkpoint
 
 
 OVERLAY_SIDE = 600
+# What a run directory keeps of its training beside model.pt (training/loop.py), copied
+# into the version folder so the card's figures come with their curves.
+TRAINING_RECORD = ("log.csv", "curves.png")
 
 
 def score(engine: TilingEngine, tiles: list[Tile], overlays: Path | None = None) -> Report:
@@ -93,6 +97,9 @@ def publish(
     kept["metrics"] = {"validation": meta.get("metrics"), **metrics}
     save_checkpoint(folder / "model.pt", model, half=True, **kept)
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    record = [f for f in TRAINING_RECORD if (Path(checkpoint).parent / f).is_file()]
+    for f in record:
+        shutil.copyfile(Path(checkpoint).parent / f, folder / f)
 
     cfg = meta.get("config", {})
     lines = [
@@ -133,6 +140,9 @@ def publish(
             real.table(name),
             "",
         ]
-    lines += ["Overlays (green hit, red false alarm, blue miss): `overlays/`.", ""]
+    lines.append(f"Overlays (green hit, red false alarm, blue miss): `{version}/overlays/`.")
+    if record:
+        lines.append(f"Training record: {', '.join(f'`{version}/{f}`' for f in record)} (loss and validation IoU against step).")
+    lines.append("")
     (store / name / "MODEL_CARD.md").write_text("\n".join(lines))
     return metrics
