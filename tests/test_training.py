@@ -140,8 +140,9 @@ def test_bf16_mixed_precision_run_learns_and_keeps_fp32_weights(tmp_path, train_
         assert torch.isfinite(model(x)).all()
 
 
-def test_resume_after_a_kill_continues_where_it_stopped(tmp_path, train_cities):
-    cfg = _config(tmp_path, schedule__steps_per_epoch=40, schedule__validate_every_steps=1000)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # bf16: the default AMLL recipe's
+def test_resume_after_a_kill_continues_where_it_stopped(tmp_path, train_cities, precision):
+    cfg = _config(tmp_path, schedule__steps_per_epoch=40, schedule__validate_every_steps=1000, optim__precision=precision)
     straight = tmp_path / "straight"
     assert run_cli("train", "--config", str(cfg), "--data", str(train_cities), "--out", str(straight)).returncode == 0
 
