@@ -36,6 +36,8 @@ from .data.sampling import StepBatchSampler
 from .networks.losses import bce_soft_iou, cross_entropy
 from .networks.model import SegmentationModel, read_checkpoint, save_checkpoint
 
+# A run directory's training record (publish copies it beside the model).
+LOG_CSV, CURVES_PNG = "log.csv", "curves.png"
 LOG_FIELDS = ["step", "epoch", "loss", "lr", "seconds_per_step", "val_iou", "val_accuracy"]
 
 
@@ -231,7 +233,7 @@ def _train(cfg: TrainConfig, data_root: Path, run_dir: Path, resume: bool, progr
         if ranks.main:
             print(f"resuming {run_dir} at step {start}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    log = _Log(run_dir / "log.csv", start if resume else None) if ranks.main else None
+    log = _Log(run_dir / LOG_CSV, start if resume else None) if ranks.main else None
 
     net = _Logits(model)
     if ranks.world > 1:
@@ -292,7 +294,7 @@ def _train(cfg: TrainConfig, data_root: Path, run_dir: Path, resume: bool, progr
             if ranks.main:
                 save_checkpoint(last, model, step=done, optimizer=optimizer.state_dict(), metrics=metrics,
                                 rank_param_checksums=checksums, **meta_base)
-                plot_curves(run_dir / "log.csv", run_dir / "curves.png")
+                plot_curves(run_dir / LOG_CSV, run_dir / CURVES_PNG)
             if ranks.world > 1:
                 dist.barrier()
     bar.close()

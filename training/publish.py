@@ -23,14 +23,14 @@ from service.tiler import EngineConfig, TilingEngine
 
 from .data.inria import InriaDataset, Tile
 from .evaluate import Report, evaluate_pairs
+from .loop import CURVES_PNG, LOG_CSV
 from .networks.cost import parameter_count
 from .networks.model import checkpoint_meta, load_checkpoint, save_checkpoint
 
 
 OVERLAY_SIDE = 600
-# What a run directory keeps of its training beside model.pt (training/loop.py), copied
-# into the version folder so the card's figures come with their curves.
-TRAINING_RECORD = ("log.csv", "curves.png")
+# Copied into the version folder so the card's figures come with their curves.
+TRAINING_RECORD = (LOG_CSV, CURVES_PNG)
 
 
 def score(engine: TilingEngine, tiles: list[Tile], overlays: Path | None = None) -> Report:
@@ -97,9 +97,10 @@ def publish(
     kept["metrics"] = {"validation": meta.get("metrics"), **metrics}
     save_checkpoint(folder / "model.pt", model, half=True, **kept)
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    record = [f for f in TRAINING_RECORD if (Path(checkpoint).parent / f).is_file()]
+    run_dir = Path(checkpoint).parent
+    record = [f for f in TRAINING_RECORD if (run_dir / f).is_file()]
     for f in record:
-        shutil.copyfile(Path(checkpoint).parent / f, folder / f)
+        shutil.copyfile(run_dir / f, folder / f)
 
     cfg = meta.get("config", {})
     lines = [
