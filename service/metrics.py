@@ -17,6 +17,8 @@ class Metrics:
         self.windows = Counter("footprints_windows", "model windows run (rate = windows per second)", ["model"], registry=r)
         self.batch_size = Histogram("footprints_batch_size", "windows per model call", ["model"], buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32), registry=r)
         self.queued_windows = Gauge("footprints_queued_windows", "windows waiting for the model", ["model"], registry=r)
+        self.window_memory = Gauge("footprints_window_memory_bytes", "memory bound of the model windows running now", registry=r)
+        self.memory_budget = Gauge("footprints_memory_budget_bytes", "the server's memory budget for model windows", registry=r)
         self.tiles_in_flight = Gauge("footprints_tiles_in_flight", "SegmentTile calls being served", registry=r)
         self.model_loaded = Gauge("footprints_model_loaded", "1 for each model version loaded", ["model", "version", "backend", "mode"], registry=r)
 

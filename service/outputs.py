@@ -14,6 +14,7 @@ import rasterio
 import shapely
 import shapely.affinity
 from rasterio.features import shapes
+from rasterio.io import MemoryFile
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
@@ -127,6 +128,21 @@ def polygons_geojson(mask, min_area_m2: float = 4.0, simplify_m: float = 0.5) ->
         # so name it the way GDAL and QGIS read it.
         collection["crs"] = {"type": "name", "properties": {"name": crs}}
     return json.dumps(collection)
+
+
+def mask_geotiff_bytes(mask: np.ndarray, crs, transform: Affine) -> bytes:
+    """A whole 0/255 mask plane as GeoTIFF bytes (what the service sends back)."""
+    profile = geotiff_profile(width=mask.shape[1], height=mask.shape[0], count=1, crs=crs, transform=transform)
+    with MemoryFile() as mem:
+        with mem.open(**profile) as dst:
+            dst.write(mask[None])
+        return bytes(mem.read())
+
+
+def geotiff_polygons(tif: bytes) -> str:
+    """:func:`polygons_geojson` of a mask GeoTIFF held in memory."""
+    with MemoryFile(tif) as mem, mem.open() as ds:
+        return polygons_geojson(ds)
 
 
 def write_polygons(mask_path: str | Path, out: str | Path, min_area_m2: float = 4.0, simplify_m: float = 0.5) -> int:

@@ -14,11 +14,14 @@ from grpc_reflection.v1alpha import reflection
 
 from ._pb import footprints_pb2 as pb
 from ._pb import footprints_pb2_grpc as pb_grpc
-from .api import Limits, LoadedModel, SegmentationServicer
+from .api import Limits, SegmentationServicer
 from .backends import open_backend
-from .backends.base import estimate_window_bytes
+from .backends.base import Backend
 from .batcher import Batcher
+from .budget import MemoryBudget
+from .errors import NotFoundError
 from .metrics import Metrics
+from .registry import LoadedModel, ModelRegistry
 from .remote import MESSAGE_OPTIONS, RemoteBackend
 from .store import ModelStore
 
@@ -37,6 +40,7 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     grace_s: float = 30.0
     model_servers: list[str] = field(default_factory=list)  # remote InferWindows servers
+    memory_budget_bytes: int | None = None  # all windows in flight, every tile and model (None: half the RAM)
 
 
 class Server:
@@ -47,30 +51,40 @@ class Server:
         self.metrics = Metrics()
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self.grpc = grpc.aio.server(options=MESSAGE_OPTIONS)
-        self.models: dict[tuple[str, int], LoadedModel] = {}
+        self.registry = ModelRegistry()
+        self.budget = MemoryBudget(cfg.memory_budget_bytes)
         self.port = 0
         self.metrics_port: int | None = None
         self._stopped = asyncio.Event()
 
-    def _load(self) -> dict[str, int]:
+    @property
+    def models(self) -> dict[tuple[str, int], LoadedModel]:
+        return self.registry.models
+
+    def _load(self) -> None:
         cfg = self.cfg
         store = ModelStore(cfg.store)
-        latest = {}
-        for name in cfg.models or store.names():
+        names = cfg.models or store.names()
+        try:
+            default: str | None = store.default_name()
+        except NotFoundError:
+            default = None
+        # A server without the store's default serves its only model, or asks for names.
+        self.registry.default = default if default in names else (names[0] if len(names) == 1 else None)
+        self.metrics.memory_budget.set(self.budget.total)
+        for name in names:
             entry = store.get(name)
+            backend: Backend
             if cfg.model_servers:
+                # Memory of remote windows is the model servers' business (their own budgets).
                 info = self._remote_info(name)
-                estimate = lambda window, e=entry: estimate_window_bytes(e.manifest, window)  # noqa: E731
-                backend, kind = RemoteBackend(cfg.model_servers, name, entry.version, info, estimate), "remote"
-                threads = len(cfg.model_servers)
+                backend, kind, threads, budget = RemoteBackend(cfg.model_servers, name, entry.version, info, entry.spec, entry.memory.bytes), "remote", len(cfg.model_servers), None
             else:
-                backend, kind, threads = open_backend(entry, cfg.backend), cfg.backend, 1
+                backend, kind, threads, budget = open_backend(entry, cfg.backend), cfg.backend, 1, self.budget
             batcher = Batcher(backend, cfg.max_batch, cfg.max_queue_delay_ms / 1000, cfg.max_queued_windows,
-                              self.metrics, label=f"{name}/{entry.version}", threads=threads)
-            self.models[(name, entry.version)] = LoadedModel(entry, backend, batcher, kind)
-            latest[name] = entry.version
+                              self.metrics, label=f"{name}/{entry.version}", threads=threads, budget=budget)
+            self.registry.add(LoadedModel(entry, backend, batcher, kind))
             self.metrics.model_loaded.labels(name, str(entry.version), kind, entry.mode).set(1)
-        return latest
 
     def _remote_info(self, name: str) -> pb.ModelInfo:
         with grpc.insecure_channel(self.cfg.model_servers[0]) as channel:
@@ -79,8 +93,8 @@ class Server:
     @classmethod
     async def start(cls, cfg: ServerConfig) -> "Server":
         self = cls(cfg)
-        latest = self._load()
-        servicer = SegmentationServicer(self.models, latest, cfg.limits, self.metrics)
+        self._load()
+        servicer = SegmentationServicer(self.registry, cfg.limits, self.metrics, self.budget)
         pb_grpc.add_SegmentationServicer_to_server(servicer, self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         names = (pb.DESCRIPTOR.services_by_name["Segmentation"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)
@@ -99,7 +113,7 @@ class Server:
         for service in ("", pb.DESCRIPTOR.services_by_name["Segmentation"].full_name):
             await _set_health(self.health, service, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.grpc.stop(self.cfg.grace_s)
-        for m in self.models.values():
+        for m in self.registry:
             await m.batcher.close()
             m.backend.close()
         self._stopped.set()
@@ -121,7 +135,7 @@ async def serve_forever(cfg: ServerConfig) -> None:
     stopping: list[asyncio.Task] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: stopping.append(asyncio.ensure_future(server.stop())) if not stopping else None)
-    models = ", ".join(f"{n} v{v}" for n, v in server.models)
+    models = ", ".join(f"{n} v{v}" + (" (default)" if n == server.registry.default else "") for n, v in server.models)
     metrics = f", metrics on http://{cfg.host}:{server.metrics_port}/metrics" if server.metrics_port else ""
     print(f"footprints serving {models} on {cfg.host}:{server.port}{metrics}", flush=True)
     await server.wait()

@@ -13,8 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError, NotFoundError
+from .geometry import WindowMemory, WindowSpec
 
 MANIFEST = "manifest.json"
+ONNX = "model.onnx"  # the graph every engine starts from
+PROGRAM = "model.pt2"  # the same graph as a torch.export program (the PyTorch backend's)
+# The store's default model: one line naming it, read by `serve` and `segment` alike.
+DEFAULT_FILE = "DEFAULT"
 
 
 def file_sha256(path: Path) -> str:
@@ -24,23 +29,6 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def manifest_geometry(model) -> dict[str, Any]:
-    """The window rules a manifest records for a :class:`SegmentationModel`."""
-    from .tiler import DEFAULT_WINDOW, DUAL_WINDOW
-
-    if model.mode == "large":
-        g = model.geometry
-        parity = 572 if g.is_valid(572) else g.smallest_input_for_output(388)
-        return {
-            "kind": "valid_unet", "depth": g.depth, "margin": g.margin, "stride": g.stride, "min_input": g.min_input,
-            "default_window_px": {**DEFAULT_WINDOW, "parity": parity},
-        }
-    return {
-        "kind": "dual_resolution", "window": DUAL_WINDOW, "context": 2 * DUAL_WINDOW, "multiple": model.net.multiple,
-        "default_window_px": {"cpu": DUAL_WINDOW, "cuda": DUAL_WINDOW, "parity": DUAL_WINDOW},
-    }
 
 
 @dataclass(frozen=True)
@@ -62,13 +50,15 @@ class ModelEntry:
     def has(self, filename: str) -> bool:
         return (self.folder / filename).is_file()
 
-    def geometry(self):
-        """ValidGeometry of a large-window model (None for dual)."""
-        if self.mode != "large":
-            return None
-        from training.networks.unet_valid import ValidGeometry
+    @property
+    def spec(self) -> WindowSpec:
+        """The window rules its manifest records."""
+        return WindowSpec.from_manifest(self.manifest)
 
-        return ValidGeometry(depth=self.manifest["geometry"]["depth"])
+    @property
+    def memory(self) -> WindowMemory:
+        """What one window costs, as recorded at export."""
+        return WindowMemory.from_manifest(self.manifest)
 
     def verify(self, filename: str) -> Path:
         """The file's path, after checking its sha256 against the manifest."""
@@ -100,8 +90,29 @@ class ModelStore:
     def names(self) -> list[str]:
         return sorted(self.entries)
 
-    def get(self, name: str, version: int | None = None) -> ModelEntry:
-        """A version of a model, the newest when ``version`` is None or 0."""
+    def default_name(self) -> str:
+        """The model a request that names none gets: the one in ``DEFAULT``, or the only
+        model of a one-model store."""
+        path = self.root / DEFAULT_FILE
+        if path.is_file():
+            name = path.read_text().strip()
+            if name not in self.entries:
+                raise NotFoundError(f"{path} names model '{name}', which is not in the store; have: {', '.join(self.names()) or 'none'}")
+            return name
+        if len(self.entries) == 1:
+            return self.names()[0]
+        raise NotFoundError(
+            f"{self.root} names no default model (write its name into {path}); say which: {', '.join(self.names()) or 'none'}"
+        )
+
+    def set_default(self, name: str) -> None:
+        self.get(name)
+        (self.root / DEFAULT_FILE).write_text(name + "\n")
+
+    def get(self, name: str | None = None, version: int | None = None) -> ModelEntry:
+        """A version of a model, the newest when ``version`` is None or 0; the default
+        model when ``name`` is empty."""
+        name = name or self.default_name()
         versions = self.entries.get(name)
         if not versions:
             raise NotFoundError(f"no model '{name}' in {self.root}; have: {', '.join(self.names()) or 'none'}")

@@ -3,8 +3,8 @@
 Used in-process by ``footprints segment`` and by the gRPC service alike. Memory
 is bounded: windows are read, run and stitched as a stream; the only full-size
 buffer is one float32 probability plane, and no more windows are in flight than
-the memory budget allows (each window's need is known before it runs, see
-:func:`training.networks.cost.window_cost`).
+the memory budget allows (each window's need is known before it runs: the
+manifest records it, see :class:`service.geometry.WindowMemory`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -22,11 +22,8 @@ from .errors import InputError
 from .stitch import Stitcher
 from .windows import DualWindowPlan, LargeWindowPlan, Window, fit_large_window
 
-# Default large-window input side per device. GPUs take the paper's 2636 (what
-# fit an 11 GB card). On the CPU, benchmarks/tiling.py measured the speed per
-# output pixel by window size; see benchmarks/results/tiling.json and the README.
-DEFAULT_WINDOW = {"cuda": 2636, "cpu": 1180}
-DUAL_WINDOW = 384
+# Overlap blended between dual-resolution windows (the default windows per device
+# are each model's, from its manifest).
 DUAL_OVERLAP = 64
 
 
@@ -91,30 +88,38 @@ def undo_dihedral(x: np.ndarray, t: int) -> np.ndarray:
     return x[..., ::-1] if t >= 4 else x
 
 
+class TilePlan(NamedTuple):
+    """Where a raster is cut: the windows, the blending plan (dual only) and the
+    model's window side. Computed once per tile and handed to :meth:`TilingEngine.run`."""
+
+    windows: list[Window]
+    blend: DualWindowPlan | None
+    window: int
+
+
 class TilingEngine:
     """Segments rasters with one backend under one :class:`EngineConfig`."""
 
     def __init__(self, backend: Backend, config: EngineConfig | None = None) -> None:
         self.backend = backend
         self.config = config or EngineConfig()
-        if backend.mode == "large" and getattr(backend, "geometry", None) is None:
-            raise InputError(f"backend {backend.name} runs a large-window network but states no window geometry")
 
     # ---- planning -----------------------------------------------------------
-    def plan(self, height: int, width: int) -> tuple[list[Window], DualWindowPlan | None, int]:
+    def plan(self, height: int, width: int) -> TilePlan:
         """Windows for a raster, the blending plan (dual only) and the model input side."""
         cfg = self.config
-        if self.backend.mode == "dual":
-            plan = DualWindowPlan(cfg.window or DUAL_WINDOW, cfg.dual_overlap)
+        spec = self.backend.spec
+        window = cfg.window or spec.default_window(self.backend.device)
+        if spec.valid is None:
+            plan = DualWindowPlan(window, cfg.dual_overlap, spec.multiple)
             need = plan.context_margin
             if height < need or width < need:
                 raise InputError(
                     f"raster is {width}x{height}, smaller than the dual-resolution context margin of "
                     f"{need} px: mirror padding would reflect more than the raster holds"
                 )
-            return plan.windows(height, width), plan, plan.window
-        geo = self.backend.geometry
-        window = cfg.window or DEFAULT_WINDOW.get(self.backend.device.split(":")[0], DEFAULT_WINDOW["cpu"])
+            return TilePlan(plan.windows(height, width), plan, plan.window)
+        geo = spec.valid
         geo.check(window)
         if height < geo.margin or width < geo.margin:
             raise InputError(
@@ -123,8 +128,8 @@ class TilingEngine:
             )
         if cfg.fit_window:
             window = fit_large_window((height, width), window, geo.margin, geo.stride, geo.is_valid)
-        plan = LargeWindowPlan(window, geo.margin, geo.stride)
-        return plan.windows(height, width), None, window
+        large = LargeWindowPlan(window, geo.margin, geo.stride)
+        return TilePlan(large.windows(height, width), None, window)
 
     def windows_in_flight(self, window: int) -> int:
         """How many windows may run at once under the memory budget (at least 1, or an error)."""
@@ -158,12 +163,14 @@ class TilingEngine:
         """The window's crops as read (uint8): what backends, local or remote, take."""
         return [source.read(row, col, size) for row, col, size in win.reads]
 
-    def run(self, source: RasterSource, progress: bool = False) -> Iterator[tuple[int, int, np.ndarray]]:
+    def run(self, source: RasterSource, progress: bool = False, plan: TilePlan | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
         """Yield ``(r0, r1, probabilities)`` row blocks, top to bottom, as they finish.
 
-        Invalid (nodata) pixels come out with probability 0.
+        ``plan``: the tile's plan when the caller made it already (the server does,
+        to refuse bad windows before any work). Invalid (nodata) pixels come out
+        with probability 0.
         """
-        windows, blend, window = self.plan(source.height, source.width)
+        windows, blend, window = plan or self.plan(source.height, source.width)
         in_flight = self.windows_in_flight(window)
         stitcher = Stitcher(source.height, source.width, windows, blend)
         bar = tqdm(total=len(windows), desc="windows", unit="win", disable=not progress)

@@ -37,7 +37,7 @@ def test_export_writes_a_triton_style_versioned_store(store):
         assert manifest["network"] == net and manifest["version"] == 1
         assert manifest["parity_max_abs_diff"] < 1e-4
         assert 0 <= manifest["parity_building_share"] <= 1 and manifest["parity_windows"] == ["synthetic ashford", "synthetic ironbridge"]
-        assert set(manifest["files"]) == {"model.onnx", "model.pt"}
+        assert set(manifest["files"]) == {"model.onnx", "model.pt2", "model.pt"}
         assert manifest["metrics"] == {"overall": {"iou": 0.42}}
         config = (store / name / "config.pbtxt").read_text()
         assert 'platform: "onnxruntime_onnx"' in config and "dims: [ 3, -1, -1 ]" in config

@@ -1,6 +1,7 @@
 """``footprints segment`` on real GeoTIFFs: georeference, polygons, overlay, nodata, bad input."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from service.geoio import RGBRaster, write_geotiff
 from service.errors import InputError
 from training.networks.model import SegmentationModel, save_checkpoint
 
-from .conftest import run_cli
+from .conftest import REPO, run_cli
 
 TRANSFORM = from_origin(500_000.0, 4_600_000.0, 0.3, 0.3)
 CRS = "EPSG:32616"
@@ -170,8 +171,12 @@ def test_bad_checkpoint_and_window_are_refused_clearly(tmp_path, checkpoints):
 
 def test_segment_without_a_model_or_with_an_unreachable_server_says_so(tmp_path):
     img = _image(tmp_path / "in.tif")
-    nothing = run_cli("segment", str(img), "-o", str(tmp_path / "m.tif"))
-    assert nothing.returncode == 2 and "say which model" in nothing.stderr and "Traceback" not in nothing.stderr
+    # A store of several models that names no default cannot guess which one is meant.
+    store = tmp_path / "store"
+    for name in ("amll", "nus"):
+        shutil.copytree(REPO / "model_store" / name, store / name)
+    nothing = run_cli("segment", str(img), "-o", str(tmp_path / "m.tif"), "--store", str(store))
+    assert nothing.returncode == 2 and "say which" in nothing.stderr and "Traceback" not in nothing.stderr
     down = run_cli("segment", str(img), "-o", str(tmp_path / "m.tif"), "--server", "127.0.0.1:1")
     assert down.returncode == 2 and "server 127.0.0.1:1 answered UNAVAILABLE" in down.stderr
     assert "Traceback" not in down.stderr

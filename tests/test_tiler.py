@@ -8,6 +8,7 @@ import torch
 from service.backends.base import model_inputs
 from service.backends.torch_backend import TorchBackend
 from service.errors import InputError
+from service.geometry import WindowSpec
 from service.tiler import ArraySource, EngineConfig, TilingEngine
 from service.windows import DualWindowPlan, LargeWindowPlan, grid_offsets, ramp
 from training.networks.model import SegmentationModel
@@ -88,7 +89,8 @@ class OffsetBackend:
     crop plus a constant error that differs per window, like a real network's edge
     effects. Lets the blending rule be checked against an exact bound."""
 
-    mode, device, name, geometry = "dual", "cpu", "offset", None
+    device, name = "cpu", "offset"
+    spec = WindowSpec("dual", {"cpu": 384})
 
     def __init__(self, error=0.2, seed=0):
         self.rng = np.random.default_rng(seed)

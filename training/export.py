@@ -4,13 +4,17 @@ The store is laid out the way Triton Inference Server reads a model repository::
 
     model_store/<name>/config.pbtxt          Triton's model configuration
     model_store/<name>/<version>/model.onnx  the graph (raw RGB in, probability out)
-    model_store/<name>/<version>/model.pt    the fp16 PyTorch checkpoint it came from
+    model_store/<name>/<version>/model.pt2   the same graph as a torch.export program (the PyTorch backend's)
+    model_store/<name>/<version>/model.pt    the fp16 training checkpoint it came from
     model_store/<name>/<version>/manifest.json  what footprints' service reads
     (a TensorRT ``model.plan`` joins the same version folder on GPU machines)
 
 The graph includes the mean subtraction and the probability head, so every
-backend runs the same computation. Export fails unless ONNX Runtime and PyTorch
-agree within 1e-4 on a real window.
+backend runs the same computation. Export fails unless ONNX Runtime, the exported
+program and PyTorch agree within 1e-4 on real windows. The manifest records all a
+server needs besides the graphs: window geometry and default windows per device
+(:class:`service.geometry.WindowSpec`) and each window's memory
+(:class:`service.geometry.WindowMemory`), so serving never needs this package.
 """
 
 from __future__ import annotations
@@ -23,13 +27,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from service.errors import InputError
-from service.store import MANIFEST, file_sha256, manifest_geometry
+from service.geometry import WindowMemory
+from service.store import MANIFEST, PROGRAM, file_sha256
 
 from .networks.model import SegmentationModel, checkpoint_meta, load_checkpoint, save_checkpoint
 
 PARITY_ATOL = 1e-4
+
 OPSET = 17
 OUTPUT = "probability"
 
@@ -97,6 +104,61 @@ def export_onnx(model: SegmentationModel, path: Path) -> None:
         )
 
 
+def export_program(model: SegmentationModel, path: Path) -> None:
+    """``torch.export`` program with a dynamic batch and every window side the
+    network takes (large: ``min_input + stride * j``; dual: multiples of 16)."""
+    from torch.export import Dim
+
+    spec = model.spec
+    batch = Dim("batch", min=1, max=4096)
+    if spec.valid is not None:
+        g = spec.valid
+        k = Dim("k", min=1, max=2048)
+        side = g.stride * k + (g.min_input - g.stride)
+        example_side = g.min_input + 4 * g.stride  # not k = 1: export specialises sizes of 0 and 1
+    else:
+        k = Dim("k", min=2, max=2048)
+        side = spec.multiple * k
+        example_side = 4 * spec.multiple
+    names = input_names(model.mode)
+    module = _Positional(model, len(names))
+    examples = tuple(torch.zeros(2, 3, example_side, example_side) for _ in names)
+    shapes = {f"x{i}": {0: batch, 2: side, 3: side} for i in range(len(names))}
+    with torch.no_grad():
+        program = torch.export.export(module, examples, dynamic_shapes=shapes)
+    program.example_inputs = None  # dummy zeros: no reason to ship them
+    torch.export.save(program, str(path))
+
+
+class _Positional(nn.Module):
+    """``SegmentationModel`` takes ``*rgb``; export wants named positional inputs."""
+
+    def __init__(self, model: SegmentationModel, n_inputs: int) -> None:
+        super().__init__()
+        self.model = model
+        self.n_inputs = n_inputs
+
+    def forward(self, x0: torch.Tensor, x1: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(x0) if x1 is None else self.model(x0, x1)
+
+
+def fit_window_memory(model: SegmentationModel) -> dict[str, Any]:
+    """The manifest's ``window_memory``: the activation bound as a quadratic in the
+    window side, fitted at three sides and checked at a fourth (see WindowMemory)."""
+    spec = model.spec
+    if spec.valid is not None:
+        sides = [spec.valid.min_input + spec.valid.stride * j for j in (4, 24, 64, 44)]
+    else:
+        sides = [spec.multiple * j for j in (4, 24, 64, 44)]
+    counted = [model.window_bytes(n) for n in sides]
+    coefficients = np.polyfit(np.array(sides[:3], float), np.array(counted[:3], float), 2)
+    memory = WindowMemory(tuple(float(c) for c in coefficients))  # type: ignore[arg-type]
+    off = abs(memory.bytes(sides[3]) - counted[3]) / counted[3]
+    if off > 0.01:
+        raise InputError(f"window memory of {model.network_name} is not quadratic in the window side ({100 * off:.1f} % off at {sides[3]} px)")
+    return memory.to_manifest(fitted_at=sides[:3], checked_at=sides[3])
+
+
 def check_parity(model: SegmentationModel, onnx_path: Path, inputs: list[np.ndarray]) -> tuple[float, float]:
     """Largest |ONNX Runtime - PyTorch| on ``inputs`` and the share of their pixels that
     PyTorch calls building (a check on windows of one class alone proves little);
@@ -113,6 +175,18 @@ def check_parity(model: SegmentationModel, onnx_path: Path, inputs: list[np.ndar
     if diff > PARITY_ATOL:
         raise InputError(f"{onnx_path}: ONNX Runtime and PyTorch differ by {diff:.2e} (> {PARITY_ATOL}); export refused")
     return diff, float((want > 0.5).mean())
+
+
+def check_program_parity(model: SegmentationModel, path: Path, inputs: list[np.ndarray]) -> float:
+    """Largest |exported program - PyTorch| on ``inputs``, loaded back from ``path`` as
+    the service loads it; raises above 1e-4."""
+    program = torch.export.load(str(path)).module()
+    xs = [torch.from_numpy(x) for x in inputs]
+    with torch.no_grad():
+        diff = float((program(*xs) - model(*xs)).abs().max())
+    if diff > PARITY_ATOL:
+        raise InputError(f"{path}: the exported program and PyTorch differ by {diff:.2e} (> {PARITY_ATOL}); export refused")
+    return diff
 
 
 def next_version(store: Path, name: str) -> int:
@@ -141,26 +215,33 @@ def export(checkpoint: Path, store: Path, name: str, version: int | None = None)
         "network_args": model.network_args,
         "mode": model.mode,
         "mean_rgb": model.mean.flatten().tolist(),
-        "geometry": manifest_geometry(model),
+        "geometry": model.spec.to_manifest(),
+        "window_memory": fit_window_memory(model),
         "inputs": [{"name": n, "dtype": "float32", "shape": [-1, 3, -1, -1], "meaning": "raw RGB 0-255"} for n in input_names(model.mode)],
         "outputs": [{"name": OUTPUT, "dtype": "float32", "shape": [-1, 1, -1, -1], "meaning": "building probability"}],
         "metrics": meta.get("metrics", {}),
         "training": {k: meta.get(k) for k in ("code_version", "step", "data")},
     }
     manifest["parity_window_px"] = manifest["geometry"]["default_window_px"]["parity"]
+    program_path, program_tmp = folder / PROGRAM, folder / f"tmp-{PROGRAM}"  # torch wants the .pt2 suffix
     export_onnx(model, tmp)
+    export_program(model, program_tmp)
     try:
-        diff, share = check_parity(model, tmp, _parity_inputs(model, manifest))
+        inputs = _parity_inputs(model, manifest)
+        diff, share = check_parity(model, tmp, inputs)
+        manifest["program_parity_max_abs_diff"] = check_program_parity(model, program_tmp, inputs)
     except InputError:
         tmp.unlink(missing_ok=True)
+        program_tmp.unlink(missing_ok=True)
         raise
     manifest["parity_max_abs_diff"], manifest["parity_building_share"] = diff, share
     manifest["parity_windows"] = [f"synthetic {c}" for c in PARITY_CITIES]
     tmp.replace(onnx_path)
+    program_tmp.replace(program_path)
     pt = folder / "model.pt"
     if Path(checkpoint).resolve() != pt.resolve():
         save_checkpoint(pt, model, half=True, **checkpoint_meta(meta))
-    manifest["files"] = {p.name: file_sha256(p) for p in (onnx_path, pt)}
+    manifest["files"] = {p.name: file_sha256(p) for p in (onnx_path, program_path, pt)}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     (store / name / "config.pbtxt").write_text(triton_config(name, model.mode))
     return manifest

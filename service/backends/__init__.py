@@ -6,7 +6,7 @@ from ..errors import InputError
 from ..store import ModelEntry
 from .base import Backend
 
-BACKENDS = ("onnxruntime", "torch")  # TensorRT joins on GPU machines (a later issue)
+BACKENDS = ("onnxruntime", "torch")  # TensorRT and OpenVINO join in later issues
 
 
 def open_backend(entry: ModelEntry, kind: str = "onnxruntime", device: str | None = None) -> Backend:
@@ -16,11 +16,11 @@ def open_backend(entry: ModelEntry, kind: str = "onnxruntime", device: str | Non
 
         return OnnxRuntimeBackend(entry)
     if kind == "torch":
-        from .torch_backend import TorchBackend
-
-        backend = TorchBackend.from_checkpoint(entry.verify("model.pt"), device)
-        backend.name = f"{entry.name}/{entry.version}"
-        return backend
+        try:
+            from .torch_backend import TorchBackend
+        except ModuleNotFoundError as e:
+            raise InputError(f"the torch backend needs PyTorch, which is not installed ({e}); use --backend onnxruntime") from None
+        return TorchBackend.from_entry(entry, device)
     raise InputError(f"unknown backend '{kind}'; known: {', '.join(BACKENDS)}")
 
 

@@ -1,10 +1,13 @@
-"""The one small interface every backend implements (PyTorch, ONNX Runtime, TensorRT)."""
+"""The one small interface every backend implements (ONNX Runtime, PyTorch, remote
+model servers; TensorRT and OpenVINO join behind it)."""
 
 from __future__ import annotations
 
 from typing import Protocol
 
 import numpy as np
+
+from ..geometry import WindowSpec
 
 
 def model_inputs(crops: list[np.ndarray]) -> list[np.ndarray]:
@@ -24,22 +27,8 @@ def model_inputs(crops: list[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
-def estimate_window_bytes(manifest: dict, window: int) -> int:
-    """Memory bound of one window of a store model, from its manifest's network
-    (a meta-device pass: no weights loaded, no memory touched)."""
-    import torch
-
-    from training.networks.cost import window_cost
-    from training.networks.model import SegmentationModel
-
-    with torch.device("meta"):
-        model = SegmentationModel(manifest["network"], manifest["network_args"], manifest["mean_rgb"])
-    shapes = ((1, 3, window, window),) * len(manifest["inputs"])
-    return window_cost(model, shapes)["activation_bytes"]
-
-
 class Backend(Protocol):
-    """A loaded model. ``mode`` is ``"large"`` or ``"dual"``.
+    """A loaded model. ``spec`` says how it is cut into windows (from its manifest).
 
     ``infer`` takes the window crops as read, uint8 ``(N, 3, n, n)`` (and for dual
     windows the ``(N, 3, 2n, 2n)`` context crops), and returns the building
@@ -47,14 +36,13 @@ class Backend(Protocol):
     """
 
     name: str
-    mode: str
     device: str
-    geometry: object | None  # ValidGeometry of a large-window network, None for dual
+    spec: WindowSpec
 
     def infer(self, inputs: list[np.ndarray]) -> np.ndarray: ...
 
     def window_bytes(self, window: int) -> int:
-        """Memory one window of input side ``window`` needs, known before running it."""
+        """Memory one window of side ``window`` needs, known before running it."""
         ...
 
     def close(self) -> None: ...

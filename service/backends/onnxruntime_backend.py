@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..store import ModelEntry
-from .base import estimate_window_bytes, model_inputs
+from .base import model_inputs
 
 
 class OnnxRuntimeBackend:
@@ -18,26 +20,20 @@ class OnnxRuntimeBackend:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(entry.verify("model.onnx")), options, providers=["CPUExecutionProvider"])
-        self.entry = entry
+        self.session: Any = ort.InferenceSession(str(entry.verify("model.onnx")), options, providers=["CPUExecutionProvider"])
         self.name = f"{entry.name}/{entry.version}"
-        self.mode = entry.mode
         self.device = "cpu"
-        self.geometry = entry.geometry()
+        self.spec = entry.spec
+        # The network's activation bound, recorded at export. ONNX Runtime's peak at
+        # 2636 px (11 GB, shared/perf-notes.md) sits at this bound, above eager PyTorch's.
+        self.window_bytes = entry.memory.bytes
         self._inputs = [i["name"] for i in entry.manifest["inputs"]]
         self._output = entry.manifest["outputs"][0]["name"]
-        self._window_bytes: dict[int, int] = {}
 
     def infer(self, inputs: list[np.ndarray]) -> np.ndarray:
         feed = dict(zip(self._inputs, model_inputs(inputs)))
-        return self.session.run([self._output], feed)[0][:, 0]
-
-    def window_bytes(self, window: int) -> int:
-        """The network's activation bound; ONNX Runtime's peak at 2636 px (11 GB,
-        shared/perf-notes.md) sits at this bound, above eager PyTorch's (7.6 GB)."""
-        if window not in self._window_bytes:
-            self._window_bytes[window] = estimate_window_bytes(self.entry.manifest, window)
-        return self._window_bytes[window]
+        out: np.ndarray = self.session.run([self._output], feed)[0]
+        return out[:, 0]
 
     def close(self) -> None:
         self.session = None

@@ -1,40 +1,61 @@
-"""In-process PyTorch backend (CPU or CUDA)."""
+"""In-process PyTorch backend (CPU or CUDA).
+
+Serving loads the program that ``footprints export`` wrote beside ``model.onnx``
+(``model.pt2``, :func:`torch.export.save`): the graph and its weights, no Python
+network classes. Training hands its live module to the same class, so its
+validation runs exactly what the service runs.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from training.networks.cost import window_bytes
-
+from ..geometry import WindowSpec
+from ..store import PROGRAM, ModelEntry
 from .base import model_inputs
-from training.networks.model import SegmentationModel, load_checkpoint
+
+
 
 
 class TorchBackend:
-    """Runs a :class:`SegmentationModel` eagerly, channels_last (2-4x faster on CPU
-    convolutions than NCHW, shared/perf-notes.md)."""
+    """Runs a module that maps raw RGB windows to building probabilities, inputs
+    channels_last (2-4x faster CPU convolutions than NCHW, shared/perf-notes.md).
 
-    def __init__(self, model: SegmentationModel, device: str | None = None, name: str = "torch") -> None:
+    ``spec`` and ``window_bytes`` default to the module's own (a training module
+    states them); an exported program gets them from its manifest.
+    """
+
+    def __init__(
+        self,
+        module: Any,
+        device: str | None = None,
+        name: str = "torch",
+        spec: WindowSpec | None = None,
+        window_bytes: Callable[[int], int] | None = None,
+    ) -> None:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = model.eval().to(self.device).to(memory_format=torch.channels_last)
-        self.mode = model.mode
-        self.geometry = model.geometry  # valid-size rules of a large-window network
+        if isinstance(module, torch.nn.Module) and not isinstance(module, torch.fx.GraphModule):
+            module = module.eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.module = module.to(self.device)
+        self.spec: WindowSpec = spec or module.spec
+        self.window_bytes: Callable[[int], int] = window_bytes or module.window_bytes
         self.name = name
 
     @classmethod
-    def from_checkpoint(cls, path, device: str | None = None) -> "TorchBackend":
-        model, _ = load_checkpoint(path)
-        return cls(model, device, name=str(path))
+    def from_entry(cls, entry: ModelEntry, device: str | None = None) -> TorchBackend:
+        """The store version's exported program (sha256-checked)."""
+        program = torch.export.load(str(entry.verify(PROGRAM)))
+        return cls(program.module(), device, f"{entry.name}/{entry.version}", entry.spec, entry.memory.bytes)
 
     @torch.inference_mode()
     def infer(self, inputs: list[np.ndarray]) -> np.ndarray:
         xs = [torch.from_numpy(x).to(self.device).contiguous(memory_format=torch.channels_last) for x in model_inputs(inputs)]
-        return self.model(*xs)[:, 0].float().cpu().numpy()
-
-    def window_bytes(self, window: int) -> int:
-        n_inputs = 2 if self.mode == "dual" else 1
-        return window_bytes(self.model, ((1, 3, window, window),) * n_inputs)
+        out: np.ndarray = self.module(*xs)[:, 0].float().cpu().numpy()
+        return out
 
     def close(self) -> None:
-        self.model = None
+        self.module = None

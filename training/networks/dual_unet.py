@@ -20,7 +20,7 @@ from torch import nn
 
 from service.errors import InputError
 
-from .unet_valid import he_init
+from .unet_valid import exporting, he_init
 
 NUS_CHANNELS = (32, 64, 128, 128, 256, 128, 128, 64, 32)
 
@@ -104,7 +104,7 @@ class DualResolutionUNet(nn.Module):
         return up[..., 2:-2, 2:-2]
 
     def forward(self, full: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export():
+        if not exporting():
             if full.shape != context.shape:
                 raise InputError(f"full {tuple(full.shape)} and context {tuple(context.shape)} inputs must match")
             side = full.shape[-1]

@@ -15,10 +15,18 @@ import torch
 from torch import nn
 
 from service.errors import InputError
+from service.geometry import WindowSpec
 
 from . import build, mode_of
+from .cost import window_bytes
 
 CHECKPOINT_FORMAT = "footprints.checkpoint/1"
+# Default window per device, written into every manifest (the service reads it from
+# there). Large windows (input side): GPUs take the paper's 2636 (what fit an 11 GB
+# card); on the CPU, benchmarks/tiling.py measured 1180 fastest per output pixel
+# (benchmarks/results/tiling.json). Dual windows: the paper's 384 output side.
+DEFAULT_WINDOW = {"cuda": 2636, "cpu": 1180}
+DUAL_WINDOW = 384
 # Inputs are scaled to about unit range after the mean is taken off: the paper
 # subtracts one global mean RGB; the 1/255 keeps Adam's lr 1e-3 well behaved.
 INPUT_SCALE = 1.0 / 255.0
@@ -50,6 +58,21 @@ class SegmentationModel(nn.Module):
     def geometry(self):
         """The valid-size rules of a large-window network (None for dual)."""
         return getattr(self.net, "geometry", None)
+
+    @property
+    def spec(self) -> WindowSpec:
+        """How the service cuts rasters for this network: what export writes into the
+        manifest, and what training's validation tiles with."""
+        if self.mode == "large":
+            g = self.geometry
+            parity = 572 if g.is_valid(572) else g.smallest_input_for_output(388)
+            return WindowSpec("large", {**DEFAULT_WINDOW, "parity": parity}, depth=g.depth)
+        return WindowSpec("dual", {"cpu": DUAL_WINDOW, "cuda": DUAL_WINDOW, "parity": DUAL_WINDOW}, multiple=self.net.multiple)
+
+    def window_bytes(self, window: int) -> int:
+        """Activation bound of one window of side ``window`` (input side; dual: output side)."""
+        n_inputs = 2 if self.mode == "dual" else 1
+        return window_bytes(self, ((1, 3, window, window),) * n_inputs)
 
 
 def save_checkpoint(path: str | Path, model: SegmentationModel, half: bool = False, **meta: Any) -> Path:

@@ -10,87 +10,16 @@ the tiler stitch windows into exactly the monolithic result.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from service.errors import InputError
+from service.geometry import ValidGeometry
 
 
-@dataclass(frozen=True)
-class ValidGeometry:
-    """Window sizes a valid-convolution U-Net of ``depth`` poolings accepts.
-
-    Sizes are found by walking the layers' arithmetic rather than by a closed
-    formula: down each level two 3x3 convolutions take 4 px and the size must be
-    even to pool; the bottom takes 4; up each level doubles and takes 4. For depth
-    4 that gives inputs ``16k + 124`` (k >= 4) and outputs ``input - 184``.
-    """
-
-    depth: int
-
-    @property
-    def stride(self) -> int:
-        """Total down-sampling: window offsets must be multiples of it to stitch exactly."""
-        return 2**self.depth
-
-    def _output(self, size: int) -> int | None:
-        for _ in range(self.depth):
-            size -= 4
-            if size <= 0 or size % 2:
-                return None
-            size //= 2
-        size -= 4
-        if size < 1:
-            return None
-        for _ in range(self.depth):
-            size = 2 * size - 4
-            if size < 1:
-                return None
-        return size
-
-    def is_valid(self, size: int) -> bool:
-        return self._output(size) is not None
-
-    @property
-    def min_input(self) -> int:
-        size = 1
-        while not self.is_valid(size):
-            size += 1
-        return size
-
-    @property
-    def margin(self) -> int:
-        """Pixels lost on each side (92 for depth 4)."""
-        size = self.min_input
-        return (size - self._output(size)) // 2
-
-    def output_size(self, size: int) -> int:
-        self.check(size)
-        return size - 2 * self.margin
-
-    def smallest_input_for_output(self, out: int) -> int:
-        """The smallest valid input whose output covers ``out`` pixels."""
-        size = max(self.min_input, out + 2 * self.margin)
-        while not self.is_valid(size):
-            size += 1
-        return size
-
-    def nearest(self, size: int) -> tuple[int | None, int]:
-        """The valid sizes just below (None if there is none) and just above ``size``."""
-        below = next((s for s in range(size - 1, self.min_input - 1, -1) if self.is_valid(s)), None)
-        return below, self.smallest_input_for_output(size + 1 - 2 * self.margin)
-
-    def check(self, size: int) -> None:
-        if not self.is_valid(size):
-            lo, hi = self.nearest(size)
-            near = f"{lo} and {hi}" if lo else f"{hi} (the smallest)"
-            raise InputError(
-                f"window size {size} is not valid for this valid-convolution U-Net: valid sizes are "
-                f"{self.min_input}, {self.min_input + self.stride}, ... every {self.stride} px "
-                f"(e.g. 572, 1180, 2636 at depth 4); nearest are {near}"
-            )
+def exporting() -> bool:
+    """True while an exporter (ONNX, TorchScript tracing, ``torch.export``) records the
+    graph: shape checks with Python ints would freeze the window size into it."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
 
 
 def he_init(module: nn.Module) -> None:
@@ -119,7 +48,7 @@ def crop_concat(skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     dh = (skip.shape[-2] - up.shape[-2]) // 2
     dw = (skip.shape[-1] - up.shape[-1]) // 2
     cropped = skip[..., dh : dh + up.shape[-2], dw : dw + up.shape[-1]]
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+    if exporting():
         return torch.cat([cropped, up], dim=1)  # exporters want the plain op
     out = torch.empty(
         (up.shape[0], skip.shape[1] + up.shape[1], up.shape[2], up.shape[3]),
@@ -156,7 +85,7 @@ class ValidUNet(nn.Module):
         he_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export():
+        if not exporting():
             for side in x.shape[-2:]:
                 self.geometry.check(int(side))
         skips = []

@@ -1,0 +1,101 @@
+"""The bridge between the synchronous tiling engine and the server's event loop.
+
+The engine runs in a worker thread per tile (it reads, stitches and yields rows
+synchronously). Its windows cross to the loop through :class:`BatchedBackend`,
+which hands each to the model's asyncio :class:`~service.batcher.Batcher` (so
+windows of concurrent tiles share model calls); its finished rows cross back
+through :func:`stream_rows`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from concurrent.futures import Future
+
+import numpy as np
+
+from .backends.base import Backend
+from .batcher import Batcher
+from .tiler import RasterSource, TilePlan, TilingEngine
+
+
+class Cancelled(Exception):
+    """The tile's caller went away; its remaining windows are not run."""
+
+
+class BatchedBackend:
+    """A tile's view of a shared model: the engine thread calls :meth:`infer`, the
+    windows run in the batcher on the event loop."""
+
+    def __init__(self, batcher: Batcher, loop: asyncio.AbstractEventLoop, base: Backend) -> None:
+        self.batcher, self.loop = batcher, loop
+        self.spec, self.device, self.name = base.spec, base.device, base.name
+        self.window_bytes = base.window_bytes
+        self._cancelled = threading.Event()
+        self._lock = threading.Lock()
+        self._outstanding: set[Future] = set()
+
+    def infer(self, inputs: list[np.ndarray]) -> np.ndarray:
+        futures = []
+        with self._lock:
+            if self._cancelled.is_set():
+                raise Cancelled()
+            for i in range(len(inputs[0])):
+                f = asyncio.run_coroutine_threadsafe(self.batcher.infer([x[i] for x in inputs]), self.loop)
+                futures.append(f)
+                self._outstanding.add(f)
+        try:
+            return np.stack([f.result() for f in futures])
+        except Exception:
+            if self._cancelled.is_set():
+                raise Cancelled() from None
+            raise
+        finally:
+            with self._lock:
+                self._outstanding.difference_update(futures)
+
+    def cancel(self) -> None:
+        """Stop: windows not yet run are dropped, the engine thread raises Cancelled."""
+        with self._lock:
+            self._cancelled.set()
+            for f in self._outstanding:
+                f.cancel()
+
+    def close(self) -> None:
+        self.cancel()
+
+
+async def stream_rows(
+    engine: TilingEngine, source: RasterSource, plan: TilePlan, backend: BatchedBackend
+) -> AsyncIterator[tuple[int, int, np.ndarray]]:
+    """Run ``engine`` over ``source`` in a worker thread; yield its ``(r0, r1, rows)``
+    blocks on the event loop as they become final. If the consumer stops early
+    (cancelled, failed), the tile's remaining windows are dropped."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    def work() -> None:
+        try:
+            for r0, r1, prob in engine.run(source, plan=plan):
+                loop.call_soon_threadsafe(queue.put_nowait, (r0, r1, prob.copy()))
+            loop.call_soon_threadsafe(queue.put_nowait, done)
+        except BaseException as e:  # forwarded to the RPC
+            loop.call_soon_threadsafe(queue.put_nowait, e)
+
+    thread = threading.Thread(target=work, name="tile", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = await queue.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        if thread.is_alive():  # the caller left early: stop the engine's windows
+            backend.cancel()
+        await asyncio.to_thread(thread.join)

@@ -1,0 +1,56 @@
+"""The model versions one server runs, and the lookups every RPC makes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .backends.base import Backend
+from .batcher import Batcher
+from .errors import NotFoundError
+from .store import ModelEntry
+
+
+@dataclass
+class LoadedModel:
+    """A model version the server runs: its local backend (or remote proxy) and batcher."""
+
+    entry: ModelEntry
+    backend: Backend
+    batcher: Batcher
+    backend_kind: str  # "onnxruntime", "torch", "remote": what ListModels and tile summaries report
+
+
+class ModelRegistry:
+    """Loaded versions by ``(name, version)``, the newest of each, and the default model."""
+
+    def __init__(self, default: str | None = None) -> None:
+        self.models: dict[tuple[str, int], LoadedModel] = {}
+        self.latest: dict[str, int] = {}
+        self.default = default
+
+    def add(self, model: LoadedModel) -> None:
+        e = model.entry
+        self.models[(e.name, e.version)] = model
+        self.latest[e.name] = max(self.latest.get(e.name, 0), e.version)
+
+    def get(self, name: str, version: int = 0) -> LoadedModel:
+        """A loaded version (the newest when ``version`` is 0); the default model when ``name`` is empty."""
+        if not name:
+            if self.default is None:
+                raise NotFoundError(f"the request names no model and this server has no default; have: {', '.join(sorted(self.latest)) or 'none'}")
+            name = self.default
+        if name not in self.latest:
+            raise NotFoundError(f"no model '{name}' loaded; have: {', '.join(sorted(self.latest)) or 'none'}")
+        key = (name, version or self.latest[name])
+        if key not in self.models:
+            raise NotFoundError(f"model '{name}' has no version {version} loaded; have: {self.versions(name)}")
+        return self.models[key]
+
+    def versions(self, name: str) -> list[int]:
+        return sorted(v for n, v in self.models if n == name)
+
+    def newest(self) -> list[LoadedModel]:
+        return [self.models[(n, v)] for n, v in sorted(self.latest.items())]
+
+    def __iter__(self):
+        return iter(self.models.values())

@@ -1,0 +1,131 @@
+"""A tile upload: header checks, chunk assembly, and decoding the raster (GeoTIFF
+bytes or raw RGB rows) into something the tiling engine reads."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rasterio.io import MemoryFile
+from rasterio.transform import Affine
+
+from ._pb import footprints_pb2 as pb
+from .convert import MAX_CHUNK_BYTES, georef_from_pb
+from .errors import InputError
+from .geoio import RGBRaster
+from .tiler import ArraySource, RasterSource
+
+
+def check_header(h: pb.TileHeader, max_side: int) -> int:
+    """Refuse a header that cannot be served; returns the raster bytes it declares."""
+    if h.HasField("threshold") and not 0.0 < h.threshold < 1.0:
+        raise InputError(f"threshold must be in (0, 1), got {h.threshold}")
+    if h.mode not in pb.Mode.values():
+        raise InputError(f"unknown mode {h.mode}; known: {', '.join(f'{k} ({v})' for k, v in pb.Mode.items())}")
+    kind = h.WhichOneof("raster")
+    if kind == "geotiff":
+        size = h.geotiff.size_bytes
+        if size == 0:
+            raise InputError("declared GeoTIFF size is 0 bytes")
+        limit = max_side**2 * 4 + 2**20  # RGBA at the largest side, uncompressed
+        if size > limit:
+            raise InputError(f"declared GeoTIFF size {size} bytes exceeds the limit of {limit}")
+        return int(size)
+    if kind == "raw":
+        w, hgt = h.raw.width, h.raw.height
+        if w == 0 or hgt == 0:
+            raise InputError(f"raster size {w}x{hgt}: width and height must be positive")
+        if max(w, hgt) > max_side:
+            raise InputError(f"raster size {w}x{hgt} exceeds the maximum side of {max_side} px")
+        georef_from_pb(h.raw.georeference)
+        return int(w * hgt * 3)
+    raise InputError("the header names no raster: set geotiff or raw")
+
+
+async def receive(
+    requests: AsyncIterator[pb.SegmentTileRequest], check: Callable[[pb.TileHeader], int]
+) -> tuple[pb.TileHeader, bytes]:
+    """The header and the raster bytes of a ``SegmentTile`` stream. ``check`` vets the
+    header (and returns the bytes it declares) before any chunk is accepted."""
+    header = None
+    buf = bytearray()
+    expected = 0
+    async for msg in requests:
+        part = msg.WhichOneof("part")
+        if part == "header":
+            if header is not None:
+                raise InputError("a second header arrived; send the header once, first")
+            header = msg.header
+            expected = check(header)
+        elif part == "chunk":
+            if header is None:
+                raise InputError("raster bytes arrived before the header; send the header first")
+            if len(msg.chunk) > MAX_CHUNK_BYTES:
+                raise InputError(f"a chunk of {len(msg.chunk)} bytes exceeds the {MAX_CHUNK_BYTES}-byte limit")
+            if len(buf) + len(msg.chunk) > expected:
+                raise InputError(f"chunks exceed the declared raster size of {expected} bytes")
+            buf += msg.chunk
+        else:
+            raise InputError("empty message: each message holds a header or a chunk")
+    if header is None:
+        raise InputError("no header: the stream must start with a TileHeader")
+    if len(buf) != expected:
+        raise InputError(f"stream ended after {len(buf)} of the {expected} declared raster bytes (truncated)")
+    return header, bytes(buf)
+
+
+@dataclass
+class Raster:
+    """A decoded upload: what the engine reads, and where it sits on the ground."""
+
+    source: RasterSource
+    crs: CRS | None
+    transform: Affine
+    _closers: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def height(self) -> int:
+        return self.source.height
+
+    @property
+    def width(self) -> int:
+        return self.source.width
+
+    def close(self) -> None:
+        for close in reversed(self._closers):
+            close()
+        self._closers.clear()
+
+    def __enter__(self) -> Raster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def decode(header: pb.TileHeader, data: bytes, max_side: int) -> Raster:
+    """The uploaded raster, refused with a clear message when it is not uint8 RGB(A),
+    cannot be decoded, or is larger than ``max_side``."""
+    if header.WhichOneof("raster") == "raw":
+        rgb = np.frombuffer(data, np.uint8).reshape(header.raw.height, header.raw.width, 3).transpose(2, 0, 1)
+        crs, transform = georef_from_pb(header.raw.georeference)
+        return Raster(ArraySource(np.ascontiguousarray(rgb)), crs, transform)
+    memfile = MemoryFile(data)
+    closers = [memfile.close]
+    try:
+        try:
+            dataset = memfile.open()
+        except rasterio.errors.RasterioIOError as e:
+            raise InputError(f"GeoTIFF bytes cannot be decoded ({e})") from None
+        src = RGBRaster("<uploaded GeoTIFF>", dataset=dataset)
+        closers.append(src.close)
+        if max(src.width, src.height) > max_side:
+            raise InputError(f"raster size {src.width}x{src.height} exceeds the maximum side of {max_side} px")
+        return Raster(src, src.crs, src.transform, closers)
+    except BaseException:
+        for close in reversed(closers):
+            close()
+        raise

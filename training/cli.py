@@ -1,0 +1,153 @@
+"""The training subcommands of ``footprints`` (synth, train, publish, export, evaluate,
+baseline), and ``segment --checkpoint``.
+
+``service.cli`` finds :func:`register` through the ``footprints.cli`` entry point, so
+the service never imports training: a serving install without this package simply
+has no training commands. Each command imports what it needs when run.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def _open_checkpoint(path: Path, device: str | None) -> Any:
+    """A training checkpoint as a serving backend, run with PyTorch in-process."""
+    from service.backends.torch_backend import TorchBackend
+
+    from .networks.model import load_checkpoint
+
+    model, _ = load_checkpoint(path)
+    return TorchBackend(model, device, name=str(path))
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from training.synthetic import synthesize
+
+    cities = args.cities.split(",") if args.cities else None
+    reports = synthesize(args.out, size=args.size, tiles_per_city=args.tiles_per_city, seed=args.seed, cities=cities)
+    for r in reports:
+        print(f"{r.split:5s} {r.city}{r.index}: {r.buildings} buildings, {100 * r.building_share:.1f} % building pixels")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate_dirs, write_json
+
+    report = evaluate_dirs(args.pred, args.gt)
+    print(report.table(args.name or Path(args.pred).name))
+    if args.json:
+        write_json(report, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _baseline(args: argparse.Namespace) -> int:
+    from training.baselines import ColourBaseline
+    from training.data.inria import InriaDataset
+
+    from service.overlay import write_overlay
+
+    data = InriaDataset(args.data)
+    model = ColourBaseline().fit(data.split("train"))
+    for t in data.split(args.split):
+        pred = Path(args.out) / t.image.name
+        model.predict_file(t.image, pred)
+        if args.overlays:
+            png = write_overlay(t.image, pred, Path(args.overlays) / f"{t.name}.png", ref=t.gt)
+            print(f"overlay {png}")
+    print(f"wrote {len(data.split(args.split))} masks to {args.out}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from training.config import load_config
+    from training.loop import train
+
+    cfg = load_config(args.config)
+    meta = train(cfg, args.data, args.out, resume=args.resume)
+    overall = meta.get("metrics", {}).get("overall")
+    if overall:
+        print(f"validation: IoU {100 * overall['iou']:.2f} %, accuracy {100 * overall['accuracy']:.2f} %")
+    print(f"model: {args.out / 'model.pt'}")
+    return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from training.publish import publish
+
+    metrics = publish(
+        args.checkpoint, args.store, args.name, args.version, args.test_data, args.real_data,
+        commands=args.command or [], train_minutes=args.train_minutes,
+    )
+    overall = metrics["synthetic_test"]["overall"]
+    print(f"{args.name} v{args.version}: synthetic test IoU {100 * overall['iou']:.2f} %, accuracy {100 * overall['accuracy']:.2f} %")
+    if metrics["real_oam"]:
+        real = metrics["real_oam"]["overall"]
+        print(f"real imagery: IoU {100 * real['iou']:.2f} %, accuracy {100 * real['accuracy']:.2f} %")
+    print(f"card: {args.store / args.name / 'MODEL_CARD.md'}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from training.export import export
+
+    m = export(args.checkpoint, args.store, args.name, args.version)
+    print(f"exported {args.name} v{m['version']} to {args.store / args.name / str(m['version'])}: ONNX Runtime vs PyTorch "
+          f"max |diff| {m['parity_max_abs_diff']:.2e} on {m['parity_window_px']}-px windows of "
+          f"{', '.join(m['parity_windows'])} ({100 * m['parity_building_share']:.1f} % building)")
+    return 0
+
+
+def register(sub: Any, extensions: Any) -> None:
+    """Add the training subcommands to ``footprints``' parser (``sub``), and let
+    ``segment --checkpoint`` open training checkpoints."""
+    extensions.open_checkpoint = _open_checkpoint
+    p = sub.add_parser("synth", help="write synthetic Inria-like cities (train and test layout)")
+    p.add_argument("--out", required=True, type=Path, help="output folder (gets train/ and test/)")
+    p.add_argument("--size", type=int, default=5000, help="tile side in pixels (Inria: 5000)")
+    p.add_argument("--tiles-per-city", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cities", help="comma-separated subset of city names (default: all ten)")
+    p.set_defaults(func=_synth)
+
+    p = sub.add_parser("evaluate", help="IoU and accuracy per city and overall, the benchmark's way")
+    p.add_argument("--pred", required=True, type=Path, help="folder of predicted masks <city><n>.tif")
+    p.add_argument("--gt", required=True, type=Path, help="folder of reference masks <city><n>.tif")
+    p.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    p.add_argument("--name", help="row label in the table (default: the prediction folder's name)")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("baseline", help="fit the colour-lookup reference floor and label a split")
+    p.add_argument("--data", required=True, type=Path, help="dataset root in the Inria layout")
+    p.add_argument("--out", required=True, type=Path, help="folder for the predicted masks")
+    p.add_argument("--split", default="test", help="split to label (train, test or all)")
+    p.add_argument("--overlays", type=Path, help="folder for overlay PNGs against the ground truth")
+    p.set_defaults(func=_baseline)
+
+    p = sub.add_parser("train", help="train a network by a config (also under torchrun for DDP)")
+    p.add_argument("--config", required=True, type=Path, help="training/configs/<name>.yaml")
+    p.add_argument("--data", required=True, type=Path, help="dataset root in the Inria layout")
+    p.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, log.csv, curves.png)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("publish", help="score a trained model and put it in the model store with its card")
+    p.add_argument("--checkpoint", required=True, type=Path, help="RUN_DIR/model.pt")
+    p.add_argument("--name", required=True, help="model name in the store (e.g. amll)")
+    p.add_argument("--version", type=int, default=1)
+    p.add_argument("--store", type=Path, default=Path("model_store"))
+    p.add_argument("--test-data", required=True, type=Path, help="dataset with held-out test cities (test/images, test/gt)")
+    p.add_argument("--real-data", type=Path, help="real imagery in the Inria layout (e.g. ../shared/data/real-oam)")
+    p.add_argument("--command", action="append", help="a command that produced the model (repeatable; goes in the card)")
+    p.add_argument("--train-minutes", type=float, help="wall-clock training time, for the card")
+    p.set_defaults(func=_publish)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX in the versioned model store (parity-checked)")
+    p.add_argument("--checkpoint", required=True, type=Path)
+    p.add_argument("--name", required=True)
+    p.add_argument("--version", type=int, help="default: the next free version")
+    p.add_argument("--store", type=Path, default=Path("model_store"))
+    p.set_defaults(func=_export)
