@@ -38,7 +38,10 @@ def _serve(store: Path) -> tuple[subprocess.Popen, str]:
     exe = Path(sys.executable).with_name("footprints")
     proc = subprocess.Popen(
         [str(exe), "serve", "--store", str(store), "--port", "0", "--metrics-port", "-1", "--max-tiles", "8"],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, **STARTUP_ENV}, cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **STARTUP_ENV},
+        cwd=ROOT,
     )
     port = re.search(r"127\.0\.0\.1:(\d+)", proc.stdout.readline()).group(1)
     return proc, f"127.0.0.1:{port}"
@@ -109,12 +112,13 @@ def main() -> None:
             # 3. Throughput with concurrent clients.
             mpx = args.throughput_size**2 / 1e6
             for clients in (1, 2, 4):
-                def work(i: int) -> None:
+
+                def work(i: int, clients: int) -> None:
                     with FootprintsClient(address) as c:
                         for k in range(args.tiles):
                             c.segment_file(small, tmp / f"t{clients}-{i}-{k}.tif", model=args.model, progress=False)
 
-                threads = [threading.Thread(target=work, args=(i,)) for i in range(clients)]
+                threads = [threading.Thread(target=work, args=(i, clients)) for i in range(clients)]
                 t = time.perf_counter()
                 for th in threads:
                     th.start()
@@ -122,7 +126,9 @@ def main() -> None:
                     th.join()
                 wall = time.perf_counter() - t
                 n = clients * args.tiles
-                rows.append({"measure": f"{clients} client(s): {n} tiles of {args.throughput_size}^2, Mpx/s", "value": n * mpx / wall})
+                rows.append(
+                    {"measure": f"{clients} client(s): {n} tiles of {args.throughput_size}^2, Mpx/s", "value": n * mpx / wall}
+                )
         finally:
             proc.terminate()
             proc.wait(60)

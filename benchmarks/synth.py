@@ -23,14 +23,16 @@ def _one(city: str, size: int, out: str, q: mp.Queue) -> None:
 
     t = time.perf_counter()
     r = synthesize_tile(Path(out), style(city), 1, size, 1, seed=0)
-    q.put({
-        "city": city,
-        "size_px": size,
-        "seconds": time.perf_counter() - t,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "buildings": r.buildings,
-        "image_mb": r.image.stat().st_size / 2**20,
-    })
+    q.put(
+        {
+            "city": city,
+            "size_px": size,
+            "seconds": time.perf_counter() - t,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "buildings": r.buildings,
+            "image_mb": r.image.stat().st_size / 2**20,
+        }
+    )
 
 
 def main() -> None:

@@ -25,6 +25,6 @@ pip=(.venv/bin/python -m pip --disable-pip-version-check --quiet)
 echo "setup: installing torch==2.13.0 (CPU)"
 "${pip[@]}" install torch==2.13.0
 echo "setup: installing footprints and its pinned dependencies"
-"${pip[@]}" install -e ".[dev]"
+"${pip[@]}" install -e ".[train,dev]"
 .venv/bin/python -m service.codegen
 echo "$want" > "$stamp"

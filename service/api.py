@@ -67,8 +67,10 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
     @contextlib.contextmanager
     def _tile_slot(self) -> Iterator[None]:
         if self.tiles_in_flight >= self.limits.max_tiles_in_flight:
-            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                               f"{self.tiles_in_flight} tiles in flight (limit {self.limits.max_tiles_in_flight}); retry later")
+            raise RequestError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.tiles_in_flight} tiles in flight (limit {self.limits.max_tiles_in_flight}); retry later",
+            )
         self.tiles_in_flight += 1
         self.metrics.tiles_in_flight.set(self.tiles_in_flight)
         try:
@@ -92,8 +94,15 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
                 requested_mode(header, model)
                 with decode(header, data, self.limits.max_raster_side) as raster:
                     backend = BatchedBackend(model.batcher, asyncio.get_running_loop(), model.backend)
-                    engine = TilingEngine(backend, EngineConfig(window=header.window or None, batch_size=self.limits.max_batch,
-                                                                 tta=header.tta, memory_budget_bytes=self.budget.total))
+                    engine = TilingEngine(
+                        backend,
+                        EngineConfig(
+                            window=header.window or None,
+                            batch_size=self.limits.max_batch,
+                            tta=header.tta,
+                            memory_budget_bytes=self.budget.total,
+                        ),
+                    )
                     plan = engine.plan(raster.height, raster.width)  # bad windows fail here, before any work
                     engine.windows_in_flight(plan.window)  # and windows the server's memory cannot hold
                     threshold = header.threshold if header.HasField("threshold") else 0.5
@@ -108,12 +117,22 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
                         for message in row_messages(r0, mask, to_prob_u8(prob) if header.outputs.probabilities else None):
                             yield message
                     t_done = time.perf_counter()
-                    yield pb.SegmentTileResponse(summary=pb.TileSummary(
-                        model=model.entry.name, model_version=model.entry.version, backend=model.backend_kind,
-                        width=raster.width, height=raster.height, windows=len(plan.windows), window=plan.window,
-                        building_share=building / (raster.width * raster.height), georeference=georef_to_pb(raster.crs, raster.transform),
-                        timings=pb.Timings(receive_seconds=t_received - t0, segment_seconds=t_done - t_received, total_seconds=t_done - t0),
-                    ))
+                    yield pb.SegmentTileResponse(
+                        summary=pb.TileSummary(
+                            model=model.entry.name,
+                            model_version=model.entry.version,
+                            backend=model.backend_kind,
+                            width=raster.width,
+                            height=raster.height,
+                            windows=len(plan.windows),
+                            window=plan.window,
+                            building_share=building / (raster.width * raster.height),
+                            georeference=georef_to_pb(raster.crs, raster.transform),
+                            timings=pb.Timings(
+                                receive_seconds=t_received - t0, segment_seconds=t_done - t_received, total_seconds=t_done - t0
+                            ),
+                        )
+                    )
                     if plane is not None:
                         tif = mask_geotiff_bytes(plane, raster.crs, raster.transform)
                         if header.outputs.geotiff:

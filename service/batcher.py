@@ -91,7 +91,7 @@ class Batcher:
     def _take(self, limit: int) -> list[_Pending]:
         """Up to ``limit`` live windows of the oldest shape."""
         shape, queue = next(iter(self._queues.items()))
-        batch = []
+        batch: list[_Pending] = []
         while queue and len(batch) < limit:
             item = queue.pop(0)
             self._count(-1)

@@ -77,15 +77,26 @@ def _segment_remote(args: argparse.Namespace) -> int:
     with FootprintsClient(args.server) as client:
         try:
             result = client.segment_file(
-                args.image, args.output, model=name, version=int(version or 0), window=args.window or 0,
-                threshold=args.threshold, tta=args.tta, probabilities=args.probabilities, polygons=args.polygons,
+                args.image,
+                args.output,
+                model=name,
+                version=int(version or 0),
+                window=args.window or 0,
+                threshold=args.threshold,
+                tta=args.tta,
+                probabilities=args.probabilities,
+                polygons=args.polygons,
                 overlay=args.overlay,
             )
         except grpc.RpcError as e:
             raise InputError(f"server {args.server} answered {e.code().name}: {e.details()}") from None
     s = result.summary
-    print(f"{args.image.name}: {s.width}x{s.height} by {s.model} v{s.model_version} ({s.backend}), {s.windows} windows of "
-          f"{s.window} px, building share {s.building_share:.4f}, {s.timings.total_seconds:.1f} s; mask {args.output}")
+    if s is None:
+        raise InputError(f"server {args.server} ended the stream without a tile summary")
+    print(
+        f"{args.image.name}: {s.width}x{s.height} by {s.model} v{s.model_version} ({s.backend}), {s.windows} windows of "
+        f"{s.window} px, building share {s.building_share:.4f}, {s.timings.total_seconds:.1f} s; mask {args.output}"
+    )
     return 0
 
 
@@ -103,11 +114,18 @@ def _serve(args: argparse.Namespace) -> int:
     from .server import ServerConfig, serve_forever
 
     cfg = ServerConfig(
-        store=args.store, host=args.host, port=args.port, metrics_port=args.metrics_port if args.metrics_port >= 0 else None,
-        models=args.models.split(",") if args.models else None, backend=args.backend, max_batch=args.max_batch,
-        max_queue_delay_ms=args.max_queue_delay_ms, max_queued_windows=args.max_queued_windows,
+        store=args.store,
+        host=args.host,
+        port=args.port,
+        metrics_port=args.metrics_port if args.metrics_port >= 0 else None,
+        models=args.models.split(",") if args.models else None,
+        backend=args.backend,
+        max_batch=args.max_batch,
+        max_queue_delay_ms=args.max_queue_delay_ms,
+        max_queued_windows=args.max_queued_windows,
         limits=Limits(max_tiles_in_flight=args.max_tiles, max_raster_side=args.max_side, max_batch=args.max_batch),
-        grace_s=args.grace, model_servers=args.model_servers.split(",") if args.model_servers else [],
+        grace_s=args.grace,
+        model_servers=args.model_servers.split(",") if args.model_servers else [],
         memory_budget_bytes=int(args.memory_budget_gb * 2**30) if args.memory_budget_gb else None,
     )
     asyncio.run(serve_forever(cfg))
@@ -127,7 +145,9 @@ def _load_extensions(sub: Any, ext: Extensions) -> None:
 
 def build_parser(ext: Extensions | None = None) -> argparse.ArgumentParser:
     ext = ext if ext is not None else Extensions()
-    parser = argparse.ArgumentParser(prog="footprints", description="Building footprints from aerial imagery: segment, serve, train.")
+    parser = argparse.ArgumentParser(
+        prog="footprints", description="Building footprints from aerial imagery: segment, serve, train."
+    )
     parser.set_defaults(extensions=ext)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -135,13 +155,21 @@ def build_parser(ext: Extensions | None = None) -> argparse.ArgumentParser:
     p.add_argument("image", type=Path, help="input GeoTIFF: uint8 RGB, or RGBA with alpha")
     p.add_argument("-o", "--output", required=True, type=Path, help="output mask GeoTIFF (0/255)")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--checkpoint", type=Path, help="training checkpoint (.pt), run with PyTorch in-process (needs the training package)")
-    p.add_argument("--model", help="NAME or NAME:VERSION, from the store in-process or on --server (default: the store's default model)")
+    which.add_argument(
+        "--checkpoint", type=Path, help="training checkpoint (.pt), run with PyTorch in-process (needs the training package)"
+    )
+    p.add_argument(
+        "--model", help="NAME or NAME:VERSION, from the store in-process or on --server (default: the store's default model)"
+    )
     which.add_argument("--server", help="HOST:PORT of a footprints server: stream the tile there")
     p.add_argument("--store", type=Path, default=Path("model_store"), help="model store folder (in-process)")
     p.add_argument("--backend", choices=["onnxruntime", "torch"], default="onnxruntime", help="with --model")
-    p.add_argument("--window", type=int, help="large: input side (2636 on GPU, the measured CPU default); dual: output side (384)")
-    p.add_argument("--exact-window", action="store_true", help="use --window as given instead of the smallest window with the same count")
+    p.add_argument(
+        "--window", type=int, help="large: input side (2636 on GPU, the measured CPU default); dual: output side (384)"
+    )
+    p.add_argument(
+        "--exact-window", action="store_true", help="use --window as given instead of the smallest window with the same count"
+    )
     p.add_argument("--batch-size", type=int, default=1, help="windows per model call (capped by the memory budget)")
     p.add_argument("--memory-budget-gb", type=float, help="cap on the memory windows in flight may take (default: half the RAM)")
     p.add_argument("--overlap", type=int, default=64, help="dual: px of overlap blended between windows")
@@ -167,7 +195,10 @@ def build_parser(ext: Extensions | None = None) -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=50051, help="0: any free port")
     p.add_argument("--metrics-port", type=int, default=9100, help="Prometheus /metrics port (0: any free, -1: off)")
-    p.add_argument("--models", help="comma-separated model names (default: all in the store, newest versions; the store's DEFAULT answers requests that name none)")
+    p.add_argument(
+        "--models",
+        help="comma-separated model names (default: all in the store, newest versions; the store's DEFAULT answers requests that name none)",
+    )
     p.add_argument("--backend", choices=["onnxruntime", "torch"], default="onnxruntime")
     p.add_argument("--max-batch", type=int, default=4, help="windows per model call, across requests")
     p.add_argument("--max-queue-delay-ms", type=float, default=5.0, help="how long a batch waits to fill")
@@ -176,7 +207,11 @@ def build_parser(ext: Extensions | None = None) -> argparse.ArgumentParser:
     p.add_argument("--max-side", type=int, default=10000, help="largest raster side accepted, px")
     p.add_argument("--grace", type=float, default=30.0, help="seconds in-flight tiles get to finish on SIGTERM")
     p.add_argument("--model-servers", help="HOST:PORT,...: run windows on these servers' InferWindows")
-    p.add_argument("--memory-budget-gb", type=float, help="memory all windows in flight may take, every tile and model together (default: half the RAM)")
+    p.add_argument(
+        "--memory-budget-gb",
+        type=float,
+        help="memory all windows in flight may take, every tile and model together (default: half the RAM)",
+    )
     p.set_defaults(func=_serve)
 
     _load_extensions(sub, ext)

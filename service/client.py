@@ -47,7 +47,7 @@ class FootprintsClient:
     def close(self) -> None:
         self.channel.close()
 
-    def __enter__(self) -> "FootprintsClient":
+    def __enter__(self) -> FootprintsClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -115,7 +115,10 @@ class FootprintsClient:
         with rasterio.open(image) as src:  # header only: the grid for the output
             grid = dict(width=src.width, height=src.height, crs=src.crs, transform=src.transform)
         header = pb.TileHeader(
-            model=model, model_version=version, window=window, tta=tta,
+            model=model,
+            model_version=version,
+            window=window,
+            tta=tta,
             outputs=pb.Outputs(probabilities=probabilities is not None, polygons=polygons is not None),
             geotiff=pb.GeoTiffInput(size_bytes=image.stat().st_size),
         )
@@ -170,14 +173,19 @@ class FootprintsClient:
         """Segment an in-memory ``(3, h, w)`` uint8 array sent as raw RGB rows."""
         _, h, w = rgb.shape
         header = pb.TileHeader(
-            model=model, model_version=version, window=window, outputs=outputs or pb.Outputs(),
+            model=model,
+            model_version=version,
+            window=window,
+            outputs=outputs or pb.Outputs(),
             raw=pb.RawRgbInput(width=w, height=h, georeference=pb.Georeference(crs=crs, transform=list(transform.to_gdal()))),
         )
         data = np.ascontiguousarray(rgb.transpose(1, 2, 0)).tobytes()
         mask = np.zeros((h, w), np.uint8)
 
         def put(rows: pb.MaskRows) -> None:
-            mask[rows.row_start : rows.row_start + rows.row_count] = np.frombuffer(rows.mask, np.uint8).reshape(rows.row_count, rows.width)
+            mask[rows.row_start : rows.row_start + rows.row_count] = np.frombuffer(rows.mask, np.uint8).reshape(
+                rows.row_count, rows.width
+            )
 
         chunks = (data[i : i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES))
         return mask, self.stream(header, chunks, put, timeout)

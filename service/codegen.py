@@ -26,8 +26,13 @@ def generate(force: bool = False) -> list[Path]:
         if not force and stub.is_file() and stub.stat().st_mtime >= proto.stat().st_mtime:
             continue
         args = [
-            "protoc", f"-Iservice/_pb={PROTO}", f"-I{Path(protoc.__file__).parent / '_proto'}",
-            f"--python_out={ROOT}", f"--pyi_out={ROOT}", f"--grpc_python_out={ROOT}", str(proto),
+            "protoc",
+            f"-Iservice/_pb={PROTO}",
+            f"-I{Path(protoc.__file__).parent / '_proto'}",
+            f"--python_out={ROOT}",
+            f"--pyi_out={ROOT}",
+            f"--grpc_python_out={ROOT}",
+            str(proto),
         ]
         if protoc.main(args) != 0:
             raise SystemExit(f"protoc failed on {proto}")

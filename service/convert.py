@@ -40,11 +40,19 @@ def model_info(m: LoadedModel, versions: list[int], default: bool) -> pb.ModelIn
     e, spec = m.entry, m.backend.spec
     valid = spec.valid
     return pb.ModelInfo(
-        name=e.name, version=e.version, versions=versions, network=e.manifest["network"],
-        mode=pb.MODE_LARGE_WINDOW if valid else pb.MODE_DUAL_RESOLUTION, backend=m.backend_kind, loaded=True,
-        margin=valid.margin if valid else 0, stride=valid.stride if valid else 0,
-        default_window=spec.default_window(m.backend.device), context=0 if valid else 2 * spec.default_window(m.backend.device),
-        metrics_json=json.dumps(e.manifest.get("metrics", {})), is_default=default,
+        name=e.name,
+        version=e.version,
+        versions=versions,
+        network=e.manifest["network"],
+        mode=pb.MODE_LARGE_WINDOW if valid else pb.MODE_DUAL_RESOLUTION,
+        backend=m.backend_kind,
+        loaded=True,
+        margin=valid.margin if valid else 0,
+        stride=valid.stride if valid else 0,
+        default_window=spec.default_window(m.backend.device),
+        context=0 if valid else 2 * spec.default_window(m.backend.device),
+        metrics_json=json.dumps(e.manifest.get("metrics", {})),
+        is_default=default,
     )
 
 
@@ -73,8 +81,9 @@ def window_crops(request: pb.InferWindowsRequest, dual: bool) -> list[np.ndarray
 
 def probabilities_response(m: LoadedModel, probs: list[np.ndarray]) -> pb.InferWindowsResponse:
     out = np.ascontiguousarray(np.stack(probs), dtype="<f4")
-    return pb.InferWindowsResponse(model=m.entry.name, model_version=m.entry.version, count=len(probs), side=out.shape[-1],
-                                   probabilities=out.tobytes())
+    return pb.InferWindowsResponse(
+        model=m.entry.name, model_version=m.entry.version, count=len(probs), side=out.shape[-1], probabilities=out.tobytes()
+    )
 
 
 def row_messages(r0: int, mask: np.ndarray, probs: np.ndarray | None) -> Iterator[pb.SegmentTileResponse]:
@@ -82,10 +91,15 @@ def row_messages(r0: int, mask: np.ndarray, probs: np.ndarray | None) -> Iterato
     height, width = mask.shape
     for a in range(0, height, ROWS_PER_MESSAGE):
         b = min(a + ROWS_PER_MESSAGE, height)
-        yield pb.SegmentTileResponse(rows=pb.MaskRows(
-            row_start=r0 + a, row_count=b - a, width=width, mask=mask[a:b].tobytes(),
-            probabilities=probs[a:b].tobytes() if probs is not None else b"",
-        ))
+        yield pb.SegmentTileResponse(
+            rows=pb.MaskRows(
+                row_start=r0 + a,
+                row_count=b - a,
+                width=width,
+                mask=mask[a:b].tobytes(),
+                probabilities=probs[a:b].tobytes() if probs is not None else b"",
+            )
+        )
 
 
 def bytes_messages(data: bytes) -> Iterator[pb.SegmentTileResponse]:

@@ -209,9 +209,7 @@ class RGBRaster:
                 f"{where}: raster has {src.count} band(s); expected RGB (3 bands) or RGBA (4 bands, the fourth alpha)"
             )
         if src.count == 4 and src.colorinterp[3] != ColorInterp.alpha:
-            raise InputError(
-                f"{where}: band 4 is {src.colorinterp[3].name}, not alpha; a 4-band raster must be RGBA"
-            )
+            raise InputError(f"{where}: band 4 is {src.colorinterp[3].name}, not alpha; a 4-band raster must be RGBA")
         if any(dt != "uint8" for dt in src.dtypes[:3]):
             raise InputError(f"{where}: raster is {src.dtypes[0]}; expected uint8 RGB (0-255)")
         if src.width == 0 or src.height == 0:
@@ -230,7 +228,7 @@ class RGBRaster:
     def close(self) -> None:
         self.src.close()
 
-    def __enter__(self) -> "RGBRaster":
+    def __enter__(self) -> RGBRaster:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -61,12 +61,14 @@ class ValidGeometry:
     @property
     def margin(self) -> int:
         """Pixels lost on each side (92 for depth 4)."""
-        size = self.min_input
-        return (size - self._output(size)) // 2
+        return (self.min_input - self.output_size(self.min_input)) // 2
 
     def output_size(self, size: int) -> int:
-        self.check(size)
-        return size - 2 * self.margin
+        out = self._output(size)
+        if out is None:
+            self.check(size)  # raises, naming the nearest valid sizes
+            raise AssertionError(size)
+        return out
 
     def smallest_input_for_output(self, out: int) -> int:
         """The smallest valid input whose output covers ``out`` pixels."""
@@ -133,11 +135,22 @@ class WindowSpec:
         """The manifest's ``geometry`` record (margin, stride and sizes spelled out for readers)."""
         if self.mode == "large":
             g = ValidGeometry(self.depth)
-            return {"kind": "valid_unet", "depth": self.depth, "margin": g.margin, "stride": g.stride,
-                    "min_input": g.min_input, "default_window_px": dict(self.default_window_px)}
+            return {
+                "kind": "valid_unet",
+                "depth": self.depth,
+                "margin": g.margin,
+                "stride": g.stride,
+                "min_input": g.min_input,
+                "default_window_px": dict(self.default_window_px),
+            }
         window = self.default_window("cpu")
-        return {"kind": "dual_resolution", "window": window, "context": 2 * window, "multiple": self.multiple,
-                "default_window_px": dict(self.default_window_px)}
+        return {
+            "kind": "dual_resolution",
+            "window": window,
+            "context": 2 * window,
+            "multiple": self.multiple,
+            "default_window_px": dict(self.default_window_px),
+        }
 
 
 @dataclass(frozen=True)

@@ -11,16 +11,22 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         self.requests = Counter("footprints_requests", "RPCs finished, by method and status code", ["method", "code"], registry=r)
         self.tile_seconds = Histogram(
-            "footprints_tile_seconds", "SegmentTile latency, first message to last",
-            buckets=(0.25, 0.5, 1, 2, 5, 10, 20, 40, 80, 160, 320, 640), registry=r,
+            "footprints_tile_seconds",
+            "SegmentTile latency, first message to last",
+            buckets=(0.25, 0.5, 1, 2, 5, 10, 20, 40, 80, 160, 320, 640),
+            registry=r,
         )
         self.windows = Counter("footprints_windows", "model windows run (rate = windows per second)", ["model"], registry=r)
-        self.batch_size = Histogram("footprints_batch_size", "windows per model call", ["model"], buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32), registry=r)
+        self.batch_size = Histogram(
+            "footprints_batch_size", "windows per model call", ["model"], buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32), registry=r
+        )
         self.queued_windows = Gauge("footprints_queued_windows", "windows waiting for the model", ["model"], registry=r)
         self.window_memory = Gauge("footprints_window_memory_bytes", "memory bound of the model windows running now", registry=r)
         self.memory_budget = Gauge("footprints_memory_budget_bytes", "the server's memory budget for model windows", registry=r)
         self.tiles_in_flight = Gauge("footprints_tiles_in_flight", "SegmentTile calls being served", registry=r)
-        self.model_loaded = Gauge("footprints_model_loaded", "1 for each model version loaded", ["model", "version", "backend", "mode"], registry=r)
+        self.model_loaded = Gauge(
+            "footprints_model_loaded", "1 for each model version loaded", ["model", "version", "backend", "mode"], registry=r
+        )
 
     def serve(self, port: int, addr: str = "127.0.0.1"):
         """Start the /metrics HTTP endpoint; returns the server (``.server_port`` has the port)."""

@@ -41,7 +41,9 @@ def to_prob_u8(prob: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(prob * 255.0), 0, 255).astype(np.uint8)
 
 
-def segment_file(engine: TilingEngine, image: str | Path, out: str | Path, opts: SegmentOptions = SegmentOptions(), progress: bool = True) -> dict:
+def segment_file(
+    engine: TilingEngine, image: str | Path, out: str | Path, opts: SegmentOptions = SegmentOptions(), progress: bool = True
+) -> dict:
     """Segment one GeoTIFF into a 0/255 mask GeoTIFF (and the optional outputs).
 
     Returns a summary: size, building share, the paths written.
@@ -63,15 +65,21 @@ def segment_file(engine: TilingEngine, image: str | Path, out: str | Path, opts:
                 writers[0].write(mask[None], window=win)
                 if opts.probabilities:
                     writers[1].write(to_prob_u8(prob)[None], window=win)
-                if src.has_mask:
+                valid_rows = src.valid_rows(r0, r1)
+                if valid_rows is not None:
                     # The output carries the input's nodata as its own GDAL mask.
-                    valid = src.valid_rows(r0, r1).astype(np.uint8) * 255
+                    valid = valid_rows.astype(np.uint8) * 255
                     for w in writers:
                         w.write_mask(valid, window=win)
         finally:
             for w in writers:
                 w.close()
-        summary = {"width": src.width, "height": src.height, "building_share": building / (src.width * src.height), "mask": str(out)}
+        summary = {
+            "width": src.width,
+            "height": src.height,
+            "building_share": building / (src.width * src.height),
+            "mask": str(out),
+        }
     if opts.polygons:
         n = write_polygons(out, opts.polygons, opts.min_area_m2, opts.simplify_m)
         summary.update(polygons=str(opts.polygons), polygon_count=n)
@@ -94,7 +102,8 @@ def mask_polygons(mask, min_area_m2: float = 4.0, simplify_m: float = 0.5) -> tu
     # Strips keep memory flat. Polygons are traced in pixel coordinates; only those
     # touching a strip edge can continue in the next strip, so only they are
     # unioned (a noisy mask has ~10^5 specks, and one union of all is very slow).
-    inner, edge = [], []
+    inner: list[shapely.Geometry] = []
+    edge: list[shapely.Geometry] = []
     for r0, r1 in row_strips(src.height, 1024):
         band = src.read(1, window=Window(0, r0, src.width, r1 - r0))
         for geom, _ in shapes(band, mask=band > 0, transform=Affine.translation(0, r0)):
@@ -119,10 +128,9 @@ def polygons_geojson(mask, min_area_m2: float = 4.0, simplify_m: float = 0.5) ->
     """The mask's building polygons as a GeoJSON FeatureCollection string."""
     polys, crs = mask_polygons(mask, min_area_m2, simplify_m)
     features = [
-        {"type": "Feature", "properties": {"area_m2": round(p.area, 2)}, "geometry": shapely.geometry.mapping(p)}
-        for p in polys
+        {"type": "Feature", "properties": {"area_m2": round(p.area, 2)}, "geometry": shapely.geometry.mapping(p)} for p in polys
     ]
-    collection = {"type": "FeatureCollection", "features": features}
+    collection: dict[str, object] = {"type": "FeatureCollection", "features": features}
     if crs:
         # RFC 7946 GeoJSON assumes WGS 84; polygons here stay in the raster's CRS,
         # so name it the way GDAL and QGIS read it.

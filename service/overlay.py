@@ -19,7 +19,9 @@ def overlay_array(rgb: np.ndarray, pred: np.ndarray, ref: np.ndarray | None = No
     """Blend masks onto an ``(h, w, 3)`` uint8 image; returns ``(h, w, 3)`` uint8."""
     out = rgb.astype(np.float32)
     pred = pred > 0
-    layers = [(pred, _PRED)] if ref is None else [(pred & (ref > 0), _HIT), (pred & ~(ref > 0), _FALSE), (~pred & (ref > 0), _MISS)]
+    layers = (
+        [(pred, _PRED)] if ref is None else [(pred & (ref > 0), _HIT), (pred & ~(ref > 0), _FALSE), (~pred & (ref > 0), _MISS)]
+    )
     for where, colour in layers:
         out[where] = (1 - _ALPHA) * out[where] + _ALPHA * np.asarray(colour, np.float32)
     return out.round().astype(np.uint8)

@@ -37,7 +37,9 @@ class ModelRegistry:
         """A loaded version (the newest when ``version`` is 0); the default model when ``name`` is empty."""
         if not name:
             if self.default is None:
-                raise NotFoundError(f"the request names no model and this server has no default; have: {', '.join(sorted(self.latest)) or 'none'}")
+                raise NotFoundError(
+                    f"the request names no model and this server has no default; have: {', '.join(sorted(self.latest)) or 'none'}"
+                )
             name = self.default
         if name not in self.latest:
             raise NotFoundError(f"no model '{name}' loaded; have: {', '.join(sorted(self.latest)) or 'none'}")

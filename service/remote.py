@@ -26,7 +26,13 @@ class RemoteBackend:
     """A model served elsewhere: ``InferWindows`` on each address in turn."""
 
     def __init__(
-        self, addresses: list[str], model: str, version: int, info: pb.ModelInfo, spec: WindowSpec, window_bytes: Callable[[int], int]
+        self,
+        addresses: list[str],
+        model: str,
+        version: int,
+        info: pb.ModelInfo,
+        spec: WindowSpec,
+        window_bytes: Callable[[int], int],
     ) -> None:
         self.channels = [grpc.insecure_channel(a, options=MESSAGE_OPTIONS) for a in addresses]
         self.stubs = [pb_grpc.SegmentationStub(c) for c in self.channels]
@@ -45,7 +51,11 @@ class RemoteBackend:
             stub = self.stubs[next(self._next)]
         rgb = np.ascontiguousarray(inputs[0], dtype=np.uint8)
         request = pb.InferWindowsRequest(
-            model=self.model, model_version=self.version, count=rgb.shape[0], side=rgb.shape[-1], rgb=rgb.tobytes(),
+            model=self.model,
+            model_version=self.version,
+            count=rgb.shape[0],
+            side=rgb.shape[-1],
+            rgb=rgb.tobytes(),
             context=np.ascontiguousarray(inputs[1], dtype=np.uint8).tobytes() if len(inputs) > 1 else b"",
         )
         reply = stub.InferWindows(request)

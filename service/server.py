@@ -78,11 +78,24 @@ class Server:
             if cfg.model_servers:
                 # Memory of remote windows is the model servers' business (their own budgets).
                 info = self._remote_info(name)
-                backend, kind, threads, budget = RemoteBackend(cfg.model_servers, name, entry.version, info, entry.spec, entry.memory.bytes), "remote", len(cfg.model_servers), None
+                backend, kind, threads, budget = (
+                    RemoteBackend(cfg.model_servers, name, entry.version, info, entry.spec, entry.memory.bytes),
+                    "remote",
+                    len(cfg.model_servers),
+                    None,
+                )
             else:
                 backend, kind, threads, budget = open_backend(entry, cfg.backend), cfg.backend, 1, self.budget
-            batcher = Batcher(backend, cfg.max_batch, cfg.max_queue_delay_ms / 1000, cfg.max_queued_windows,
-                              self.metrics, label=f"{name}/{entry.version}", threads=threads, budget=budget)
+            batcher = Batcher(
+                backend,
+                cfg.max_batch,
+                cfg.max_queue_delay_ms / 1000,
+                cfg.max_queued_windows,
+                self.metrics,
+                label=f"{name}/{entry.version}",
+                threads=threads,
+                budget=budget,
+            )
             self.registry.add(LoadedModel(entry, backend, batcher, kind))
             self.metrics.model_loaded.labels(name, str(entry.version), kind, entry.mode).set(1)
 
@@ -91,7 +104,7 @@ class Server:
             return pb_grpc.SegmentationStub(channel).GetModel(pb.GetModelRequest(name=name), timeout=30)
 
     @classmethod
-    async def start(cls, cfg: ServerConfig) -> "Server":
+    async def start(cls, cfg: ServerConfig) -> Server:
         self = cls(cfg)
         self._load()
         servicer = SegmentationServicer(self.registry, cfg.limits, self.metrics, self.budget)

@@ -97,7 +97,9 @@ class ModelStore:
         if path.is_file():
             name = path.read_text().strip()
             if name not in self.entries:
-                raise NotFoundError(f"{path} names model '{name}', which is not in the store; have: {', '.join(self.names()) or 'none'}")
+                raise NotFoundError(
+                    f"{path} names model '{name}', which is not in the store; have: {', '.join(self.names()) or 'none'}"
+                )
             return name
         if len(self.entries) == 1:
             return self.names()[0]

@@ -148,22 +148,26 @@ class TilingEngine:
 
         def run(xs: list[np.ndarray]) -> np.ndarray:
             return np.concatenate(
-                [self.backend.infer([np.ascontiguousarray(x[i : i + in_flight]) for x in xs]) for i in range(0, len(xs[0]), in_flight)]
+                [
+                    self.backend.infer([np.ascontiguousarray(x[i : i + in_flight]) for x in xs])
+                    for i in range(0, len(xs[0]), in_flight)
+                ]
             )
 
         if not self.config.tta:
             return run(inputs)
-        total = None
-        for t in range(8):
-            out = undo_dihedral(run([dihedral(x, t) for x in inputs]), t)
-            total = out if total is None else total + out
+        total = undo_dihedral(run(inputs), 0)
+        for t in range(1, 8):
+            total = total + undo_dihedral(run([dihedral(x, t) for x in inputs]), t)
         return total / 8
 
     def _read(self, source: RasterSource, win: Window) -> list[np.ndarray]:
         """The window's crops as read (uint8): what backends, local or remote, take."""
         return [source.read(row, col, size) for row, col, size in win.reads]
 
-    def run(self, source: RasterSource, progress: bool = False, plan: TilePlan | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
+    def run(
+        self, source: RasterSource, progress: bool = False, plan: TilePlan | None = None
+    ) -> Iterator[tuple[int, int, np.ndarray]]:
         """Yield ``(r0, r1, probabilities)`` row blocks, top to bottom, as they finish.
 
         ``plan``: the tile's plan when the caller made it already (the server does,

@@ -13,7 +13,10 @@ def test_tiling_benchmark_runs_a_small_tile_and_writes_its_report(tmp_path):
     out = tmp_path / "tiling.json"
     done = subprocess.run(
         [sys.executable, str(REPO / "benchmarks/tiling.py"), "--size", "256", "--configs", "nus-dual-384", "--out", str(out)],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(out.read_text())
@@ -24,7 +27,8 @@ def test_tiling_benchmark_runs_a_small_tile_and_writes_its_report(tmp_path):
 
 
 def test_serving_benchmark_imports_and_explains_itself():
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks/serving.py"), "--help"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/serving.py"), "--help"], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "--throughput-size" in done.stdout

@@ -26,7 +26,10 @@ def _expected(gt, pred, names):
     for n in names:
         with rasterio.open(gt / n) as g, rasterio.open(pred / n) as p:
             a, b = g.read(1) > 0, p.read(1) > 0
-        tp += int((a & b).sum()); fp += int((~a & b).sum()); fn += int((a & ~b).sum()); tn += int((~a & ~b).sum())
+        tp += int((a & b).sum())
+        fp += int((~a & b).sum())
+        fn += int((a & ~b).sum())
+        tn += int((~a & ~b).sum())
     return tp / (tp + fp + fn), (tp + tn) / (tp + fp + fn + tn)
 
 

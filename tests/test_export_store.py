@@ -36,7 +36,10 @@ def test_export_writes_a_triton_style_versioned_store(store):
         manifest = json.loads((folder / "manifest.json").read_text())
         assert manifest["network"] == net and manifest["version"] == 1
         assert manifest["parity_max_abs_diff"] < 1e-4
-        assert 0 <= manifest["parity_building_share"] <= 1 and manifest["parity_windows"] == ["synthetic ashford", "synthetic ironbridge"]
+        assert 0 <= manifest["parity_building_share"] <= 1 and manifest["parity_windows"] == [
+            "synthetic ashford",
+            "synthetic ironbridge",
+        ]
         assert set(manifest["files"]) == {"model.onnx", "model.pt2", "model.pt"}
         assert manifest["metrics"] == {"overall": {"iou": 0.42}}
         config = (store / name / "config.pbtxt").read_text()
@@ -119,7 +122,9 @@ def test_store_versions_and_errors(store, tmp_path):
 def test_segment_cli_runs_a_store_model_with_onnx_runtime(store, tmp_path):
     rgb = np.random.default_rng(2).integers(0, 256, (3, 300, 300), dtype=np.uint8)
     img = write_image(tmp_path / "t.tif", rgb)
-    done = run_cli("segment", str(img), "-o", str(tmp_path / "m.tif"), "--model", "amll:1", "--store", str(store), "--window", "252")
+    done = run_cli(
+        "segment", str(img), "-o", str(tmp_path / "m.tif"), "--model", "amll:1", "--store", str(store), "--window", "252"
+    )
     assert done.returncode == 0, done.stderr
     missing = run_cli("segment", str(img), "-o", str(tmp_path / "m.tif"), "--model", "nope", "--store", str(store))
     assert missing.returncode == 2 and "no model 'nope'" in missing.stderr

@@ -15,7 +15,9 @@ def test_tile_names_parse(name, city, index):
     assert parse_tile_name(f"/data/train/images/{name}") == (city, index)
 
 
-@pytest.mark.parametrize("name", ["Austin1.tif", "austin.tif", "austin0.tif", "austin01.tif", "austin1.png", "12.tif", "aus tin1.tif"])
+@pytest.mark.parametrize(
+    "name", ["Austin1.tif", "austin.tif", "austin0.tif", "austin01.tif", "austin1.png", "12.tif", "aus tin1.tif"]
+)
 def test_bad_tile_names_are_refused_naming_the_file(name):
     with pytest.raises(LayoutError, match=f"{name}.*does not fit the Inria layout"):
         parse_tile_name(name)
@@ -37,7 +39,16 @@ def test_reads_the_distributed_layout(tmp_path):
     _make_layout(ds_root, train=train, test=["bellingham1.tif", "sfo3.tif"])
     for root in (ds_root, tmp_path):  # the folder itself or its parent
         ds = InriaDataset(root)
-        assert [t.name for t in ds.split("train")] == ["austin1", "austin2", "austin6", "austin10", "tyrol-w1", "tyrol-w2", "tyrol-w6", "tyrol-w10"]
+        assert [t.name for t in ds.split("train")] == [
+            "austin1",
+            "austin2",
+            "austin6",
+            "austin10",
+            "tyrol-w1",
+            "tyrol-w2",
+            "tyrol-w6",
+            "tyrol-w10",
+        ]
         assert all(t.gt is not None and t.gt.name == t.image.name for t in ds.split("train"))
         assert [(t.city, t.index, t.gt) for t in ds.split("test")] == [("bellingham", 1, None), ("sfo", 3, None)]
         assert ds.cities == ["austin", "bellingham", "sfo", "tyrol-w"]

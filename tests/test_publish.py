@@ -13,24 +13,48 @@ def test_publish_writes_fp16_model_metrics_and_card(tmp_path, tiny_cities, real_
     torch.manual_seed(0)
     model = SegmentationModel("amll_unet", {"filters": (4, 8, 16, 32, 64)}, [110.0, 111.0, 112.0])
     ckpt = save_checkpoint(
-        tmp_path / "model.pt", model, step=7, window={"mode": "large", "validation_window_px": 252},
+        tmp_path / "model.pt",
+        model,
+        step=7,
+        window={"mode": "large", "validation_window_px": 252},
         data={"train_tiles": ["ashford2", "brookline2", "zanzibar1"], "validation_tiles": ["ashford1"]},
-        config={"name": "tiny", "schedule": {"epochs": 1}, "data": {"augment_flips": True, "augment_photometric": 0.2, "augment_roof_recolour": 0.5},
-                "optim": {"loss": "cross_entropy", "precision": "bf16"}},
-        code_version="abc123", metrics={"overall": {"iou": 0.5, "accuracy": 0.9}},
+        config={
+            "name": "tiny",
+            "schedule": {"epochs": 1},
+            "data": {"augment_flips": True, "augment_photometric": 0.2, "augment_roof_recolour": 0.5},
+            "optim": {"loss": "cross_entropy", "precision": "bf16"},
+        },
+        code_version="abc123",
+        metrics={"overall": {"iou": 0.5, "accuracy": 0.9}},
     )
     (tmp_path / "log.csv").write_text("step,loss\n10,0.5\n")
     (tmp_path / "curves.png").write_bytes(b"\x89PNG curves")
     store = tmp_path / "store"
     done = run_cli(
-        "publish", "--checkpoint", str(ckpt), "--name", "tinynet", "--store", str(store),
-        "--test-data", str(tiny_cities), "--real-data", str(real_oam),
-        "--command", "footprints train --config x.yaml", "--train-minutes", "3",
+        "publish",
+        "--checkpoint",
+        str(ckpt),
+        "--name",
+        "tinynet",
+        "--store",
+        str(store),
+        "--test-data",
+        str(tiny_cities),
+        "--real-data",
+        str(real_oam),
+        "--command",
+        "footprints train --config x.yaml",
+        "--train-minutes",
+        "3",
     )
     assert done.returncode == 0, done.stderr[-2000:]
     folder = store / "tinynet" / "1"
     published, meta = load_checkpoint(folder / "model.pt")
-    assert all(v.dtype == torch.float16 for v in torch.load(folder / "model.pt", weights_only=True)["state_dict"].values() if v.is_floating_point())
+    assert all(
+        v.dtype == torch.float16
+        for v in torch.load(folder / "model.pt", weights_only=True)["state_dict"].values()
+        if v.is_floating_point()
+    )
     x = torch.rand(1, 3, 252, 252) * 255
     with torch.no_grad():
         assert torch.allclose(published(x), model.eval()(x), atol=2e-3)  # fp16 weights, fp32 compute

@@ -11,8 +11,8 @@ import torch
 from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 
-from service.geoio import RGBRaster, write_geotiff
 from service.errors import InputError
+from service.geoio import RGBRaster, write_geotiff
 from training.networks.model import SegmentationModel, save_checkpoint
 
 from .conftest import REPO, run_cli
@@ -41,9 +41,24 @@ def test_segment_keeps_georeference_and_writes_every_output(tmp_path, checkpoint
     img = _image(tmp_path / "in.tif")
     out, probs, geojson, png = (tmp_path / n for n in ("mask.tif", "prob.tif", "b.geojson", "o.png"))
     done = run_cli(
-        "segment", str(img), "-o", str(out), "--checkpoint", str(checkpoints["amll"]), "--window", "252",
-        "--probabilities", str(probs), "--polygons", str(geojson), "--overlay", str(png),
-        "--min-area", "0", "--simplify", "0",
+        "segment",
+        str(img),
+        "-o",
+        str(out),
+        "--checkpoint",
+        str(checkpoints["amll"]),
+        "--window",
+        "252",
+        "--probabilities",
+        str(probs),
+        "--polygons",
+        str(geojson),
+        "--overlay",
+        str(png),
+        "--min-area",
+        "0",
+        "--simplify",
+        "0",
     )
     assert done.returncode == 0, done.stderr
     with rasterio.open(out) as m, rasterio.open(probs) as p, rasterio.open(img) as src:
@@ -85,7 +100,18 @@ def test_polygons_are_exact_in_the_crs_and_rejoined_across_strips(tmp_path):
 
 def test_segment_dual_resolution_checkpoint(tmp_path, checkpoints):
     img = _image(tmp_path / "in.tif", h=260, w=230)
-    done = run_cli("segment", str(img), "-o", str(tmp_path / "m.tif"), "--checkpoint", str(checkpoints["nus"]), "--window", "64", "--overlap", "16")
+    done = run_cli(
+        "segment",
+        str(img),
+        "-o",
+        str(tmp_path / "m.tif"),
+        "--checkpoint",
+        str(checkpoints["nus"]),
+        "--window",
+        "64",
+        "--overlap",
+        "16",
+    )
     assert done.returncode == 0, done.stderr
     with rasterio.open(tmp_path / "m.tif") as m:
         assert m.shape == (260, 230) and m.crs.to_string() == CRS
@@ -107,7 +133,17 @@ def test_nodata_and_alpha_come_out_as_not_building_and_masked(tmp_path, checkpoi
     alpha[:, :60] = 0  # left strip transparent
     rgba = np.concatenate([rgb, alpha[None]])
     path = tmp_path / "rgba.tif"
-    profile = dict(driver="GTiff", width=240, height=260, count=4, dtype="uint8", crs=CRS, transform=TRANSFORM, photometric="RGB", alpha="YES")
+    profile = dict(
+        driver="GTiff",
+        width=240,
+        height=260,
+        count=4,
+        dtype="uint8",
+        crs=CRS,
+        transform=TRANSFORM,
+        photometric="RGB",
+        alpha="YES",
+    )
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(rgba)
     segment_file(engine, path, tmp_path / "m.tif", progress=False)
@@ -142,7 +178,9 @@ def test_bad_rasters_are_refused_clearly(tmp_path, checkpoints, kind, message):
     elif kind == "two_bands":
         write_geotiff(path, np.zeros((2, 300, 300), np.uint8), crs=CRS, transform=TRANSFORM)
     elif kind == "four_no_alpha":
-        with rasterio.open(path, "w", driver="GTiff", width=300, height=300, count=4, dtype="uint8", crs=CRS, transform=TRANSFORM) as d:
+        with rasterio.open(
+            path, "w", driver="GTiff", width=300, height=300, count=4, dtype="uint8", crs=CRS, transform=TRANSFORM
+        ) as d:
             d.write(np.zeros((4, 300, 300), np.uint8))
             d.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.undefined]
     elif kind == "uint16":
@@ -151,15 +189,21 @@ def test_bad_rasters_are_refused_clearly(tmp_path, checkpoints, kind, message):
         write_geotiff(path, np.zeros((3, 300, 50), np.uint8), crs=CRS, transform=TRANSFORM)
     elif kind == "not_tiff":
         path.write_text("hello")
-    done = run_cli("segment", str(path), "-o", str(tmp_path / "m.tif"), "--checkpoint", str(checkpoints["amll"]), "--window", "252")
+    done = run_cli(
+        "segment", str(path), "-o", str(tmp_path / "m.tif"), "--checkpoint", str(checkpoints["amll"]), "--window", "252"
+    )
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
 
 
 def test_bad_checkpoint_and_window_are_refused_clearly(tmp_path, checkpoints):
     img = _image(tmp_path / "in.tif")
-    bad_window = run_cli("segment", str(img), "-o", str(tmp_path / "m.tif"), "--checkpoint", str(checkpoints["amll"]), "--window", "500")
-    assert bad_window.returncode == 2 and "window size 500 is not valid" in bad_window.stderr and "492 and 508" in bad_window.stderr
+    bad_window = run_cli(
+        "segment", str(img), "-o", str(tmp_path / "m.tif"), "--checkpoint", str(checkpoints["amll"]), "--window", "500"
+    )
+    assert (
+        bad_window.returncode == 2 and "window size 500 is not valid" in bad_window.stderr and "492 and 508" in bad_window.stderr
+    )
     payload = torch.load(checkpoints["amll"], weights_only=True)
     payload["network"], payload["network_args"] = "nus_dual_unet", {"channels": (4, 8, 16, 8, 4)}
     torch.save(payload, tmp_path / "wrong.pt")

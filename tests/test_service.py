@@ -43,7 +43,10 @@ TRANSFORM = from_origin(500_000.0, 4_600_000.0, 0.3, 0.3)
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("store")
     torch.manual_seed(0)
-    for name, net, args in (("amll", "amll_unet", {"filters": (4, 8, 16, 32, 64)}), ("nus", "nus_dual_unet", {"channels": (4, 8, 16, 8, 4)})):
+    for name, net, args in (
+        ("amll", "amll_unet", {"filters": (4, 8, 16, 32, 64)}),
+        ("nus", "nus_dual_unet", {"channels": (4, 8, 16, 8, 4)}),
+    ):
         model = SegmentationModel(net, args, [110.0, 112.0, 114.0])
         export(save_checkpoint(root.parent / f"{name}.pt", model), root, name)
     return root
@@ -141,7 +144,11 @@ def test_dual_resolution_through_the_service_and_raw_rows(server, store, tmp_pat
 
 
 def _raw_header(w, h, **kw):
-    return pb.TileHeader(model=kw.pop("model", "amll"), raw=pb.RawRgbInput(width=w, height=h, georeference=pb.Georeference(crs=CRS, transform=list(TRANSFORM.to_gdal()))), **kw)
+    return pb.TileHeader(
+        model=kw.pop("model", "amll"),
+        raw=pb.RawRgbInput(width=w, height=h, georeference=pb.Georeference(crs=CRS, transform=list(TRANSFORM.to_gdal()))),
+        **kw,
+    )
 
 
 def _call(address, messages, timeout=60):
@@ -157,18 +164,50 @@ def _bad_inputs(tmp_path):
     return {
         "no header": ([R(chunk=good[:10])], grpc.StatusCode.INVALID_ARGUMENT, "before the header"),
         "empty stream": ([], grpc.StatusCode.INVALID_ARGUMENT, "no header"),
-        "header twice": ([R(header=_raw_header(300, 300)), R(header=_raw_header(300, 300))], grpc.StatusCode.INVALID_ARGUMENT, "second header"),
-        "past declared size": ([R(header=_raw_header(300, 300)), R(chunk=good), R(chunk=b"x")], grpc.StatusCode.INVALID_ARGUMENT, "exceed the declared raster size"),
+        "header twice": (
+            [R(header=_raw_header(300, 300)), R(header=_raw_header(300, 300))],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "second header",
+        ),
+        "past declared size": (
+            [R(header=_raw_header(300, 300)), R(chunk=good), R(chunk=b"x")],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "exceed the declared raster size",
+        ),
         "truncated": ([R(header=_raw_header(300, 300)), R(chunk=good[:1000])], grpc.StatusCode.INVALID_ARGUMENT, "truncated"),
         "zero size": ([R(header=_raw_header(0, 300))], grpc.StatusCode.INVALID_ARGUMENT, "must be positive"),
         "too large": ([R(header=_raw_header(7000, 300))], grpc.StatusCode.INVALID_ARGUMENT, "exceeds the maximum side of 6000"),
-        "not uint8": ([R(header=pb.TileHeader(model="amll", geotiff=pb.GeoTiffInput(size_bytes=len(u16)))), R(chunk=u16)], grpc.StatusCode.INVALID_ARGUMENT, "expected uint8 RGB"),
-        "not RGB": ([R(header=pb.TileHeader(model="amll", geotiff=pb.GeoTiffInput(size_bytes=len(one)))), R(chunk=one)], grpc.StatusCode.INVALID_ARGUMENT, "1 band(s)"),
-        "undecodable": ([R(header=pb.TileHeader(model="amll", geotiff=pb.GeoTiffInput(size_bytes=5))), R(chunk=b"hello")], grpc.StatusCode.INVALID_ARGUMENT, "cannot be decoded"),
+        "not uint8": (
+            [R(header=pb.TileHeader(model="amll", geotiff=pb.GeoTiffInput(size_bytes=len(u16)))), R(chunk=u16)],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "expected uint8 RGB",
+        ),
+        "not RGB": (
+            [R(header=pb.TileHeader(model="amll", geotiff=pb.GeoTiffInput(size_bytes=len(one)))), R(chunk=one)],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "1 band(s)",
+        ),
+        "undecodable": (
+            [R(header=pb.TileHeader(model="amll", geotiff=pb.GeoTiffInput(size_bytes=5))), R(chunk=b"hello")],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "cannot be decoded",
+        ),
         "unknown mode": ([R(header=_raw_header(300, 300, mode=7)), R(chunk=good)], grpc.StatusCode.INVALID_ARGUMENT, "mode"),
-        "wrong mode": ([R(header=_raw_header(300, 300, mode=pb.MODE_DUAL_RESOLUTION)), R(chunk=good)], grpc.StatusCode.INVALID_ARGUMENT, "runs large windows"),
-        "bad window": ([R(header=_raw_header(300, 300, window=600)), R(chunk=good)], grpc.StatusCode.INVALID_ARGUMENT, "window size 600 is not valid"),
-        "unknown model": ([R(header=_raw_header(300, 300, model="segnet")), R(chunk=good)], grpc.StatusCode.NOT_FOUND, "no model 'segnet'"),
+        "wrong mode": (
+            [R(header=_raw_header(300, 300, mode=pb.MODE_DUAL_RESOLUTION)), R(chunk=good)],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "runs large windows",
+        ),
+        "bad window": (
+            [R(header=_raw_header(300, 300, window=600)), R(chunk=good)],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "window size 600 is not valid",
+        ),
+        "unknown model": (
+            [R(header=_raw_header(300, 300, model="segnet")), R(chunk=good)],
+            grpc.StatusCode.NOT_FOUND,
+            "no model 'segnet'",
+        ),
         "no raster": ([R(header=pb.TileHeader(model="amll"))], grpc.StatusCode.INVALID_ARGUMENT, "names no raster"),
     }
 
@@ -214,7 +253,9 @@ def test_cancelling_a_tile_stops_its_windows(store, tmp_path):
         rgb = np.random.default_rng(1).integers(0, 256, (3, 3000, 3000), dtype=np.uint8)
         header = _raw_header(3000, 3000, window=252)
         data = np.ascontiguousarray(rgb.transpose(1, 2, 0)).tobytes()
-        messages = [pb.SegmentTileRequest(header=header)] + [pb.SegmentTileRequest(chunk=data[i : i + 2**22]) for i in range(0, len(data), 2**22)]
+        messages = [pb.SegmentTileRequest(header=header)] + [
+            pb.SegmentTileRequest(chunk=data[i : i + 2**22]) for i in range(0, len(data), 2**22)
+        ]
         with FootprintsClient(s.address) as client:
             call = client.stub.SegmentTile(iter(messages), timeout=120)
             for reply in call:
@@ -252,7 +293,10 @@ def test_health_reflection_models_and_metrics(server):
     channel = grpc.insecure_channel(server.address)
     health = health_pb2_grpc.HealthStub(channel)
     assert health.Check(health_pb2.HealthCheckRequest(service="")).status == health_pb2.HealthCheckResponse.SERVING
-    assert health.Check(health_pb2.HealthCheckRequest(service="footprints.v1.Segmentation")).status == health_pb2.HealthCheckResponse.SERVING
+    assert (
+        health.Check(health_pb2.HealthCheckRequest(service="footprints.v1.Segmentation")).status
+        == health_pb2.HealthCheckResponse.SERVING
+    )
     refl = reflection_pb2_grpc.ServerReflectionStub(channel)
     answer = next(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
     names = {s.name for s in answer.list_services_response.service}
@@ -278,14 +322,19 @@ def test_health_reflection_models_and_metrics(server):
     assert after["footprints_tile_seconds_count"] == before.get("footprints_tile_seconds_count", 0) + 1
     assert after['footprints_model_loaded{backend="onnxruntime",mode="large",model="amll",version="1"}'] == 1
     assert any(k.startswith("footprints_batch_size_bucket") for k in after)
-    assert "footprints_queued_windows{model=\"amll/1\"}" in after
+    assert 'footprints_queued_windows{model="amll/1"}' in after
 
 
 def _serve_process(store, *extra):
     """A ``footprints serve`` process on free ports: (process, address, metrics URL)."""
     exe = Path(sys.executable).with_name("footprints")
-    proc = subprocess.Popen([str(exe), "serve", "--store", str(store), "--port", "0", "--metrics-port", "0", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    proc = subprocess.Popen(
+        [str(exe), "serve", "--store", str(store), "--port", "0", "--metrics-port", "0", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     line = proc.stdout.readline()
     match = re.search(r"on 127\.0\.0\.1:(\d+), metrics on (http://\S+)", line)
     assert match, line + proc.stderr.read()

@@ -30,7 +30,10 @@ def test_same_seed_same_tiles_whatever_else_is_generated(tiny_cities, tmp_path):
 
 
 def test_tiles_are_georeferenced_in_utm_at_inria_resolution(tiny_cities):
-    with rasterio.open(tiny_cities / "train/images/ashford1.tif") as a, rasterio.open(tiny_cities / "train/images/ashford2.tif") as b:
+    with (
+        rasterio.open(tiny_cities / "train/images/ashford1.tif") as a,
+        rasterio.open(tiny_cities / "train/images/ashford2.tif") as b,
+    ):
         for src in (a, b):
             assert src.crs.is_projected and 32601 <= src.crs.to_epsg() <= 32660  # a UTM north zone
             assert src.res == (0.3, 0.3)
@@ -39,7 +42,10 @@ def test_tiles_are_georeferenced_in_utm_at_inria_resolution(tiny_cities):
         # Neighbouring tiles of a city abut: the second starts where the first ends.
         assert b.bounds.left == pytest.approx(a.bounds.right)
         assert b.bounds.top == pytest.approx(a.bounds.top)
-    with rasterio.open(tiny_cities / "train/gt/ashford1.tif") as gt, rasterio.open(tiny_cities / "train/images/ashford1.tif") as img:
+    with (
+        rasterio.open(tiny_cities / "train/gt/ashford1.tif") as gt,
+        rasterio.open(tiny_cities / "train/images/ashford1.tif") as img,
+    ):
         assert (gt.count, gt.dtypes[0]) == (1, "uint8")
         assert gt.crs == img.crs and gt.transform == img.transform and gt.shape == img.shape
 
@@ -75,7 +81,9 @@ def test_masks_are_binary_and_mark_the_buildings(tmp_path):
 
 
 def test_synth_cli_writes_the_layout_and_refuses_unknown_cities(tmp_path):
-    done = run_cli("synth", "--out", str(tmp_path), "--size", "128", "--tiles-per-city", "1", "--cities", "dunmore,juniper", "--seed", "5")
+    done = run_cli(
+        "synth", "--out", str(tmp_path), "--size", "128", "--tiles-per-city", "1", "--cities", "dunmore,juniper", "--seed", "5"
+    )
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in (tmp_path / "train/images").iterdir()) == ["dunmore1.tif"]
     assert sorted(p.name for p in (tmp_path / "test/gt").iterdir()) == ["juniper1.tif"]

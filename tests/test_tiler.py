@@ -196,9 +196,9 @@ def test_memory_budget_caps_windows_in_flight():
     assert max(backend.calls) == 3 and sum(backend.calls) == len(engine.plan(300, 300)[0])
 
     tta = OffsetBackend()
-    TilingEngine(tta, EngineConfig(window=64, dual_overlap=16, batch_size=16, tta=True, memory_budget_bytes=2 * per_window)).probabilities(
-        ArraySource(_raster(200, 200))
-    )
+    TilingEngine(
+        tta, EngineConfig(window=64, dual_overlap=16, batch_size=16, tta=True, memory_budget_bytes=2 * per_window)
+    ).probabilities(ArraySource(_raster(200, 200)))
     assert max(tta.calls) == 2
 
     with pytest.raises(InputError, match="needs about .* GiB, more than the memory budget"):

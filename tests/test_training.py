@@ -23,11 +23,25 @@ from .conftest import REPO, run_cli
 TINY = {
     "name": "tiny",
     "network": {"name": "amll_unet", "args": {"filters": [4, 8, 16, 32, 64]}},
-    "data": {"sampler": "grid", "patch_px": 220, "grid_overlap_px": 92, "tile_pad_px": 92,
-             "validation_tile_indices": [1], "loader_workers": 0},
+    "data": {
+        "sampler": "grid",
+        "patch_px": 220,
+        "grid_overlap_px": 92,
+        "tile_pad_px": 92,
+        "validation_tile_indices": [1],
+        "loader_workers": 0,
+    },
     "optim": {"loss": "cross_entropy", "learning_rate": 3.0e-3, "lr_policy": "step", "lr_step_epoch": 1000},
-    "schedule": {"epochs": 1, "steps_per_epoch": 30, "batch_size": 4, "checkpoint_every_steps": 10,
-                 "validate_every_steps": 30, "validation_window_px": 220, "log_every_steps": 5, "seed": 0},
+    "schedule": {
+        "epochs": 1,
+        "steps_per_epoch": 30,
+        "batch_size": 4,
+        "checkpoint_every_steps": 10,
+        "validate_every_steps": 30,
+        "validation_window_px": 220,
+        "log_every_steps": 5,
+        "seed": 0,
+    },
 }
 
 
@@ -81,7 +95,9 @@ def test_config_errors_are_clear(tmp_path):
         load_config(_config(tmp_path, optim__precision="fp16"))
     with pytest.raises(InputError, match="config file does not exist"):
         load_config(tmp_path / "nope.yaml")
-    done = run_cli("train", "--config", str(_config(tmp_path)), "--data", str(tmp_path / "no-such-data"), "--out", str(tmp_path / "run"))
+    done = run_cli(
+        "train", "--config", str(_config(tmp_path)), "--data", str(tmp_path / "no-such-data"), "--out", str(tmp_path / "run")
+    )
     assert done.returncode == 2 and "no-such-data: dataset path does not exist" in done.stderr
 
 
@@ -148,8 +164,11 @@ def test_resume_after_a_kill_continues_where_it_stopped(tmp_path, train_cities, 
 
     killed = tmp_path / "killed"
     exe = Path(sys.executable).with_name("footprints")
-    proc = subprocess.Popen([str(exe), "train", "--config", str(cfg), "--data", str(train_cities), "--out", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(exe), "train", "--config", str(cfg), "--data", str(train_cities), "--out", str(killed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 240
     while time.time() < deadline and not (killed / "last.pt").exists():
         time.sleep(0.05)
@@ -171,15 +190,37 @@ def test_resume_after_a_kill_continues_where_it_stopped(tmp_path, train_cities, 
 
 
 def test_two_rank_distributed_training_keeps_weights_identical(tmp_path, train_cities):
-    cfg = _config(tmp_path, schedule__steps_per_epoch=6, schedule__checkpoint_every_steps=3, schedule__batch_size=2,
-                  schedule__validate_every_steps=1000)
+    cfg = _config(
+        tmp_path,
+        schedule__steps_per_epoch=6,
+        schedule__checkpoint_every_steps=3,
+        schedule__batch_size=2,
+        schedule__validate_every_steps=1000,
+    )
     run = tmp_path / "ddp"
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "service.cli", "train",
-         "--config", str(cfg), "--data", str(train_cities), "--out", str(run)],
-        capture_output=True, text=True, timeout=600, env=env, cwd=REPO,
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "service.cli",
+            "train",
+            "--config",
+            str(cfg),
+            "--data",
+            str(train_cities),
+            "--out",
+            str(run),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=REPO,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     state = read_checkpoint(run / "last.pt")

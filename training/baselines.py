@@ -36,7 +36,7 @@ class ColourBaseline:
     def __init__(self) -> None:
         self.building_lut: np.ndarray | None = None
 
-    def fit(self, tiles: Sequence[Tile], progress: bool = True) -> "ColourBaseline":
+    def fit(self, tiles: Sequence[Tile], progress: bool = True) -> ColourBaseline:
         building = np.zeros(_LEVELS**3, np.int64)
         total = np.zeros(_LEVELS**3, np.int64)
         for t in tqdm(tiles, desc="fit colour baseline", unit="tile", disable=not progress):

@@ -45,10 +45,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _baseline(args: argparse.Namespace) -> int:
+    from service.overlay import write_overlay
     from training.baselines import ColourBaseline
     from training.data.inria import InriaDataset
-
-    from service.overlay import write_overlay
 
     data = InriaDataset(args.data)
     model = ColourBaseline().fit(data.split("train"))
@@ -79,11 +78,19 @@ def _publish(args: argparse.Namespace) -> int:
     from training.publish import publish
 
     metrics = publish(
-        args.checkpoint, args.store, args.name, args.version, args.test_data, args.real_data,
-        commands=args.command or [], train_minutes=args.train_minutes,
+        args.checkpoint,
+        args.store,
+        args.name,
+        args.version,
+        args.test_data,
+        args.real_data,
+        commands=args.command or [],
+        train_minutes=args.train_minutes,
     )
     overall = metrics["synthetic_test"]["overall"]
-    print(f"{args.name} v{args.version}: synthetic test IoU {100 * overall['iou']:.2f} %, accuracy {100 * overall['accuracy']:.2f} %")
+    print(
+        f"{args.name} v{args.version}: synthetic test IoU {100 * overall['iou']:.2f} %, accuracy {100 * overall['accuracy']:.2f} %"
+    )
     if metrics["real_oam"]:
         real = metrics["real_oam"]["overall"]
         print(f"real imagery: IoU {100 * real['iou']:.2f} %, accuracy {100 * real['accuracy']:.2f} %")
@@ -95,9 +102,11 @@ def _export(args: argparse.Namespace) -> int:
     from training.export import export
 
     m = export(args.checkpoint, args.store, args.name, args.version)
-    print(f"exported {args.name} v{m['version']} to {args.store / args.name / str(m['version'])}: ONNX Runtime vs PyTorch "
-          f"max |diff| {m['parity_max_abs_diff']:.2e} on {m['parity_window_px']}-px windows of "
-          f"{', '.join(m['parity_windows'])} ({100 * m['parity_building_share']:.1f} % building)")
+    print(
+        f"exported {args.name} v{m['version']} to {args.store / args.name / str(m['version'])}: ONNX Runtime vs PyTorch "
+        f"max |diff| {m['parity_max_abs_diff']:.2e} on {m['parity_window_px']}-px windows of "
+        f"{', '.join(m['parity_windows'])} ({100 * m['parity_building_share']:.1f} % building)"
+    )
     return 0
 
 

@@ -159,7 +159,11 @@ def load_config(path: str | Path) -> TrainConfig:
         raise InputError(f"{path}: not valid YAML ({e})") from None
     cfg = _build(TrainConfig, raw or {}, "", str(path))
     s, d = cfg.schedule, cfg.data
-    for key, value in (("schedule.epochs", s.epochs), ("schedule.steps_per_epoch", s.steps_per_epoch), ("schedule.batch_size", s.batch_size)):
+    for key, value in (
+        ("schedule.epochs", s.epochs),
+        ("schedule.steps_per_epoch", s.steps_per_epoch),
+        ("schedule.batch_size", s.batch_size),
+    ):
         if value < 1:
             raise InputError(f"{path}: '{key}' must be at least 1, got {value}")
     if not 0 <= d.augment_photometric < 1:
@@ -167,8 +171,10 @@ def load_config(path: str | Path) -> TrainConfig:
     if not 0 <= d.augment_roof_recolour <= 1:
         raise InputError(f"{path}: 'data.augment_roof_recolour' must be in [0, 1], got {d.augment_roof_recolour}")
     if d.augment_roof_recolour > 0 and d.context_px > 0:
-        raise InputError(f"{path}: 'data.augment_roof_recolour' needs a mask over the whole input and "
-                         f"cannot be used with a context crop (data.context_px = {d.context_px})")
+        raise InputError(
+            f"{path}: 'data.augment_roof_recolour' needs a mask over the whole input and "
+            f"cannot be used with a context crop (data.context_px = {d.context_px})"
+        )
     if cfg.network.name == "nus_dual_unet" and d.context_px != 2 * d.patch_px:
         raise InputError(f"{path}: the dual-resolution network needs data.context_px = 2 x patch_px ({2 * d.patch_px})")
     return cfg

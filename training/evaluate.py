@@ -35,8 +35,7 @@ def _check_binary(path: Path, histogram: np.ndarray) -> None:
     if not any(values <= coding for coding in _BINARY_CODINGS):
         shown = sorted(values)[:8]
         raise EvaluationError(
-            f"{path}: not a binary mask; found values {shown}{'...' if len(values) > 8 else ''}, "
-            f"expected 0/255 or 0/1"
+            f"{path}: not a binary mask; found values {shown}{'...' if len(values) > 8 else ''}, expected 0/255 or 0/1"
         )
 
 
@@ -45,8 +44,7 @@ def tile_counts(pred_path: Path, gt_path: Path) -> Counts:
     with rasterio.open(pred_path) as pred, rasterio.open(gt_path) as gt:
         if (pred.height, pred.width) != (gt.height, gt.width):
             raise EvaluationError(
-                f"{pred_path}: prediction is {pred.width}x{pred.height} but reference {gt_path} "
-                f"is {gt.width}x{gt.height}"
+                f"{pred_path}: prediction is {pred.width}x{pred.height} but reference {gt_path} is {gt.width}x{gt.height}"
             )
         for src, path in ((pred, pred_path), (gt, gt_path)):
             if src.count != 1 or src.dtypes[0] not in ("uint8", "int8", "uint16", "int16", "int32", "uint32"):

@@ -72,7 +72,7 @@ def _parity_inputs(model: SegmentationModel, manifest: dict[str, Any]) -> list[n
             with rasterio.open(tile.image) as src:
                 crops.append(src.read())
     ctx = np.stack(crops)
-    full = ctx[:, :, lo:lo + side, lo:lo + side]
+    full = ctx[:, :, lo : lo + side, lo : lo + side]
     return model_inputs([full] if model.mode == "large" else [full, ctx])
 
 
@@ -99,8 +99,14 @@ def export_onnx(model: SegmentationModel, path: Path) -> None:
     axes[OUTPUT] = {0: "batch", 2: "out_height", 3: "out_width"}
     with torch.no_grad():
         torch.onnx.export(
-            model, examples, str(path), input_names=names, output_names=[OUTPUT],
-            dynamic_axes=axes, opset_version=OPSET, dynamo=False,
+            model,
+            examples,
+            str(path),
+            input_names=names,
+            output_names=[OUTPUT],
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            dynamo=False,
         )
 
 
@@ -155,7 +161,9 @@ def fit_window_memory(model: SegmentationModel) -> dict[str, Any]:
     memory = WindowMemory(tuple(float(c) for c in coefficients))  # type: ignore[arg-type]
     off = abs(memory.bytes(sides[3]) - counted[3]) / counted[3]
     if off > 0.01:
-        raise InputError(f"window memory of {model.network_name} is not quadratic in the window side ({100 * off:.1f} % off at {sides[3]} px)")
+        raise InputError(
+            f"window memory of {model.network_name} is not quadratic in the window side ({100 * off:.1f} % off at {sides[3]} px)"
+        )
     return memory.to_manifest(fitted_at=sides[:3], checked_at=sides[3])
 
 
@@ -217,7 +225,9 @@ def export(checkpoint: Path, store: Path, name: str, version: int | None = None)
         "mean_rgb": model.mean.flatten().tolist(),
         "geometry": model.spec.to_manifest(),
         "window_memory": fit_window_memory(model),
-        "inputs": [{"name": n, "dtype": "float32", "shape": [-1, 3, -1, -1], "meaning": "raw RGB 0-255"} for n in input_names(model.mode)],
+        "inputs": [
+            {"name": n, "dtype": "float32", "shape": [-1, 3, -1, -1], "meaning": "raw RGB 0-255"} for n in input_names(model.mode)
+        ],
         "outputs": [{"name": OUTPUT, "dtype": "float32", "shape": [-1, 1, -1, -1], "meaning": "building probability"}],
         "metrics": meta.get("metrics", {}),
         "training": {k: meta.get(k) for k in ("code_version", "step", "data")},

@@ -71,7 +71,10 @@ def _start_ranks() -> Ranks:
 def code_version() -> str:
     try:
         out = subprocess.run(
-            ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10,
+            ["git", "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=10,
             cwd=Path(__file__).resolve().parent,
         )
         return out.stdout.strip() or "unknown"
@@ -114,8 +117,9 @@ def _patches(cfg: TrainConfig, tiles: list[Tile]) -> tuple[Augmented, int | None
         pool: int | None = len(base)
     else:
         base, pool = RandomDualPatchDataset(tiles, d.patch_px, cfg.schedule.seed), None
-    return Augmented(base, cfg.schedule.seed, d.augment_flips, d.augment_rotations, d.augment_photometric,
-                     d.augment_roof_recolour), pool
+    return Augmented(
+        base, cfg.schedule.seed, d.augment_flips, d.augment_rotations, d.augment_photometric, d.augment_roof_recolour
+    ), pool
 
 
 def validate(model: SegmentationModel, tiles: list[Tile], window: int, progress: bool = False) -> dict[str, Any]:
@@ -126,8 +130,10 @@ def validate(model: SegmentationModel, tiles: list[Tile], window: int, progress:
 
     from .evaluate import evaluate_pairs
 
-    engine = TilingEngine(TorchBackend(copy.deepcopy(model).eval(), "cpu" if not torch.cuda.is_available() else None),
-                          EngineConfig(window=window, dual_overlap=min(64, window // 4)))
+    engine = TilingEngine(
+        TorchBackend(copy.deepcopy(model).eval(), "cpu" if not torch.cuda.is_available() else None),
+        EngineConfig(window=window, dual_overlap=min(64, window // 4)),
+    )
     with tempfile.TemporaryDirectory(prefix="footprints-val-") as tmp:
         pairs = {}
         for t in tqdm(tiles, desc="validate", unit="tile", disable=not progress, leave=False):
@@ -194,7 +200,9 @@ def plot_curves(log_csv: Path, out_png: Path) -> None:
     plt.close(fig)
 
 
-def train(cfg: TrainConfig, data_root: str | Path, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+def train(
+    cfg: TrainConfig, data_root: str | Path, run_dir: str | Path, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
     """Train per ``cfg``; returns the final checkpoint's metadata."""
     data_root, run_dir = Path(data_root), Path(run_dir)
     if not data_root.exists():
@@ -220,7 +228,9 @@ def _train(cfg: TrainConfig, data_root: Path, run_dir: Path, resume: bool, progr
     if bf16:
         # bf16 convolutions are fast in channels_last (oneDNN's preferred layout).
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.learning_rate, betas=(cfg.optim.adam_beta1, cfg.optim.adam_beta2))
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=cfg.optim.learning_rate, betas=(cfg.optim.adam_beta1, cfg.optim.adam_beta2)
+    )
     start = 0
     last = run_dir / "last.pt"
     if resume:
@@ -278,7 +288,13 @@ def _train(cfg: TrainConfig, data_root: Path, run_dir: Path, resume: bool, progr
         done = step + 1
         if ranks.main and (done % s.log_every_steps == 0 or done == cfg.total_steps):
             sec = (time.perf_counter() - t0) / since
-            log.write(step=done, epoch=f"{done / s.steps_per_epoch:.3f}", loss=f"{running / since:.5f}", lr=f"{lr:.3g}", seconds_per_step=f"{sec:.3f}")
+            log.write(
+                step=done,
+                epoch=f"{done / s.steps_per_epoch:.3f}",
+                loss=f"{running / since:.5f}",
+                lr=f"{lr:.3g}",
+                seconds_per_step=f"{sec:.3f}",
+            )
             bar.set_postfix(loss=f"{running / since:.4f}", s_per_step=f"{sec:.2f}")
             running, since, t0 = 0.0, 0, time.perf_counter()
         if done % s.validate_every_steps == 0 or done == cfg.total_steps:
@@ -292,8 +308,15 @@ def _train(cfg: TrainConfig, data_root: Path, run_dir: Path, resume: bool, progr
             if len(set(checksums)) != 1:
                 raise RuntimeError(f"ranks' weights diverged at step {done}: {checksums}")
             if ranks.main:
-                save_checkpoint(last, model, step=done, optimizer=optimizer.state_dict(), metrics=metrics,
-                                rank_param_checksums=checksums, **meta_base)
+                save_checkpoint(
+                    last,
+                    model,
+                    step=done,
+                    optimizer=optimizer.state_dict(),
+                    metrics=metrics,
+                    rank_param_checksums=checksums,
+                    **meta_base,
+                )
                 plot_curves(run_dir / LOG_CSV, run_dir / CURVES_PNG)
             if ranks.world > 1:
                 dist.barrier()

@@ -23,7 +23,7 @@ class Counts:
     tn: int = 0
 
     @classmethod
-    def from_masks(cls, pred: np.ndarray, ref: np.ndarray) -> "Counts":
+    def from_masks(cls, pred: np.ndarray, ref: np.ndarray) -> Counts:
         """Count a prediction against a reference; any non-zero pixel is building."""
         if pred.shape != ref.shape:
             raise ValueError(f"prediction shape {pred.shape} != reference shape {ref.shape}")
@@ -32,7 +32,7 @@ class Counts:
         tn, fn, fp, tp = np.bincount(code.ravel(), minlength=4).tolist()
         return cls(tp=tp, fp=fp, fn=fn, tn=tn)
 
-    def __add__(self, other: "Counts") -> "Counts":
+    def __add__(self, other: Counts) -> Counts:
         return Counts(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn, self.tn + other.tn)
 
     @property

@@ -27,7 +27,6 @@ from .loop import CURVES_PNG, LOG_CSV
 from .networks.cost import parameter_count
 from .networks.model import checkpoint_meta, load_checkpoint, save_checkpoint
 
-
 OVERLAY_SIDE = 600
 # Copied into the version folder so the card's figures come with their curves.
 TRAINING_RECORD = (LOG_CSV, CURVES_PNG)
@@ -66,7 +65,9 @@ def _validation_line(metrics: dict[str, Any] | None) -> list[str]:
     overall = (metrics or {}).get("overall")
     if not overall or overall.get("iou") is None:
         return []
-    return [f"Validation tiles at the end of training: IoU {100 * overall['iou']:.2f} %, accuracy {100 * overall['accuracy']:.2f} %."]
+    return [
+        f"Validation tiles at the end of training: IoU {100 * overall['iou']:.2f} %, accuracy {100 * overall['accuracy']:.2f} %."
+    ]
 
 
 def publish(
@@ -119,7 +120,9 @@ def publish(
         f"{cfg.get('schedule', {}).get('steps_per_epoch')} steps, batch {cfg.get('schedule', {}).get('batch_size')}, "
         f"loss {cfg.get('optim', {}).get('loss')}, Adam lr {cfg.get('optim', {}).get('learning_rate')} ({cfg.get('optim', {}).get('lr_policy')} policy), "
         f"{cfg.get('optim', {}).get('precision', 'fp32')} arithmetic; "
-        f"{meta.get('step')} steps" + (f" in {train_minutes:.0f} min on this project's 2-core CPU" if train_minutes else "") + ".",
+        f"{meta.get('step')} steps"
+        + (f" in {train_minutes:.0f} min on this project's 2-core CPU" if train_minutes else "")
+        + ".",
         f"Augmentation: {_augmentation(cfg.get('data', {}))}.",
         *_validation_line(meta.get("metrics")),
         f"Code version {meta.get('code_version')}.",

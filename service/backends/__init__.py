@@ -19,7 +19,9 @@ def open_backend(entry: ModelEntry, kind: str = "onnxruntime", device: str | Non
         try:
             from .torch_backend import TorchBackend
         except ModuleNotFoundError as e:
-            raise InputError(f"the torch backend needs PyTorch, which is not installed ({e}); use --backend onnxruntime") from None
+            raise InputError(
+                f"the torch backend needs PyTorch, which is not installed ({e}); use --backend onnxruntime"
+            ) from None
         return TorchBackend.from_entry(entry, device)
     raise InputError(f"unknown backend '{kind}'; known: {', '.join(BACKENDS)}")
 

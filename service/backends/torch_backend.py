@@ -19,8 +19,6 @@ from ..store import PROGRAM, ModelEntry
 from .base import model_inputs
 
 
-
-
 class TorchBackend:
     """Runs a module that maps raw RGB windows to building probabilities, inputs
     channels_last (2-4x faster CPU convolutions than NCHW, shared/perf-notes.md).

@@ -80,8 +80,15 @@ class Augmented(Dataset):
     (``roof_recolour`` is the share of patches it touches; 0 turns it off).
     """
 
-    def __init__(self, dataset: Dataset, seed: int, flips: bool = True, rotations: bool = True,
-                 photometric: float = 0.0, roof_recolour: float = 0.0) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        seed: int,
+        flips: bool = True,
+        rotations: bool = True,
+        photometric: float = 0.0,
+        roof_recolour: float = 0.0,
+    ) -> None:
         self.dataset, self.seed, self.flips, self.rotations = dataset, seed, flips, rotations
         self.photometric, self.roof_recolour = photometric, roof_recolour
 
@@ -104,6 +111,5 @@ class Augmented(Dataset):
                 raise ValueError("roof recolouring needs a mask over the whole input; a context crop has none")
             sample["image"] = recolour_roofs(sample["image"], sample["mask"], rng)
         if jitter is not None:
-            sample = {k: photometric_tensor(v, *jitter) if k in _IMAGERY_KEYS else v
-                      for k, v in sample.items()}
+            sample = {k: photometric_tensor(v, *jitter) if k in _IMAGERY_KEYS else v for k, v in sample.items()}
         return sample

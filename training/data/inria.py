@@ -110,8 +110,7 @@ class InriaDataset:
             self.tiles = scan_split(root / "images", root / "gt", "all")
         else:
             raise LayoutError(
-                f"{root}: not an Inria layout; expected train/images (and train/gt, test/images) "
-                f"or images/ (and gt/) inside it"
+                f"{root}: not an Inria layout; expected train/images (and train/gt, test/images) or images/ (and gt/) inside it"
             )
         if not self.tiles:
             raise LayoutError(f"{root}: no tiles found")
@@ -135,10 +134,7 @@ class InriaDataset:
                 continue
             with rasterio.open(t.image) as img, rasterio.open(t.gt) as gt:
                 if (img.height, img.width) != (gt.height, gt.width):
-                    raise LayoutError(
-                        f"{t.gt}: mask is {gt.width}x{gt.height} but image {t.image} "
-                        f"is {img.width}x{img.height}"
-                    )
+                    raise LayoutError(f"{t.gt}: mask is {gt.width}x{gt.height} but image {t.image} is {img.width}x{img.height}")
                 if gt.count != 1:
                     raise LayoutError(f"{t.gt}: mask has {gt.count} bands, expected 1")
 

@@ -137,8 +137,6 @@ def load_checkpoint(path: str | Path, expect_network: str | None = None) -> tupl
     except RuntimeError as e:
         # torch names the missing and unexpected keys and the size mismatches.
         detail = " ".join(line.strip() for line in str(e).splitlines()[1:])
-        raise InputError(
-            f"{path}: weights do not fit network '{name}' {payload['network_args']}: {detail[:400]}"
-        ) from None
+        raise InputError(f"{path}: weights do not fit network '{name}' {payload['network_args']}: {detail[:400]}") from None
     model.eval()
     return model, payload

@@ -33,9 +33,7 @@ def he_init(module: nn.Module) -> None:
 
 
 def _double_conv(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3), nn.ReLU(inplace=True), nn.Conv2d(cout, cout, 3), nn.ReLU(inplace=True)
-    )
+    return nn.Sequential(nn.Conv2d(cin, cout, 3), nn.ReLU(inplace=True), nn.Conv2d(cout, cout, 3), nn.ReLU(inplace=True))
 
 
 def crop_concat(skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:

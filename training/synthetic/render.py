@@ -24,14 +24,26 @@ STRIP_ROWS = 256  # one row of 256-px GeoTIFF blocks per write
 _SHADOW_RGB = np.array([0.45, 0.48, 0.56], np.float32)  # shade is darker and bluer
 # Per-pixel sensor/texture noise (grey levels) by ground class; roofs get ROOF_NOISE.
 _NOISE = {
-    Ground.GRASS: 9, Ground.DRY_GRASS: 10, Ground.SOIL: 10, Ground.ROAD: 5, Ground.PARKING: 5,
-    Ground.WATER: 3, Ground.TREE: 22, Ground.CAR_WHITE: 6, Ground.CAR_BLACK: 6, Ground.CAR_RED: 6,
-    Ground.CAR_BLUE: 6, Ground.CAR_SILVER: 6,
+    Ground.GRASS: 9,
+    Ground.DRY_GRASS: 10,
+    Ground.SOIL: 10,
+    Ground.ROAD: 5,
+    Ground.PARKING: 5,
+    Ground.WATER: 3,
+    Ground.TREE: 22,
+    Ground.CAR_WHITE: 6,
+    Ground.CAR_BLACK: 6,
+    Ground.CAR_RED: 6,
+    Ground.CAR_BLUE: 6,
+    Ground.CAR_SILVER: 6,
 }
 ROOF_NOISE = 8
 _CAR_RGB = {
-    Ground.CAR_WHITE: (225, 225, 225), Ground.CAR_BLACK: (30, 30, 35), Ground.CAR_RED: (170, 30, 30),
-    Ground.CAR_BLUE: (35, 60, 150), Ground.CAR_SILVER: (170, 172, 178),
+    Ground.CAR_WHITE: (225, 225, 225),
+    Ground.CAR_BLACK: (30, 30, 35),
+    Ground.CAR_RED: (170, 30, 30),
+    Ground.CAR_BLUE: (35, 60, 150),
+    Ground.CAR_SILVER: (170, 172, 178),
 }
 
 

@@ -321,8 +321,10 @@ class _Builder:
             keep_building[np.unique(owner[wet])] = False
         # Keep only buildings that touch the tile at all.
         inside = (
-            (world[:, 0] > -world[:, 2:].max(1)) & (world[:, 0] < self.w + world[:, 2:].max(1))
-            & (world[:, 1] > -world[:, 2:].max(1)) & (world[:, 1] < self.h + world[:, 2:].max(1))
+            (world[:, 0] > -world[:, 2:].max(1))
+            & (world[:, 0] < self.w + world[:, 2:].max(1))
+            & (world[:, 1] > -world[:, 2:].max(1))
+            & (world[:, 1] < self.h + world[:, 2:].max(1))
         )
         touches = np.bincount(owner, weights=inside, minlength=len(self.parts)) > 0
         keep_building &= touches
