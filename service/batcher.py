@@ -121,6 +121,8 @@ class Batcher:
             nbytes = per_window * len(batch)
             if self.budget is not None:
                 await self.budget.acquire(nbytes)
+                if self.metrics:
+                    self.metrics.window_memory.set(self.budget.used)
             task = asyncio.get_running_loop().create_task(self._execute(batch, nbytes))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
@@ -134,9 +136,10 @@ class Batcher:
         return probs
 
     async def _execute(self, batch: list[_Pending], nbytes: int) -> None:
-        if self.metrics and self.budget is not None:
-            self.metrics.window_memory.set(self.budget.used)
         try:
+            batch = [item for item in batch if not item.future.done()]  # callers that left while it waited
+            if not batch:
+                return
             try:
                 results: list[np.ndarray | BaseException] = list(await self._call(batch))
             except Exception as e:

@@ -145,9 +145,7 @@ def _load_extensions(sub: Any, ext: Extensions) -> None:
 
 def build_parser(ext: Extensions | None = None) -> argparse.ArgumentParser:
     ext = ext if ext is not None else Extensions()
-    parser = argparse.ArgumentParser(
-        prog="footprints", description="Building footprints from aerial imagery: segment, serve, train."
-    )
+    parser = argparse.ArgumentParser(prog="footprints", description="Building footprints from aerial imagery.")
     parser.set_defaults(extensions=ext)
     sub = parser.add_subparsers(dest="command", required=True)
 

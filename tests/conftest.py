@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -29,10 +32,27 @@ def write_image(path: Path, rgb: np.ndarray, origin=(500_000.0, 4_600_000.0)) ->
     return path
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
+T = TypeVar("T")
+
+
+def wait_until(condition: Callable[[], T], timeout: float, what: str, poll: float = 0.02) -> T:
+    """Poll ``condition`` until it returns something truthy (returned), or fail after
+    ``timeout`` seconds saying what was awaited. Tests wait on conditions, never on
+    fixed sleeps."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(poll)
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the installed ``footprints`` console script the way a user does."""
     exe = Path(sys.executable).with_name("footprints")
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=300, env={**os.environ})
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=300, env={**os.environ}, cwd=cwd)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from training.config import load_config
 from training.data.sampling import StepBatchSampler
 from training.networks.model import load_checkpoint, read_checkpoint
 
-from .conftest import REPO, run_cli
+from ..conftest import REPO, run_cli, wait_until
 
 TINY = {
     "name": "tiny",
@@ -169,9 +168,7 @@ def test_resume_after_a_kill_continues_where_it_stopped(tmp_path, train_cities, 
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.time() + 240
-    while time.time() < deadline and not (killed / "last.pt").exists():
-        time.sleep(0.05)
+    wait_until(lambda: (killed / "last.pt").exists(), 240, "the first checkpoint")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     stopped_at = read_checkpoint(killed / "last.pt")["step"]

@@ -7,7 +7,7 @@ import rasterio
 from training.data.inria import InriaDataset
 from training.synthetic import CITY_STYLES, synthesize
 
-from .conftest import run_cli
+from ..conftest import run_cli
 
 
 def _pixels(path):

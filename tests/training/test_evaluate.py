@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from .conftest import run_cli, write_image, write_mask
+from ..conftest import run_cli, write_image, write_mask
 
 
 @pytest.fixture

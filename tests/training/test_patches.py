@@ -6,7 +6,7 @@ from service.geoio import mirror_indices, read_window
 from training.data.inria import InriaDataset
 from training.data.patches import GridPatchDataset, PatchGrid, grid_offsets
 
-from .conftest import write_image, write_mask
+from ..conftest import write_image, write_mask
 
 
 @pytest.mark.parametrize("start, length, size", [(-5, 20, 10), (-92, 572, 200), (3, 4, 10), (-30, 100, 7), (95, 20, 100)])

@@ -15,7 +15,7 @@ from service.errors import InputError
 from service.geoio import RGBRaster, write_geotiff
 from training.networks.model import SegmentationModel, save_checkpoint
 
-from .conftest import REPO, run_cli
+from ..conftest import REPO, run_cli
 
 TRANSFORM = from_origin(500_000.0, 4_600_000.0, 0.3, 0.3)
 CRS = "EPSG:32616"
@@ -233,3 +233,17 @@ def test_rgb_raster_reports_validity(tmp_path):
         assert src.read(-5, -5, 20).shape == (3, 20, 20)
     with pytest.raises(InputError):
         RGBRaster(tmp_path / "absent.tif")
+
+
+def test_segment_with_no_model_flag_writes_the_default_models_mask(tmp_path):
+    """A newcomer's first command: no --model, --checkpoint or --server."""
+    img = _image(tmp_path / "in.tif")
+    plain = run_cli("segment", str(img), "-o", str(tmp_path / "plain.tif"), cwd=REPO)
+    assert plain.returncode == 0, plain.stderr
+    default = (REPO / "model_store" / "DEFAULT").read_text().strip()
+    named = run_cli("segment", str(img), "-o", str(tmp_path / "named.tif"), "--model", default, cwd=REPO)
+    assert named.returncode == 0, named.stderr
+    with rasterio.open(tmp_path / "plain.tif") as a, rasterio.open(tmp_path / "named.tif") as b:
+        mask = a.read(1)
+        assert np.array_equal(mask, b.read(1)) and a.crs == b.crs and a.transform == b.transform
+    assert set(np.unique(mask)) == {0, 255}  # the real model finds the bright block, not everything

@@ -14,7 +14,7 @@ from service.tiler import ArraySource, EngineConfig, TilingEngine
 from training import export as export_mod
 from training.networks.model import SegmentationModel, load_checkpoint, save_checkpoint
 
-from .conftest import REPO, run_cli, write_image
+from ..conftest import REPO, run_cli, write_image
 
 NETS = {"amll": ("amll_unet", {"filters": (4, 8, 16, 32, 64)}), "nus": ("nus_dual_unet", {"channels": (4, 8, 16, 8, 4)})}
 
@@ -128,3 +128,17 @@ def test_segment_cli_runs_a_store_model_with_onnx_runtime(store, tmp_path):
     assert done.returncode == 0, done.stderr
     missing = run_cli("segment", str(img), "-o", str(tmp_path / "m.tif"), "--model", "nope", "--store", str(store))
     assert missing.returncode == 2 and "no model 'nope'" in missing.stderr
+
+
+@pytest.mark.parametrize("name", ["amll", "nus"])
+def test_the_manifest_holds_what_a_server_needs_without_training(store, name):
+    """Window memory and geometry come from the manifest, and match what the network
+    itself says (the meta-device count) at sizes the fit never saw."""
+    entry = ModelStore(store).get(name)
+    model, _ = load_checkpoint(entry.path("model.pt"))
+    sides = (1180, 2636) if name == "amll" else (64, 384, 512)
+    for side in sides:
+        assert abs(entry.memory.bytes(side) - model.window_bytes(side)) <= 1e-6 * model.window_bytes(side), side
+    assert entry.spec == model.spec
+    program = open_backend(entry, "torch", "cpu")
+    assert program.spec == entry.spec and program.window_bytes(sides[0]) == entry.memory.bytes(sides[0])

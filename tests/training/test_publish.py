@@ -6,7 +6,7 @@ import torch
 
 from training.networks.model import SegmentationModel, load_checkpoint, save_checkpoint
 
-from .conftest import run_cli
+from ..conftest import run_cli
 
 
 def test_publish_writes_fp16_model_metrics_and_card(tmp_path, tiny_cities, real_oam):

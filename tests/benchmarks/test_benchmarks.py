@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from .conftest import REPO
+from ..conftest import REPO
 
 
 def test_tiling_benchmark_runs_a_small_tile_and_writes_its_report(tmp_path):

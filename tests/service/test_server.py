@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from service.tiler import EngineConfig, TilingEngine
 from training.export import export
 from training.networks.model import SegmentationModel, save_checkpoint
 
-from .conftest import REPO
+from ..conftest import REPO, wait_until
 
 CRS = "EPSG:32616"
 TRANSFORM = from_origin(500_000.0, 4_600_000.0, 0.3, 0.3)
@@ -49,6 +48,7 @@ def store(tmp_path_factory):
     ):
         model = SegmentationModel(net, args, [110.0, 112.0, 114.0])
         export(save_checkpoint(root.parent / f"{name}.pt", model), root, name)
+    ModelStore(root).set_default("amll")
     return root
 
 
@@ -110,6 +110,16 @@ def _scrape(url: str) -> dict[str, float]:
             key, value = line.rsplit(" ", 1)
             values[key] = float(value)
     return values
+
+
+def _idle(url: str) -> bool:
+    """No tile in flight, no window queued, none holding memory: no window can run any more."""
+    m = _scrape(url)
+    return (
+        m["footprints_tiles_in_flight"] == 0
+        and m['footprints_queued_windows{model="amll/1"}'] == 0
+        and m["footprints_window_memory_bytes"] == 0
+    )
 
 
 def test_a_5000_px_tile_round_trip_equals_the_in_process_engine(server, store, tmp_path):
@@ -237,7 +247,7 @@ def test_overload_is_refused_with_resource_exhausted(store):
 
         with FootprintsClient(s.address) as client:
             holder = client.stub.SegmentTile(slow(), timeout=60)
-            time.sleep(0.5)
+            wait_until(lambda: _scrape(s.metrics_url)["footprints_tiles_in_flight"] == 1, 30, "the slow upload to take the slot")
             with pytest.raises(grpc.RpcError) as err:
                 _call(s.address, [pb.SegmentTileRequest(header=header)])
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "limit 1" in err.value.details()
@@ -262,10 +272,11 @@ def test_cancelling_a_tile_stops_its_windows(store, tmp_path):
                 if reply.WhichOneof("part") == "rows":
                     call.cancel()
                     break
-        time.sleep(2.0)
+        wait_until(lambda: _idle(s.metrics_url), 30, "the cancelled tile's windows to stop")
         ran = _scrape(s.metrics_url)['footprints_windows_total{model="amll/1"}']
-        time.sleep(1.0)
-        assert _scrape(s.metrics_url)['footprints_windows_total{model="amll/1"}'] == ran  # nothing more runs
+        assert (
+            _idle(s.metrics_url) and _scrape(s.metrics_url)['footprints_windows_total{model="amll/1"}'] == ran
+        )  # nothing more runs
         assert ran < _large_windows(store, 3000, 252) / 2  # 47 x 47 = 2209: most never ran
         assert _scrape(s.metrics_url)["footprints_tiles_in_flight"] == 0
     finally:
@@ -280,10 +291,11 @@ def test_a_missed_deadline_ends_the_call_and_its_work(store):
             with pytest.raises(grpc.RpcError) as err:
                 client.segment_array(rgb, CRS, TRANSFORM, window=252, timeout=2.0)
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        time.sleep(2.0)
+        wait_until(lambda: _idle(s.metrics_url), 30, "the late tile's windows to stop")
         ran = _scrape(s.metrics_url)['footprints_windows_total{model="amll/1"}']
-        time.sleep(1.0)
-        assert _scrape(s.metrics_url)['footprints_windows_total{model="amll/1"}'] == ran < _large_windows(store, 3000, 252)
+        assert _idle(s.metrics_url) and _scrape(s.metrics_url)[
+            'footprints_windows_total{model="amll/1"}'
+        ] == ran < _large_windows(store, 3000, 252)
         assert _scrape(s.metrics_url)["footprints_tiles_in_flight"] == 0
     finally:
         s.stop()
@@ -342,7 +354,7 @@ def _serve_process(store, *extra):
 
 
 def test_sigterm_drains_in_flight_tiles(store, tmp_path):
-    proc, address, _ = _serve_process(store, "--max-batch", "1")
+    proc, address, metrics = _serve_process(store, "--max-batch", "1")
     try:
         rgb = np.random.default_rng(2).integers(0, 256, (3, 1500, 1500), dtype=np.uint8)
         results = {}
@@ -353,7 +365,9 @@ def test_sigterm_drains_in_flight_tiles(store, tmp_path):
 
         t = threading.Thread(target=run)
         t.start()
-        time.sleep(1.5)  # the tile is being served
+        wait_until(
+            lambda: _scrape(metrics).get('footprints_windows_total{model="amll/1"}', 0) > 0, 60, "the tile's first windows"
+        )
         proc.send_signal(signal.SIGTERM)
         t.join(120)
         assert results["r"].summary.height == 1500 and results["r"].rows_received == 1500  # finished whole
@@ -386,3 +400,44 @@ def test_remote_model_servers_give_the_in_process_mask(store, tmp_path):
     finally:
         for proc, _, _ in procs:
             proc.kill()
+
+
+def test_a_request_that_names_no_model_gets_the_stores_default(server, store):
+    with FootprintsClient(server.address) as client:
+        models = {m.name: m.is_default for m in client.list_models()}
+        assert models == {"amll": True, "nus": False}
+        assert client.get_model("", 0).name == "amll"
+        mask, result = client.segment_array(np.zeros((3, 300, 300), np.uint8), CRS, TRANSFORM, model="", window=252)
+    assert result.summary.model == "amll" and mask.shape == (300, 300)
+
+
+def test_the_memory_budget_bounds_windows_across_tiles(store, tmp_path):
+    """A server whose budget holds one 252-px window still serves concurrent tiles
+    exactly (their windows take turns), and refuses a window the budget cannot hold."""
+    one_window = ModelStore(store).get("amll").memory.bytes(252)
+    s = RunningServer(_config(store, memory_budget_bytes=one_window))
+    try:
+        images = [_tile(tmp_path / f"c{i}.tif", 400, 380, seed=10 + i) for i in range(3)]
+        results: dict[int, np.ndarray] = {}
+
+        def run(i: int) -> None:
+            with FootprintsClient(s.address) as client:
+                client.segment_file(images[i], tmp_path / f"m{i}.tif", model="amll", window=252, progress=False)
+            with rasterio.open(tmp_path / f"m{i}.tif") as m:
+                results[i] = m.read(1)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        for i, image in enumerate(images):
+            expected = np.where(_in_process(store, "amll", image, 252) >= 0.5, 255, 0).astype(np.uint8)
+            assert np.array_equal(results[i], expected), i
+        assert _scrape(s.metrics_url)["footprints_memory_budget_bytes"] == one_window
+        assert _scrape(s.metrics_url)["footprints_window_memory_bytes"] == 0  # all given back
+        with FootprintsClient(s.address) as client, pytest.raises(grpc.RpcError) as err:
+            client.segment_array(np.zeros((3, 600, 600), np.uint8), CRS, TRANSFORM, model="amll", window=508)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "memory budget" in err.value.details()
+    finally:
+        s.stop()

@@ -5,7 +5,7 @@ import numpy as np
 from training.evaluate import evaluate_dirs
 from training.metric import Counts, pooled
 
-from .conftest import write_mask
+from ..conftest import write_mask
 
 
 def test_counts_on_hand_made_masks():

@@ -4,7 +4,7 @@ import pytest
 import training.data.inria as inria
 from training.data.inria import InriaDataset, LayoutError, city_split, mean_rgb, parse_tile_name, validation_split
 
-from .conftest import write_image, write_mask
+from ..conftest import write_image, write_mask
 
 
 @pytest.mark.parametrize(
