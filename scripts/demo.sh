@@ -11,6 +11,7 @@ cd "$root"
 fp=.venv/bin/footprints
 out=demo-out
 size="${DEMO_TILE_SIZE:-2500}"
+model="$(cat model_store/DEFAULT)"  # the store's default: what a request naming no model gets
 # glibc: keep freed activation blocks instead of returning them to the OS on every
 # window (up to 2x faster on CPU, shared/perf-notes.md).
 export MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736
@@ -32,23 +33,23 @@ done
 head -1 "$out/server.log"
 address="$(grep -o '127\.0\.0\.1:[0-9]*' "$out/server.log" | head -1)"
 
-echo "== 3/5 segment the synthetic tiles through gRPC"
+echo "== 3/5 segment the synthetic tiles through gRPC (no --model: the default, $model)"
 for img in "$out"/cities/test/images/*.tif; do
   name="$(basename "$img" .tif)"
-  $fp segment "$img" -o "$out/pred/$name.tif" --server "$address" --model amll --polygons "$out/polygons/$name.geojson"
+  $fp segment "$img" -o "$out/pred/$name.tif" --server "$address" --polygons "$out/polygons/$name.geojson"
   $fp overlay "$img" "$out/pred/$name.tif" --reference "$out/cities/test/gt/$name.tif" -o "$out/overlays/$name.png"
 done
-$fp evaluate --pred "$out/pred" --gt "$out/cities/test/gt" --json "$out/evaluation-synthetic.json" --name amll
+$fp evaluate --pred "$out/pred" --gt "$out/cities/test/gt" --json "$out/evaluation-synthetic.json" --name "$model"
 
 real=../shared/data/real-oam
 if [ -d "$real/images" ]; then
   echo "== 4/5 real imagery through gRPC ($real: OpenAerialMap CC BY 4.0, OpenStreetMap ODbL)"
   for img in "$real"/images/*.tif; do
     name="$(basename "$img" .tif)"
-    $fp segment "$img" -o "$out/real-pred/$name.tif" --server "$address" --model amll --polygons "$out/polygons/real-$name.geojson"
+    $fp segment "$img" -o "$out/real-pred/$name.tif" --server "$address" --polygons "$out/polygons/real-$name.geojson"
     $fp overlay "$img" "$out/real-pred/$name.tif" --reference "$real/gt/$name.tif" -o "$out/overlays/real-$name.png"
   done
-  $fp evaluate --pred "$out/real-pred" --gt "$real/gt" --json "$out/evaluation-real.json" --name amll
+  $fp evaluate --pred "$out/real-pred" --gt "$real/gt" --json "$out/evaluation-real.json" --name "$model"
 else
   echo "== 4/5 skipped: no real imagery at $real"
 fi
