@@ -4,9 +4,10 @@ apply it to every RPC (count the call by status, abort with the message)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 
@@ -40,26 +41,32 @@ def status_of(e: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-Servicer = TypeVar("Servicer")
 Record = Callable[[Any, str, grpc.StatusCode], None]  # (servicer, method, code)
 
 
+@contextlib.asynccontextmanager
+async def answered(record: Record, servicer: Any, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    """Around one RPC: an exception becomes its status and message (``context.abort``),
+    a client that went away counts as CANCELLED, and the outcome is recorded once."""
+    try:
+        yield
+    except asyncio.CancelledError:
+        record(servicer, method, grpc.StatusCode.CANCELLED)
+        raise
+    except Exception as e:
+        record(servicer, method, status_of(e))
+        await context.abort(status_of(e), str(e))
+    record(servicer, method, grpc.StatusCode.OK)
+
+
 def unary(record: Record) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
-    """Decorate a unary handler: its exceptions become statuses; every call is recorded."""
+    """Decorate a unary handler with :func:`answered`."""
 
     def wrap(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         @functools.wraps(handler)
         async def call(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-            try:
-                reply = await handler(self, request, context)
-            except asyncio.CancelledError:
-                record(self, handler.__name__, grpc.StatusCode.CANCELLED)
-                raise
-            except Exception as e:
-                record(self, handler.__name__, status_of(e))
-                await context.abort(status_of(e), str(e))
-            record(self, handler.__name__, grpc.StatusCode.OK)
-            return reply
+            async with answered(record, self, handler.__name__, context):
+                return await handler(self, request, context)
 
         return call
 
@@ -67,21 +74,14 @@ def unary(record: Record) -> Callable[[Callable[..., Awaitable[Any]]], Callable[
 
 
 def streaming(record: Record) -> Callable[[Callable[..., AsyncIterator[Any]]], Callable[..., AsyncIterator[Any]]]:
-    """The same for a handler that streams its replies."""
+    """Decorate a handler that streams its replies with :func:`answered`."""
 
     def wrap(handler: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
         @functools.wraps(handler)
         async def call(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            try:
+            async with answered(record, self, handler.__name__, context):
                 async for reply in handler(self, request, context):
                     yield reply
-            except asyncio.CancelledError:
-                record(self, handler.__name__, grpc.StatusCode.CANCELLED)
-                raise
-            except Exception as e:
-                record(self, handler.__name__, status_of(e))
-                await context.abort(status_of(e), str(e))
-            record(self, handler.__name__, grpc.StatusCode.OK)
 
         return call
 
