@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 
-from .errors import InputError
-
 
 def half_the_ram() -> int:
     """The default budget: half the machine's memory leaves room for the probability
@@ -30,13 +28,6 @@ class MemoryBudget:
     def windows_that_fit(self, per_window: int) -> int:
         """How many windows of ``per_window`` bytes the whole budget holds (0: not one)."""
         return self.total // max(1, per_window)
-
-    def check(self, per_window: int, window: int) -> None:
-        if per_window > self.total:
-            raise InputError(
-                f"one {window}-px window needs about {per_window / 2**30:.1f} GiB, more than the server's "
-                f"memory budget of {self.total / 2**30:.1f} GiB; use a smaller window"
-            )
 
     async def acquire(self, nbytes: int) -> None:
         async with self._changed:

@@ -57,9 +57,7 @@ def model_info(m: LoadedModel, versions: list[int], default: bool) -> pb.ModelIn
 
 
 def requested_mode(header: pb.TileHeader, model: LoadedModel) -> None:
-    """Refuse a header whose mode the model does not run."""
-    if header.mode not in pb.Mode.values():
-        raise InputError(f"unknown mode {header.mode}; known: {', '.join(f'{k} ({v})' for k, v in pb.Mode.items())}")
+    """Refuse a header whose (known: see upload.check_header) mode the model does not run."""
     want = MODES.get(header.mode, model.entry.mode)
     if want != model.entry.mode:
         raise InputError(f"model {model.entry.name} runs {model.entry.mode} windows; {pb.Mode.Name(header.mode)} was asked")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .backends.base import Backend
@@ -54,5 +55,5 @@ class ModelRegistry:
     def newest(self) -> list[LoadedModel]:
         return [self.models[(n, v)] for n, v in sorted(self.latest.items())]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[LoadedModel]:
         return iter(self.models.values())

@@ -9,7 +9,6 @@ manifest records it, see :class:`service.geometry.WindowMemory`).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -18,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .backends.base import Backend
+from .budget import half_the_ram
 from .errors import InputError
 from .stitch import Stitcher
 from .windows import DualWindowPlan, LargeWindowPlan, Window, fit_large_window
@@ -56,11 +56,6 @@ class ArraySource:
 
     def valid_rows(self, r0: int, r1: int) -> np.ndarray | None:
         return None if self.valid is None else self.valid[r0:r1]
-
-
-def _default_budget() -> int:
-    # Half the machine's memory: room for the plane, the reader and the OS.
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
 
 
 @dataclass
@@ -133,7 +128,7 @@ class TilingEngine:
 
     def windows_in_flight(self, window: int) -> int:
         """How many windows may run at once under the memory budget (at least 1, or an error)."""
-        budget = self.config.memory_budget_bytes or _default_budget()
+        budget = self.config.memory_budget_bytes or half_the_ram()
         need = self.backend.window_bytes(window)
         if need > budget:
             raise InputError(
