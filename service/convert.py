@@ -17,7 +17,8 @@ from .registry import LoadedModel
 
 MAX_CHUNK_BYTES = 4 * 2**20  # upload chunks, and GeoTIFF chunks sent back
 ROWS_PER_MESSAGE = 256  # mask rows per response message at most (5000 px wide: 1.2 MiB)
-MODES = {pb.MODE_LARGE_WINDOW: "large", pb.MODE_DUAL_RESOLUTION: "dual"}
+MODES = {pb.MODE_LARGE_WINDOW: "large", pb.MODE_DUAL_RESOLUTION: "dual", pb.MODE_OVERLAP: "overlap"}
+PB_MODES = {name: mode for mode, name in MODES.items()}
 
 
 def georef_to_pb(crs: CRS | None, transform: Affine) -> pb.Georeference:
@@ -39,18 +40,19 @@ def model_info(m: LoadedModel, versions: list[int], default: bool) -> pb.ModelIn
     is the manifest's, the default window the one for the device it runs on."""
     e, spec = m.entry, m.backend.spec
     valid = spec.valid
+    window = spec.default_window(m.backend.device)
     return pb.ModelInfo(
         name=e.name,
         version=e.version,
         versions=versions,
         network=e.manifest["network"],
-        mode=pb.MODE_LARGE_WINDOW if valid else pb.MODE_DUAL_RESOLUTION,
+        mode=PB_MODES[spec.mode],
         backend=m.backend_kind,
         loaded=True,
-        margin=valid.margin if valid else 0,
-        stride=valid.stride if valid else 0,
-        default_window=spec.default_window(m.backend.device),
-        context=0 if valid else 2 * spec.default_window(m.backend.device),
+        margin=valid.margin if valid else spec.margin,
+        stride=valid.stride if valid else spec.multiple if spec.mode == "overlap" else 0,
+        default_window=window,
+        context=2 * window if spec.mode == "dual" else 0,
         metrics_json=json.dumps(e.manifest.get("metrics", {})),
         is_default=default,
     )

@@ -93,19 +93,25 @@ class ValidGeometry:
             )
 
 
+MODES = ("large", "dual", "overlap")
+
+
 @dataclass(frozen=True)
 class WindowSpec:
     """How a model is cut into windows: ``mode`` ``"large"`` (valid-convolution
-    windows stitched exactly) or ``"dual"`` (NUS full/context pairs, blended)."""
+    windows stitched exactly), ``"dual"`` (NUS full/context pairs, blended) or
+    ``"overlap"`` (same-padding windows: a margin dropped, the cores blended)."""
 
     mode: str
     default_window_px: Mapping[str, int] = field(default_factory=dict)  # per device kind, and "parity"
     depth: int = 0  # large: poolings of the valid U-Net
-    multiple: int = 16  # dual: window sides are multiples of the network's stride
+    multiple: int = 16  # dual, overlap: window sides are multiples of the network's stride
+    margin: int = 0  # overlap: px dropped on each side of a window's output
+    overlap: int = 0  # overlap: px blended between neighbouring windows' kept cores
 
     def __post_init__(self) -> None:
-        if self.mode not in ("large", "dual"):
-            raise InputError(f"unknown window mode '{self.mode}'; known: large, dual")
+        if self.mode not in MODES:
+            raise InputError(f"unknown window mode '{self.mode}'; known: {', '.join(MODES)}")
         if self.mode == "large" and self.depth < 1:
             raise InputError("a large-window model needs the depth of its valid U-Net")
 
@@ -119,7 +125,7 @@ class WindowSpec:
         side; dual, the output side. Devices the manifest does not name get the CPU's."""
         kind = device.split(":")[0]
         px = self.default_window_px
-        return int(px.get(kind, px.get("cpu", 384 if self.mode == "dual" else 0)))
+        return int(px.get(kind, px.get("cpu", 0)))
 
     @classmethod
     def from_manifest(cls, manifest: Mapping[str, Any]) -> WindowSpec:
@@ -129,6 +135,8 @@ class WindowSpec:
             return cls("large", px, depth=int(g["depth"]))
         if g["kind"] == "dual_resolution":
             return cls("dual", px, multiple=int(g.get("multiple", 16)))
+        if g["kind"] == "same_padding":
+            return cls("overlap", px, multiple=int(g["multiple"]), margin=int(g["margin"]), overlap=int(g["overlap"]))
         raise InputError(f"model {manifest.get('name')} has window geometry '{g['kind']}', which this server does not know")
 
     def to_manifest(self) -> dict[str, Any]:
@@ -144,6 +152,15 @@ class WindowSpec:
                 "default_window_px": dict(self.default_window_px),
             }
         window = self.default_window("cpu")
+        if self.mode == "overlap":
+            return {
+                "kind": "same_padding",
+                "window": window,
+                "margin": self.margin,
+                "overlap": self.overlap,
+                "multiple": self.multiple,
+                "default_window_px": dict(self.default_window_px),
+            }
         return {
             "kind": "dual_resolution",
             "window": window,

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .windows import DualWindowPlan, Window, ramp
+from .windows import BlendedPlan, Window, ramp
 
 
 class Stitcher:
-    """Exact placement (large windows) or ramp-weighted blending (dual windows)."""
+    """Exact placement (large windows) or ramp-weighted blending (dual and overlap windows)."""
 
-    def __init__(self, height: int, width: int, windows: list[Window], blend: DualWindowPlan | None = None) -> None:
+    def __init__(self, height: int, width: int, windows: list[Window], blend: BlendedPlan | None = None) -> None:
         self.height, self.width = height, width
         self.plane = np.zeros((height, width), np.float32)
         self.pending = np.zeros(height, np.int32)
@@ -31,6 +31,8 @@ class Stitcher:
     def add(self, win: Window, prob: np.ndarray) -> None:
         """Place one window's ``(out, out)`` probabilities."""
         r0, r1, c0, c1 = win.keep
+        if win.crop:  # same-padding windows: the border saw padding, not image
+            prob = prob[win.crop : prob.shape[0] - win.crop, win.crop : prob.shape[1] - win.crop]
         wr0, wc0 = r0 - win.out_row, c0 - win.out_col
         part = prob[wr0 : wr0 + r1 - r0, wc0 : wc0 + c1 - c0]
         if self.blend is None:

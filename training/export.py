@@ -42,7 +42,7 @@ OUTPUT = "probability"
 
 
 def input_names(mode: str) -> list[str]:
-    return ["rgb"] if mode == "large" else ["rgb", "context"]
+    return ["rgb", "context"] if mode == "dual" else ["rgb"]
 
 
 # Parity windows: a train city and a held-out test city, both rendered on the spot.
@@ -73,7 +73,7 @@ def _parity_inputs(model: SegmentationModel, manifest: dict[str, Any]) -> list[n
                 crops.append(src.read())
     ctx = np.stack(crops)
     full = ctx[:, :, lo : lo + side, lo : lo + side]
-    return model_inputs([full] if model.mode == "large" else [full, ctx])
+    return model_inputs([full, ctx] if model.mode == "dual" else [full])
 
 
 def triton_config(name: str, mode: str, max_batch_size: int = 8) -> str:
@@ -223,6 +223,7 @@ def export(checkpoint: Path, store: Path, name: str, version: int | None = None)
         "network_args": model.network_args,
         "mode": model.mode,
         "mean_rgb": model.mean.flatten().tolist(),
+        "std_rgb": model.std_rgb,
         "geometry": model.spec.to_manifest(),
         "window_memory": fit_window_memory(model),
         "inputs": [

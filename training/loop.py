@@ -30,11 +30,12 @@ from service.errors import InputError
 
 from .config import TrainConfig
 from .data.augment import Augmented
-from .data.inria import InriaDataset, Tile, mean_rgb, validation_split
-from .data.patches import GridPatchDataset, PatchGrid, RandomDualPatchDataset
+from .data.inria import Tile, mean_rgb, validation_split
+from .data.patches import GridPatchDataset, PatchGrid, RandomPatchDataset
 from .data.sampling import StepBatchSampler
+from .data.sources import Root, load_sources
 from .networks.losses import bce_soft_iou, cross_entropy
-from .networks.model import SegmentationModel, read_checkpoint, save_checkpoint
+from .networks.model import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel, load_checkpoint, read_checkpoint, save_checkpoint
 
 # A run directory's training record (publish copies it beside the model).
 LOG_CSV, CURVES_PNG = "log.csv", "curves.png"
@@ -82,6 +83,29 @@ def code_version() -> str:
         return "unknown"
 
 
+def _set_learning_rates(cfg: TrainConfig, optimizer: torch.optim.Optimizer, step: int) -> float:
+    """Every group's lr at ``step``: the encoder's scaled by its factor, and 0 while frozen."""
+    lr = learning_rate(cfg, step)
+    for g in optimizer.param_groups:
+        if g.get("encoder"):
+            g["lr"] = 0.0 if step < cfg.optim.freeze_encoder_steps else lr * cfg.optim.encoder_lr_factor
+        else:
+            g["lr"] = lr
+    return lr
+
+
+def _param_groups(model: SegmentationModel) -> list[dict[str, Any]]:
+    """The pretrained encoder (where the network has one) apart from the rest."""
+    encoder = getattr(model.net, "encoder", None)
+    if encoder is None:
+        return [{"params": list(model.parameters())}]
+    mine = {id(p) for p in encoder.parameters()}
+    return [
+        {"params": list(encoder.parameters()), "encoder": True},
+        {"params": [p for p in model.parameters() if id(p) not in mine]},
+    ]
+
+
 def learning_rate(cfg: TrainConfig, step: int) -> float:
     """The lr at ``step``: a pure function, so resuming needs no scheduler state."""
     o, s = cfg.optim, cfg.schedule
@@ -110,13 +134,14 @@ def _loss(cfg: TrainConfig, logits: torch.Tensor, mask: torch.Tensor) -> torch.T
     return bce_soft_iou(logits, target[:, None].float())
 
 
-def _patches(cfg: TrainConfig, tiles: list[Tile]) -> tuple[Augmented, int | None]:
+def _patches(cfg: TrainConfig, tiles: list[Tile], weights: list[float], dual: bool) -> tuple[Augmented, int | None]:
     d = cfg.data
+    base: GridPatchDataset | RandomPatchDataset
     if d.sampler == "grid":
         base = GridPatchDataset(tiles, PatchGrid(d.patch_px, d.grid_overlap_px, d.tile_pad_px))
         pool: int | None = len(base)
     else:
-        base, pool = RandomDualPatchDataset(tiles, d.patch_px, cfg.schedule.seed), None
+        base, pool = RandomPatchDataset(tiles, d.patch_px, cfg.schedule.seed, weights, context=dual), None
     return Augmented(
         base, cfg.schedule.seed, d.augment_flips, d.augment_rotations, d.augment_photometric, d.augment_roof_recolour
     ), pool
@@ -201,35 +226,70 @@ def plot_curves(log_csv: Path, out_png: Path) -> None:
 
 
 def train(
-    cfg: TrainConfig, data_root: str | Path, run_dir: str | Path, resume: bool = False, progress: bool = True
+    cfg: TrainConfig,
+    data: str | Path | Root | list[Root],
+    run_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    init: Path | None = None,
+    holdout: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Train per ``cfg``; returns the final checkpoint's metadata."""
-    data_root, run_dir = Path(data_root), Path(run_dir)
-    if not data_root.exists():
-        raise InputError(f"{data_root}: dataset path does not exist")
+    """Train per ``cfg`` on one or more dataset roots; returns the final checkpoint's
+    metadata. ``init``: start from this checkpoint's weights (fine-tuning; a fresh
+    optimiser at step 0). ``holdout``: areas left out, besides the config's."""
+    roots = data if isinstance(data, list) else [data if isinstance(data, Root) else Root(Path(data))]
+    run_dir = Path(run_dir)
+    for root in roots:
+        if not root.path.exists():
+            raise InputError(f"{root.path}: dataset path does not exist")
     ranks = _start_ranks()
     try:
-        return _train(cfg, data_root, run_dir, resume, progress, ranks)
+        return _train(cfg, roots, run_dir, resume, progress, ranks, init, [*cfg.data.holdout_areas, *(holdout or [])])
     finally:
         if ranks.world > 1:
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, data_root: Path, run_dir: Path, resume: bool, progress: bool, ranks: Ranks) -> dict[str, Any]:
-    s = cfg.schedule
-    fit_tiles, val_tiles = validation_split(InriaDataset(data_root).split("train"), cfg.data.validation_tile_indices)
+def _train(
+    cfg: TrainConfig,
+    roots: list[Root],
+    run_dir: Path,
+    resume: bool,
+    progress: bool,
+    ranks: Ranks,
+    init: Path | None,
+    holdout: list[str],
+) -> dict[str, Any]:
+    s, d = cfg.schedule, cfg.data
+    sources = load_sources(roots, d.same_area, holdout, d.resample_to_m or None)
+    val_set = set(d.validation_tile_indices)
+    fit = [(t, w) for t, w in zip(sources.tiles, sources.weights) if t.index not in val_set]
+    fit_tiles, val_tiles = validation_split(sources.tiles, d.validation_tile_indices)
     if not fit_tiles:
-        raise InputError(f"{data_root}: no training tiles left after holding out tiles {cfg.data.validation_tile_indices}")
-    mean = mean_rgb(fit_tiles, progress=progress and ranks.main).tolist() if cfg.data.subtract_global_mean else [0.0] * 3
+        raise InputError(
+            f"{[str(r.path) for r in roots]}: no training tiles left after holding out tiles {d.validation_tile_indices}"
+        )
+    if d.imagenet_normalisation:
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    else:
+        mean = mean_rgb(fit_tiles, progress=progress and ranks.main).tolist() if d.subtract_global_mean else [0.0] * 3
+        std = None
 
     torch.manual_seed(s.seed)
-    model = SegmentationModel(cfg.network.name, cfg.network.args, mean).to(ranks.device)
+    model = SegmentationModel(cfg.network.name, cfg.network.args, mean, std).to(ranks.device)
+    if init is not None and not resume:
+        start_from, _ = load_checkpoint(init, expect_network=cfg.network.name)
+        model.net.load_state_dict(start_from.net.state_dict())
+    elif cfg.network.pretrained and not resume:
+        if not hasattr(model.net, "load_pretrained"):
+            raise InputError(f"network '{cfg.network.name}' has no pretrained weights to start from")
+        model.net.load_pretrained()
     bf16 = cfg.optim.precision == "bf16"
     if bf16:
         # bf16 convolutions are fast in channels_last (oneDNN's preferred layout).
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(
-        model.parameters(), lr=cfg.optim.learning_rate, betas=(cfg.optim.adam_beta1, cfg.optim.adam_beta2)
+        _param_groups(model), lr=cfg.optim.learning_rate, betas=(cfg.optim.adam_beta1, cfg.optim.adam_beta2)
     )
     start = 0
     last = run_dir / "last.pt"
@@ -248,7 +308,7 @@ def _train(cfg: TrainConfig, data_root: Path, run_dir: Path, resume: bool, progr
     net = _Logits(model)
     if ranks.world > 1:
         net = DistributedDataParallel(net, device_ids=[ranks.device] if ranks.device.startswith("cuda") else None)
-    data, pool = _patches(cfg, fit_tiles)
+    data, pool = _patches(cfg, [t for t, _ in fit], [w for _, w in fit], model.mode == "dual")
     sampler = StepBatchSampler(pool, s.batch_size, cfg.total_steps, s.seed, start, ranks.rank, ranks.world)
     workers = cfg.data.loader_workers
     loader = DataLoader(data, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0)
@@ -258,7 +318,11 @@ def _train(cfg: TrainConfig, data_root: Path, run_dir: Path, resume: bool, progr
         "code_version": code_version(),
         "window": {"mode": model.mode, "validation_window_px": s.validation_window_px},
         "data": {
-            "root": str(data_root),
+            "root": str(roots[0].path),
+            "roots": [{"path": str(r.path), "weight": r.weight} for r in roots],
+            "holdout_areas": sorted(holdout),
+            "init": str(init) if init else None,
+            "sampling": sources.describe(),
             "train_tiles": [t.name for t in fit_tiles],
             "validation_tiles": [t.name for t in val_tiles],
         },
@@ -268,9 +332,7 @@ def _train(cfg: TrainConfig, data_root: Path, run_dir: Path, resume: bool, progr
     bar = tqdm(total=cfg.total_steps, initial=start, desc=f"train {cfg.name}", unit="step", disable=not (progress and ranks.main))
     model.train()
     for step, batch in enumerate(loader, start=start):
-        lr = learning_rate(cfg, step)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
+        lr = _set_learning_rates(cfg, optimizer, step)
         inputs = [batch["image"].to(ranks.device).float()]
         if "context" in batch:
             inputs.append(batch["context"].to(ranks.device).float())

@@ -100,17 +100,21 @@ class GridPatchDataset(Dataset):
         return state
 
 
-class RandomDualPatchDataset(Dataset):
-    """Method 2's samples: a random ``patch`` crop and the ``2 * patch`` context crop
-    with the same centre, averaged 2x2 down to ``patch`` (as the tiler does).
+class RandomPatchDataset(Dataset):
+    """Random ``patch`` crops (method 2, and the multi-area real-imagery recipes); with
+    ``context``, also the ``2 * patch`` context crop with the same centre, averaged
+    2x2 down to ``patch`` (as the tiler does).
 
-    Item ``n`` is drawn from a generator seeded by ``(seed, n)``: tile chosen in
-    proportion to its area, centre uniform on it (context mirror padded off the
-    edge). Returns ``image`` uint8, ``context`` float32 (both ``(3, P, P)``) and
-    ``mask`` uint8 ``(P, P)``.
+    Item ``n`` is drawn from a generator seeded by ``(seed, n)``: tile chosen with
+    probability ``weights`` (default: in proportion to its area), position uniform
+    on it (mirror padded off the edge, so tiles smaller than a patch serve too).
+    Returns ``image`` uint8 ``(3, P, P)``, ``mask`` uint8 ``(P, P)`` and, with
+    ``context``, ``context`` float32 ``(3, P, P)``.
     """
 
-    def __init__(self, tiles: Sequence[Tile], patch: int, seed: int) -> None:
+    def __init__(
+        self, tiles: Sequence[Tile], patch: int, seed: int, weights: Sequence[float] | None = None, context: bool = False
+    ) -> None:
         missing = [t.name for t in tiles if t.gt is None]
         if missing:
             raise InputError(f"tiles without ground truth cannot train: {missing[:5]}")
@@ -120,7 +124,11 @@ class RandomDualPatchDataset(Dataset):
             with rasterio.open(t.image) as src:
                 self.shapes.append((src.height, src.width))
         area = np.array([h * w for h, w in self.shapes], np.float64)
-        self.weights = area / area.sum()
+        chosen = np.asarray(weights, np.float64) if weights is not None else area
+        if chosen.shape != area.shape or not (chosen >= 0).all() or chosen.sum() <= 0:
+            raise InputError(f"need one non-negative weight per tile ({len(area)}), got {chosen.shape}")
+        self.weights = chosen / chosen.sum()
+        self.context = context
         self._open: dict[int, tuple[rasterio.io.DatasetReader, rasterio.io.DatasetReader]] = {}
 
     def __len__(self) -> int:
@@ -138,11 +146,19 @@ class RandomDualPatchDataset(Dataset):
         c = int(rng.integers(0, max(1, w - p + 1)))
         img_src, gt_src = self._sources(i)
         full = read_window(img_src, r, c, p, p, bands=[1, 2, 3])
-        big = read_window(img_src, r - p // 2, c - p // 2, 2 * p, 2 * p, bands=[1, 2, 3]).astype(np.float32)
-        context = big.reshape(3, p, 2, p, 2).mean(axis=(2, 4))
         mask = read_window(gt_src, r, c, p, p, bands=[1])[0]
-        return {
+        item = {
             "image": torch.from_numpy(np.ascontiguousarray(full)),
-            "context": torch.from_numpy(context),
             "mask": torch.from_numpy((mask > 0).astype(np.uint8)),
         }
+        if self.context:
+            big = read_window(img_src, r - p // 2, c - p // 2, 2 * p, 2 * p, bands=[1, 2, 3]).astype(np.float32)
+            item["context"] = torch.from_numpy(big.reshape(3, p, 2, p, 2).mean(axis=(2, 4)))
+        return item
+
+
+class RandomDualPatchDataset(RandomPatchDataset):
+    """Method 2's samples: random crops with their context crops."""
+
+    def __init__(self, tiles: Sequence[Tile], patch: int, seed: int, weights: Sequence[float] | None = None) -> None:
+        super().__init__(tiles, patch, seed, weights, context=True)

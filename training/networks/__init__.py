@@ -21,13 +21,16 @@ from torch import nn
 from service.errors import InputError
 
 from .dual_unet import NUS_CHANNELS, DualResolutionUNet
+from .efficientnet_unet import EfficientNetUNet
 from .unet_valid import ValidGeometry, ValidUNet
 
 # name -> (class, window mode). "large" windows are valid-convolution networks
-# stitched exactly; "dual" windows are NUS full/context pairs blended at overlaps.
+# stitched exactly; "dual" windows are NUS full/context pairs blended at overlaps;
+# "overlap" windows are same-padding networks' windows, margins dropped, cores blended.
 NETWORKS: dict[str, tuple[type[nn.Module], str]] = {
     "amll_unet": (ValidUNet, "large"),
     "nus_dual_unet": (DualResolutionUNet, "dual"),
+    "effnet_unet": (EfficientNetUNet, "overlap"),
 }
 
 

@@ -27,6 +27,14 @@ CHECKPOINT_FORMAT = "footprints.checkpoint/1"
 # (benchmarks/results/tiling.json). Dual windows: the paper's 384 output side.
 DEFAULT_WINDOW = {"cuda": 2636, "cpu": 1180}
 DUAL_WINDOW = 384
+# Same-padding networks (overlap windows): input sides per device, the margin dropped
+# per side (the encoder's border effects fade within a few of its 32-px cells) and
+# the blended overlap of the kept cores.
+OVERLAP_WINDOW = {"cpu": 512, "cuda": 1024, "parity": 384}
+OVERLAP_MARGIN, OVERLAP_BLEND = 32, 64
+# ImageNet statistics (RGB, 0-255) for encoders pretrained on ImageNet.
+IMAGENET_MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
+IMAGENET_STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
 # Inputs are scaled to about unit range after the mean is taken off: the paper
 # subtracts one global mean RGB; the 1/255 keeps Adam's lr 1e-3 well behaved.
 INPUT_SCALE = 1.0 / 255.0
@@ -36,7 +44,9 @@ class SegmentationModel(nn.Module):
     """``forward(*rgb)`` -> building probability. One input for ``large`` windows,
     ``(full, context)`` for ``dual`` ones."""
 
-    def __init__(self, network: str, network_args: dict[str, Any], mean_rgb: list[float]) -> None:
+    def __init__(
+        self, network: str, network_args: dict[str, Any], mean_rgb: list[float], std_rgb: list[float] | None = None
+    ) -> None:
         super().__init__()
         self.network_name = network
         self.network_args = dict(network_args)
@@ -45,10 +55,14 @@ class SegmentationModel(nn.Module):
         # Two-class heads (AMLL's cross-entropy) take a softmax; one-logit heads a sigmoid.
         self.two_class = getattr(self.net, "classes", 1) == 2
         self.register_buffer("mean", torch.tensor(mean_rgb, dtype=torch.float32).view(1, 3, 1, 1))
+        # 1/std per channel (pretrained encoders: ImageNet's), else the paper's plain 1/255.
+        self.std_rgb = list(std_rgb) if std_rgb is not None else None
+        scale = [1.0 / s for s in std_rgb] if std_rgb is not None else [INPUT_SCALE] * 3
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32).view(1, 3, 1, 1))
 
     def logits(self, *rgb: torch.Tensor) -> torch.Tensor:
         """Raw network output on normalised inputs (what the losses train)."""
-        return self.net(*[(x - self.mean) * INPUT_SCALE for x in rgb])
+        return self.net(*[(x - self.mean) * self.scale for x in rgb])
 
     def forward(self, *rgb: torch.Tensor) -> torch.Tensor:
         z = self.logits(*rgb)
@@ -67,6 +81,8 @@ class SegmentationModel(nn.Module):
             g = self.geometry
             parity = 572 if g.is_valid(572) else g.smallest_input_for_output(388)
             return WindowSpec("large", {**DEFAULT_WINDOW, "parity": parity}, depth=g.depth)
+        if self.mode == "overlap":
+            return WindowSpec("overlap", OVERLAP_WINDOW, multiple=self.net.multiple, margin=OVERLAP_MARGIN, overlap=OVERLAP_BLEND)
         return WindowSpec("dual", {"cpu": DUAL_WINDOW, "cuda": DUAL_WINDOW, "parity": DUAL_WINDOW}, multiple=self.net.multiple)
 
     def window_bytes(self, window: int) -> int:
@@ -90,6 +106,7 @@ def save_checkpoint(path: str | Path, model: SegmentationModel, half: bool = Fal
         "network": model.network_name,
         "network_args": model.network_args,
         "mean_rgb": model.mean.flatten().tolist(),
+        **({"std_rgb": model.std_rgb} if model.std_rgb is not None else {}),
         "state_dict": state,
         **meta,
     }
@@ -99,7 +116,7 @@ def save_checkpoint(path: str | Path, model: SegmentationModel, half: bool = Fal
     return path
 
 
-_MODEL_KEYS = ("format", "network", "network_args", "mean_rgb", "state_dict", "optimizer")
+_MODEL_KEYS = ("format", "network", "network_args", "mean_rgb", "std_rgb", "state_dict", "optimizer")
 
 
 def checkpoint_meta(payload: dict[str, Any]) -> dict[str, Any]:
@@ -129,7 +146,7 @@ def load_checkpoint(path: str | Path, expect_network: str | None = None) -> tupl
     if expect_network is not None and name != expect_network:
         raise InputError(f"{path}: checkpoint holds network '{name}', expected '{expect_network}'")
     try:
-        model = SegmentationModel(name, payload["network_args"], payload["mean_rgb"])
+        model = SegmentationModel(name, payload["network_args"], payload["mean_rgb"], payload.get("std_rgb"))
     except TypeError as e:
         raise InputError(f"{path}: network '{name}' cannot be built from {payload['network_args']}: {e}") from None
     try:

