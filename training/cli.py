@@ -89,6 +89,7 @@ def _publish(args: argparse.Namespace) -> int:
         args.real_data,
         commands=args.command or [],
         train_minutes=args.train_minutes,
+        loao=args.loao,
     )
     overall = metrics["synthetic_test"]["overall"]
     print(
@@ -104,12 +105,26 @@ def _publish(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from training.export import export
 
-    m = export(args.checkpoint, args.store, args.name, args.version)
+    m = export(args.checkpoint, args.store, args.name, args.version, args.parity_data or [])
     print(
         f"exported {args.name} v{m['version']} to {args.store / args.name / str(m['version'])}: ONNX Runtime vs PyTorch "
         f"max |diff| {m['parity_max_abs_diff']:.2e} on {m['parity_window_px']}-px windows of "
         f"{', '.join(m['parity_windows'])} ({100 * m['parity_building_share']:.1f} % building)"
     )
+    return 0
+
+
+def _loao(args: argparse.Namespace) -> int:
+    from training.data.sources import parse_root
+    from training.loao import as_json, leave_one_area_out, table
+
+    same_area = [g.split("+") for g in args.same_area or []]
+    results = leave_one_area_out(args.runs, [parse_root(d) for d in args.data], same_area, args.compare, args.store)
+    print(table(results))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(as_json(results))
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -157,7 +172,10 @@ def register(sub: Any, extensions: Any) -> None:
     p.add_argument("--version", type=int, default=1)
     p.add_argument("--store", type=Path, default=Path("model_store"))
     p.add_argument("--test-data", required=True, type=Path, help="dataset with held-out test cities (test/images, test/gt)")
-    p.add_argument("--real-data", type=Path, help="real imagery in the Inria layout (e.g. ../shared/data/real-oam)")
+    p.add_argument(
+        "--real-data", type=Path, action="append", help="real imagery roots (e.g. ../shared/data/real-oam); repeatable"
+    )
+    p.add_argument("--loao", type=Path, help="a `footprints loao --json` file: its table goes on the card")
     p.add_argument("--command", action="append", help="a command that produced the model (repeatable; goes in the card)")
     p.add_argument("--train-minutes", type=float, help="wall-clock training time, for the card")
     p.set_defaults(func=_publish)
@@ -167,4 +185,16 @@ def register(sub: Any, extensions: Any) -> None:
     p.add_argument("--name", required=True)
     p.add_argument("--version", type=int, help="default: the next free version")
     p.add_argument("--store", type=Path, default=Path("model_store"))
+    p.add_argument(
+        "--parity-data", type=Path, action="append", help="real imagery root: its areas' windows join the parity check"
+    )
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("loao", help="leave-one-area-out table: each area scored by the run that held it out")
+    p.add_argument("--runs", required=True, type=Path, help="folder with loao-<area>/model.pt runs (train --holdout <area>)")
+    p.add_argument("--data", required=True, action="append", help="dataset roots holding the areas (repeatable)")
+    p.add_argument("--same-area", action="append", help="CITY+CITY: cities scored as one area (e.g. nepal+banepa)")
+    p.add_argument("--compare", help="NAME[:VERSION] of a store model scored on the same tiles (e.g. amll:3)")
+    p.add_argument("--store", type=Path, default=Path("model_store"))
+    p.add_argument("--json", type=Path, help="also write the counts as JSON here")
+    p.set_defaults(func=_loao)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,27 +54,42 @@ def input_names(mode: str) -> list[str]:
 PARITY_CITIES = ("ashford", "ironbridge")
 
 
-def _parity_inputs(model: SegmentationModel, manifest: dict[str, Any]) -> list[np.ndarray]:
-    """One window per parity city, as the service feeds the model: uint8 crops read from
-    a GeoTIFF, through the same input preparation (the dual context averaged 2x2)."""
+def _parity_inputs(
+    model: SegmentationModel, manifest: dict[str, Any], real: Sequence[Path] = ()
+) -> tuple[list[np.ndarray], list[str]]:
+    """One window per parity city, and per real area of the ``real`` roots (the first
+    tile of each, its centre), as the service feeds the model: uint8 crops read from a
+    GeoTIFF, through the same input preparation (the dual context averaged 2x2).
+    Returns the inputs and the windows' names."""
     import rasterio
 
     from service.backends.base import model_inputs
+    from service.geoio import read_window
 
+    from .data.inria import InriaDataset
     from .synthetic import style, synthesize_tile
 
     side = manifest["parity_window_px"]
     context = 2 * side  # the dual-resolution context crop; large windows use the centre alone
     lo = (context - side) // 2
-    crops = []
+    crops, names = [], []
     with tempfile.TemporaryDirectory(prefix="footprints-parity-") as tmp:
         for city in PARITY_CITIES:
             tile = synthesize_tile(Path(tmp), style(city), 1, context, 1, seed=0)
             with rasterio.open(tile.image) as src:
                 crops.append(src.read())
+            names.append(f"synthetic {city}")
+    for root in real:
+        first: dict[str, Path] = {}
+        for t in InriaDataset(root).tiles:
+            first.setdefault(t.city, t.image)
+        for _, image in sorted(first.items()):
+            with rasterio.open(image) as src:  # centred, mirror padded where the tile is smaller
+                crops.append(read_window(src, src.height // 2 - side, src.width // 2 - side, context, context, bands=[1, 2, 3]))
+            names.append(f"real {image.stem}")
     ctx = np.stack(crops)
     full = ctx[:, :, lo : lo + side, lo : lo + side]
-    return model_inputs([full, ctx] if model.mode == "dual" else [full])
+    return model_inputs([full, ctx] if model.mode == "dual" else [full]), names
 
 
 def triton_config(name: str, mode: str, max_batch_size: int = 8) -> str:
@@ -202,8 +218,11 @@ def next_version(store: Path, name: str) -> int:
     return max(versions, default=0) + 1
 
 
-def export(checkpoint: Path, store: Path, name: str, version: int | None = None) -> dict[str, Any]:
-    """Export ``checkpoint`` as ``store/name/version``; returns the manifest written."""
+def export(
+    checkpoint: Path, store: Path, name: str, version: int | None = None, parity_data: Sequence[Path] = ()
+) -> dict[str, Any]:
+    """Export ``checkpoint`` as ``store/name/version``; returns the manifest written.
+    ``parity_data``: real imagery roots whose windows join the parity check."""
     model, meta = load_checkpoint(checkpoint)
     # The store keeps fp16 weights; the graph is exported from those same (rounded)
     # weights so that model.pt and model.onnx are one model.
@@ -238,7 +257,7 @@ def export(checkpoint: Path, store: Path, name: str, version: int | None = None)
     export_onnx(model, tmp)
     export_program(model, program_tmp)
     try:
-        inputs = _parity_inputs(model, manifest)
+        inputs, parity_names = _parity_inputs(model, manifest, parity_data)
         diff, share = check_parity(model, tmp, inputs)
         manifest["program_parity_max_abs_diff"] = check_program_parity(model, program_tmp, inputs)
     except InputError:
@@ -246,7 +265,7 @@ def export(checkpoint: Path, store: Path, name: str, version: int | None = None)
         program_tmp.unlink(missing_ok=True)
         raise
     manifest["parity_max_abs_diff"], manifest["parity_building_share"] = diff, share
-    manifest["parity_windows"] = [f"synthetic {c}" for c in PARITY_CITIES]
+    manifest["parity_windows"] = parity_names
     tmp.replace(onnx_path)
     program_tmp.replace(program_path)
     pt = folder / "model.pt"

@@ -70,16 +70,41 @@ def _validation_line(metrics: dict[str, Any] | None) -> list[str]:
     ]
 
 
+ATTRIBUTION = {
+    "real-oam": 'real-oam (zanzibar, kampala, nepal): imagery OpenAerialMap, CC BY 4.0, "OpenAerialMap contributors"; '
+    "building masks (c) OpenStreetMap contributors, ODbL 1.0 (via hotosm/fAIr-utilities).",
+    "real-more": "real-more (banepa, coxsbazar, dhaka): banepa and dhaka imagery OpenAerialMap, CC BY 4.0, "
+    '"OpenAerialMap contributors", masks (c) OpenStreetMap contributors, ODbL 1.0; coxsbazar images and masks '
+    'ramp (Replicable AI for Microplanning, DevGlobal), CC BY 4.0, "ramp / DevGlobal".',
+}
+
+
+def attribution(root: Path) -> str:
+    """Whose data a real root is, and under which licence (from its README)."""
+    return ATTRIBUTION.get(Path(root).name, f"{root}: see {Path(root) / 'README.md'} for provenance and licences.")
+
+
+def _counts(c: dict[str, Any]) -> Any:
+    from .metric import Counts
+
+    return Counts(**{k: int(c[k]) for k in ("tp", "fp", "fn", "tn")})
+
+
 def publish(
     checkpoint: Path,
     store: Path,
     name: str,
     version: int,
     test_data: Path,
-    real_data: Path | None,
+    real_data: Path | list[Path] | None,
     commands: list[str],
     train_minutes: float | None,
+    loao: Path | None = None,
 ) -> dict[str, Any]:
+    """Score a trained model and put it in the store with its card. Real imagery roots
+    are scored twice where the model trained on some of their tiles: the tiles it never
+    saw (held out) and those it did (seen: a fit, not a measure). ``loao``: a
+    ``footprints loao --json`` file whose table goes on the card."""
     model, meta = load_checkpoint(checkpoint)
     window = meta.get("window", {}).get("validation_window_px")
     engine = TilingEngine(TorchBackend(model, "cpu"), EngineConfig(window=window))
@@ -88,12 +113,20 @@ def publish(
 
     synthetic = score(engine, [t for t in InriaDataset(test_data).split("test")], folder / "overlays")
     trained_on = set(meta.get("data", {}).get("train_tiles", []))
-    real = None
-    if real_data is not None:
-        areas = [t for t in InriaDataset(real_data).tiles if t.name not in trained_on]
-        real = score(engine, areas, folder / "overlays")
+    real = seen = None
+    roots = [real_data] if isinstance(real_data, Path) else list(real_data or [])
+    tiles = [t for root in roots for t in InriaDataset(root).tiles if t.gt is not None]
+    unseen = [t for t in tiles if t.name not in trained_on]
+    if unseen:
+        real = score(engine, unseen, folder / "overlays")
+    if len(unseen) < len(tiles):
+        seen = score(engine, [t for t in tiles if t.name in trained_on], folder / "overlays")
 
-    metrics = {"synthetic_test": synthetic.as_dict(), "real_oam": real.as_dict() if real else None}
+    metrics = {
+        "synthetic_test": synthetic.as_dict(),
+        "real_oam": real.as_dict() if real else None,  # real tiles never trained on (name kept for older cards)
+        "real_seen_in_training": seen.as_dict() if seen else None,
+    }
     kept = checkpoint_meta(meta)
     kept["metrics"] = {"validation": meta.get("metrics"), **metrics}
     save_checkpoint(folder / "model.pt", model, half=True, **kept)
@@ -136,14 +169,32 @@ def publish(
         synthetic.table(name),
         "",
     ]
+    if loao is not None:
+        from .loao import table
+
+        results = json.loads(Path(loao).read_text())
+        lines += [
+            "## Leave-one-area-out (each real area scored by the same recipe trained without it)",
+            "The measure of this model on real cities it has never seen; rows: the held-out runs, and the store model "
+            "they are compared with on the same tiles.",
+            table({label: {a: _counts(c) for a, c in cells.items()} for label, cells in results.items()}),
+            "(IoU % / accuracy %, pooled over tiles; the last column pools every held-out area)",
+            "",
+        ]
     if real is not None:
         lines += [
-            "## Real imagery (shared/data/real-oam; OpenAerialMap CC BY 4.0, OpenStreetMap ODbL)",
-            "A different continent, sensor and building style from the synthetic training cities: a domain shift. "
-            "The masks come from OpenStreetMap and miss some buildings.",
+            "## Real imagery never seen in training",
             real.table(name),
             "",
         ]
+    if seen is not None:
+        lines += [
+            "## Real imagery seen in training (a fit, not a measure)",
+            seen.table(name),
+            "",
+        ]
+    if roots:
+        lines += ["## Data attribution", *[f"- {attribution(root)}" for root in roots], ""]
     lines.append(f"Overlays (green hit, red false alarm, blue miss): `{version}/overlays/`.")
     if record:
         lines.append(f"Training record: {', '.join(f'`{version}/{f}`' for f in record)} (loss and validation IoU against step).")

@@ -64,7 +64,7 @@ def ground_resolution(path: Path) -> float:
             raise InputError(f"{path}: no CRS; the ground resolution cannot be known")
         res = abs(src.transform.a)
         if src.crs.to_epsg() == 3857:
-            cx, cy = src.transform * (src.width / 2, src.height / 2)
+            cx, cy = src.transform @ (src.width / 2, src.height / 2)
             _, (lat,) = warp_points(src.crs, "EPSG:4326", [cx], [cy])
             return res * math.cos(math.radians(lat))
         if src.crs.is_geographic or not src.crs.linear_units.lower().startswith("met"):
@@ -82,7 +82,7 @@ def _resampled(tile: Tile, scale: float, cache: Path) -> Tile:
         with rasterio.open(src_path) as src:
             h, w = max(1, round(src.height * scale)), max(1, round(src.width * scale))
             data = src.read(out_shape=(src.count, h, w), resampling=method)
-            transform = src.transform * src.transform.scale(src.width / w, src.height / h)
+            transform = src.transform @ src.transform.scale(src.width / w, src.height / h)
             dst_path.parent.mkdir(parents=True, exist_ok=True)
             tmp = dst_path.with_name(f".{dst_path.name}.tmp")
             write_geotiff(tmp, data, crs=src.crs, transform=transform)
