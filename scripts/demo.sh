@@ -41,22 +41,26 @@ for img in "$out"/cities/test/images/*.tif; do
 done
 $fp evaluate --pred "$out/pred" --gt "$out/cities/test/gt" --json "$out/evaluation-synthetic.json" --name "$model"
 
-real=../shared/data/real-oam
-if [ -d "$real/images" ]; then
-  echo "== 4/5 real imagery through gRPC ($real: OpenAerialMap CC BY 4.0, OpenStreetMap ODbL)"
+# Real imagery: real-oam (OpenAerialMap CC BY 4.0, OpenStreetMap ODbL) and real-more
+# (OpenAerialMap CC BY 4.0 / OpenStreetMap ODbL; coxsbazar: ramp / DevGlobal CC BY 4.0).
+found=0
+for real in ../shared/data/real-oam ../shared/data/real-more; do
+  [ -d "$real/images" ] || continue
+  found=1
+  set_name="$(basename "$real")"
+  echo "== 4/5 real imagery through gRPC ($real; attribution in its README)"
   for img in "$real"/images/*.tif; do
     name="$(basename "$img" .tif)"
-    $fp segment "$img" -o "$out/real-pred/$name.tif" --server "$address" --polygons "$out/polygons/real-$name.geojson"
-    $fp overlay "$img" "$out/real-pred/$name.tif" --reference "$real/gt/$name.tif" -o "$out/overlays/real-$name.png"
+    $fp segment "$img" -o "$out/$set_name-pred/$name.tif" --server "$address" --polygons "$out/polygons/$set_name-$name.geojson"
+    $fp overlay "$img" "$out/$set_name-pred/$name.tif" --reference "$real/gt/$name.tif" -o "$out/overlays/$set_name-$name.png"
   done
-  $fp evaluate --pred "$out/real-pred" --gt "$real/gt" --json "$out/evaluation-real.json" --name "$model"
-else
-  echo "== 4/5 skipped: no real imagery at $real"
-fi
+  $fp evaluate --pred "$out/$set_name-pred" --gt "$real/gt" --json "$out/evaluation-$set_name.json" --name "$model"
+done
+[ "$found" = 1 ] || echo "== 4/5 skipped: no real imagery beside the repository (../shared/data)"
 
 echo "== 5/5 stop the service (SIGTERM: drain, then exit)"
 kill -TERM $server
 wait $server || true
 trap - EXIT
 tail -1 "$out/server.log"
-echo "outputs: $out/pred (masks), $out/polygons (GeoJSON), $out/overlays (green hit, red false alarm, blue miss)"
+echo "outputs: $out/pred and $out/real-*-pred (masks), $out/polygons (GeoJSON), $out/overlays (green hit, red false alarm, blue miss)"

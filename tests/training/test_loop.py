@@ -15,6 +15,7 @@ import yaml
 from service.errors import InputError
 from training.config import load_config
 from training.data.sampling import StepBatchSampler
+from training.data.sources import Root
 from training.networks.model import load_checkpoint, read_checkpoint
 
 from ..conftest import REPO, run_cli, wait_until
@@ -225,3 +226,46 @@ def test_two_rank_distributed_training_keeps_weights_identical(tmp_path, train_c
     sums = state["rank_param_checksums"]
     assert len(sums) == 2 and sums[0] == sums[1]
     assert (run / "model.pt").is_file()
+
+
+def _effnet_config(tmp_path, **changes):
+    base = {
+        "network__name": "effnet_unet",
+        "network__args": {"decoder": [16, 16, 8, 8, 8]},
+        "network__pretrained": True,
+        "data__sampler": "random",
+        "data__patch_px": 64,
+        "data__validation_tile_indices": [],
+        "data__imagenet_normalisation": True,
+        "data__resample_to_m": 0.3,
+        "optim__loss": "bce_soft_iou",
+        "schedule__steps_per_epoch": 6,
+        "schedule__checkpoint_every_steps": 6,
+        "schedule__batch_size": 2,
+    }
+    return _config(tmp_path, "effnet.yaml", **{**base, **changes})
+
+
+def test_fine_tuning_a_pretrained_encoder_freezes_it_first_and_init_starts_from_a_checkpoint(tmp_path, train_cities):
+    from training.loop import train
+    from training.networks.efficientnet_unet import EfficientNetLiteEncoder
+
+    imagenet = EfficientNetLiteEncoder()
+    imagenet.load_imagenet()
+    frozen = load_config(_effnet_config(tmp_path, optim__freeze_encoder_steps=6))
+    train(frozen, [Root(train_cities), Root(train_cities, 0.5)], tmp_path / "frozen", progress=False, holdout=["ashford"])
+    model, meta = load_checkpoint(tmp_path / "frozen/model.pt")
+    assert meta["data"]["holdout_areas"] == ["ashford"] and {n[:-1] for n in meta["data"]["train_tiles"]} == {"brookline"}
+    enc = model.net.encoder.state_dict()
+    weights = [k for k in enc if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    # Frozen all along: every encoder weight is still exactly ImageNet's.
+    for k in weights:
+        torch.testing.assert_close(enc[k], imagenet.state_dict()[k], rtol=0, atol=0, msg=k)
+    assert meta["std_rgb"] == pytest.approx([58.395, 57.12, 57.375])
+
+    tuned = load_config(_effnet_config(tmp_path, optim__freeze_encoder_steps=2, optim__encoder_lr_factor=0.5))
+    train(tuned, train_cities, tmp_path / "tuned", progress=False, init=tmp_path / "frozen/model.pt")
+    after, meta = load_checkpoint(tmp_path / "tuned/model.pt")
+    assert meta["data"]["init"] == str(tmp_path / "frozen/model.pt")
+    moved = [k for k in weights if not torch.equal(after.net.encoder.state_dict()[k], enc[k])]
+    assert len(moved) > len(weights) // 2  # unfrozen after 2 steps: the encoder trains too
