@@ -119,7 +119,9 @@ def _loao(args: argparse.Namespace) -> int:
     from training.loao import as_json, leave_one_area_out, table
 
     same_area = [g.split("+") for g in args.same_area or []]
-    results = leave_one_area_out(args.runs, [parse_root(d) for d in args.data], same_area, args.compare, args.store)
+    results = leave_one_area_out(
+        args.runs, [parse_root(d) for d in args.data], same_area, args.compare, args.store, args.overlays
+    )
     print(table(results))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -197,4 +199,5 @@ def register(sub: Any, extensions: Any) -> None:
     p.add_argument("--compare", help="NAME[:VERSION] of a store model scored on the same tiles (e.g. amll:3)")
     p.add_argument("--store", type=Path, default=Path("model_store"))
     p.add_argument("--json", type=Path, help="also write the counts as JSON here")
+    p.add_argument("--overlays", type=Path, help="folder for an overlay PNG of each held-out city's first tile")
     p.set_defaults(func=_loao)

@@ -46,13 +46,15 @@ def score(backend: Backend, tiles: Sequence[Tile], overlays: Path | None = None)
 
     engine = TilingEngine(backend)
     counts = []
+    drawn: set[str] = set()  # one overlay per city: they are ~0.5 MB each
     with tempfile.TemporaryDirectory(prefix="footprints-loao-") as tmp:
         for t in tiles:
             pred = Path(tmp) / t.image.name
             segment_file(engine, t.image, pred, progress=False)
             assert t.gt is not None
             counts.append(tile_counts(pred, t.gt))
-            if overlays is not None:
+            if overlays is not None and t.city not in drawn:
+                drawn.add(t.city)
                 write_overlay(t.image, pred, overlays / f"{t.name}.png", ref=t.gt, max_side=600)
     return pooled(counts)
 
@@ -63,6 +65,7 @@ def leave_one_area_out(
     same_area: Sequence[Sequence[str]],
     compare: str | None = None,
     store: Path = Path("model_store"),
+    overlays: Path | None = None,
 ) -> dict[str, Any]:
     """Per area: the held-out model's counts (and the comparison model's)."""
     areas = area_tiles(roots, same_area)
@@ -80,7 +83,7 @@ def leave_one_area_out(
         held = set(meta.get("data", {}).get("holdout_areas", []))
         if not {area, *area.split("+")} & held:
             raise ValueError(f"{run} did not hold out {area} (held out: {sorted(held)}); it cannot score that area")
-        rows["held out"][area] = score(TorchBackend(model, "cpu"), tiles, runs / "overlays")
+        rows["held out"][area] = score(TorchBackend(model, "cpu"), tiles, overlays)
         if other is not None:
             rows[list(rows)[1]][area] = score(other, tiles)
     return {label: {**{a: c for a, c in cells.items()}, "overall": pooled(list(cells.values()))} for label, cells in rows.items()}

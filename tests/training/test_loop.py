@@ -269,3 +269,14 @@ def test_fine_tuning_a_pretrained_encoder_freezes_it_first_and_init_starts_from_
     assert meta["data"]["init"] == str(tmp_path / "frozen/model.pt")
     moved = [k for k in weights if not torch.equal(after.net.encoder.state_dict()[k], enc[k])]
     assert len(moved) > len(weights) // 2  # unfrozen after 2 steps: the encoder trains too
+
+    # The run held ashford out: it may score ashford in a leave-one-area-out table, not brookline.
+    from training.loao import leave_one_area_out, table
+
+    (tmp_path / "loao-ashford").symlink_to(tmp_path / "frozen")
+    results = leave_one_area_out(tmp_path, [Root(train_cities)], [], overlays=tmp_path / "overlays")
+    assert list(results["held out"]) == ["ashford", "overall"] and 0 <= results["held out"]["ashford"].iou <= 1
+    assert "| held out |" in table(results) and (tmp_path / "overlays/ashford1.png").is_file()
+    (tmp_path / "loao-brookline").symlink_to(tmp_path / "frozen")
+    with pytest.raises(ValueError, match="did not hold out brookline"):
+        leave_one_area_out(tmp_path, [Root(train_cities)], [])
