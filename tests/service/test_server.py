@@ -441,3 +441,40 @@ def test_the_memory_budget_bounds_windows_across_tiles(store, tmp_path):
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "memory budget" in err.value.details()
     finally:
         s.stop()
+
+
+@pytest.fixture(scope="module")
+def overlap_store(tmp_path_factory):
+    """A store with one same-padding model (EfficientNet U-Net, small decoder)."""
+    root = tmp_path_factory.mktemp("overlap-store")
+    torch.manual_seed(0)
+    model = SegmentationModel("effnet_unet", {"decoder": [16, 16, 8, 8, 8]}, [124.0, 116.0, 104.0], [58.0, 57.0, 57.0])
+    export(save_checkpoint(root.parent / "effnet.pt", model), root, "effnet")
+    return root
+
+
+def test_overlap_windows_through_grpc_and_remote_model_servers(overlap_store, tmp_path):
+    """The same-padding window mode end to end: ListModels states it, a tile through the
+    service and through a remote model server equals the in-process engine."""
+    image = _tile(tmp_path / "o.tif", 600, 520, seed=6)
+    expected = np.where(_in_process(overlap_store, "effnet", image, 256) >= 0.5, 255, 0).astype(np.uint8)
+    assert 0 < np.count_nonzero(expected) < expected.size
+    proc, address, _ = _serve_process(overlap_store)
+    try:
+        local = RunningServer(_config(overlap_store))
+        front = RunningServer(_config(overlap_store, model_servers=[address]))
+        try:
+            for server, backend in ((local, "onnxruntime"), (front, "remote")):
+                with FootprintsClient(server.address) as client:
+                    (info,) = client.list_models()
+                    assert info.mode == pb.MODE_OVERLAP and info.margin == 32 and info.stride == 32 and info.is_default
+                    result = client.segment_file(image, tmp_path / f"{backend}.tif", window=256, progress=False)
+                assert result.summary.backend == backend and result.summary.windows > 4 and result.summary.window == 256
+                with rasterio.open(tmp_path / f"{backend}.tif") as m:
+                    assert np.array_equal(m.read(1), expected), backend
+        finally:
+            local.stop()
+            front.stop()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
