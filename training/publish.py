@@ -167,8 +167,12 @@ def publish(
         "",
         "## Data",
         f"- Trained on {len(trained_on)} tiles: {', '.join(sorted(trained_on))}.",
-        f"- Validated on {', '.join(meta.get('data', {}).get('validation_tiles', []))}.",
-        f"- Global mean RGB subtracted: {[round(x, 2) for x in model.mean.flatten().tolist()]}.",
+        f"- Validated on {', '.join(meta.get('data', {}).get('validation_tiles', [])) or 'no tiles during training (areas are scored held out instead)'}.",
+        (
+            f"- ImageNet normalisation: mean {[round(x, 2) for x in model.mean.flatten().tolist()]}, std {[round(x, 2) for x in model.std_rgb]} (RGB, 0-255)."
+            if model.std_rgb is not None
+            else f"- Global mean RGB subtracted: {[round(x, 2) for x in model.mean.flatten().tolist()]}."
+        ),
         "",
         "## Recipe",
         f"Config `{cfg.get('name')}` (training/configs/{cfg.get('name')}.yaml): {cfg.get('schedule', {}).get('epochs')} epochs x "
