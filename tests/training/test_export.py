@@ -86,7 +86,7 @@ def test_parity_windows_catch_a_drift_in_the_trained_default_model_that_noise_hi
     model, _ = load_checkpoint(entry.path("model.pt"))
     drifted = _drift_building_logit(model, 0.2)
     noise = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 3, 572, 572)).astype(np.float32))
-    cities = [torch.from_numpy(x) for x in export_mod._parity_inputs(model, entry.manifest)]
+    cities = [torch.from_numpy(x) for x in export_mod._parity_inputs(model, entry.manifest)[0]]
     with torch.no_grad():
         on_noise = (model(noise) - drifted(noise)).abs().max().item()
         p = model(*cities)
@@ -142,3 +142,27 @@ def test_the_manifest_holds_what_a_server_needs_without_training(store, name):
     assert entry.spec == model.spec
     program = open_backend(entry, "torch", "cpu")
     assert program.spec == entry.spec and program.window_bytes(sides[0]) == entry.memory.bytes(sides[0])
+
+
+def test_the_trained_real_imagery_model_agrees_with_its_graph_on_real_windows(real_oam):
+    """The store's default model (trained on real areas): its manifest's parity covers
+    real windows, and ONNX Runtime reproduces eager PyTorch on a real window now."""
+    import rasterio
+
+    from service.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from service.geoio import read_window
+
+    store = ModelStore(REPO / "model_store")
+    entry = store.get()
+    if not entry.manifest.get("std_rgb"):
+        pytest.skip(f"the default model {entry.name} is not a real-imagery model")
+    manifest = entry.manifest
+    assert any(w.startswith("real ") for w in manifest["parity_windows"]) and manifest["parity_max_abs_diff"] < 1e-4
+    model, _ = load_checkpoint(entry.path("model.pt"))
+    with rasterio.open(real_oam / "images/zanzibar1.tif") as src:
+        crop = read_window(src, 200, 600, 384, 384, bands=[1, 2, 3])[None]
+    ort = OnnxRuntimeBackend(entry).infer([crop])
+    with torch.no_grad():
+        eager = model(torch.from_numpy(crop.astype(np.float32)))[:, 0].numpy()
+    assert 0.01 < (eager > 0.5).mean() < 0.99  # a window with buildings and ground
+    assert float(np.abs(ort - eager).max()) < 1e-4
