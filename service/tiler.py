@@ -20,7 +20,7 @@ from .backends.base import Backend
 from .budget import half_the_ram
 from .errors import InputError
 from .stitch import Stitcher
-from .windows import BlendedPlan, DualWindowPlan, LargeWindowPlan, OverlapWindowPlan, Window, fit_large_window
+from .windows import BlendedPlan, DualWindowPlan, LargeWindowPlan, OverlapWindowPlan, Window, fit_large_window, fit_overlap_window
 
 # Overlap blended between dual-resolution windows (the default windows per device
 # are each model's, from its manifest).
@@ -92,20 +92,6 @@ class TilePlan(NamedTuple):
     window: int
 
 
-def _fit_overlap(plan: OverlapWindowPlan, lengths: tuple[int, int]) -> OverlapWindowPlan:
-    """The smallest window that needs no more windows than ``plan`` on either axis
-    (a raster smaller than the window gets one window its own size, not mostly mirror)."""
-    counts = [len(plan.offsets(n)) for n in lengths]
-    for side in range(plan.multiple, plan.side, plan.multiple):
-        try:
-            smaller = OverlapWindowPlan.for_input(side, plan.margin, plan.overlap, plan.multiple)
-        except InputError:
-            continue
-        if all(len(smaller.offsets(n)) <= c for n, c in zip(lengths, counts)):
-            return smaller
-    return plan
-
-
 class TilingEngine:
     """Segments rasters with one backend under one :class:`EngineConfig`."""
 
@@ -122,7 +108,7 @@ class TilingEngine:
         if spec.mode == "overlap":
             blended = OverlapWindowPlan.for_input(window, spec.margin, spec.overlap, spec.multiple)
             if cfg.fit_window:
-                blended = _fit_overlap(blended, (height, width))
+                blended = fit_overlap_window((height, width), blended)
             return TilePlan(blended.windows(height, width), blended, blended.side)
         if spec.mode == "dual":
             plan = DualWindowPlan(window, cfg.dual_overlap, spec.multiple)

@@ -232,3 +232,18 @@ class OverlapWindowPlan(BlendedPlan):
             for r in self.offsets(height)
             for c in self.offsets(width)
         ]
+
+
+def fit_overlap_window(lengths: tuple[int, ...], plan: OverlapWindowPlan) -> OverlapWindowPlan:
+    """The smallest overlap window that needs, on every axis in ``lengths``, no more
+    windows than ``plan`` does (as :func:`fit_large_window`; a raster smaller than the
+    window gets one window fitted to it, not one that is mostly mirror padding)."""
+    counts = [len(plan.offsets(n)) for n in lengths]
+    for side in range(plan.multiple, plan.side, plan.multiple):
+        try:
+            smaller = OverlapWindowPlan.for_input(side, plan.margin, plan.overlap, plan.multiple)
+        except InputError:
+            continue
+        if all(len(smaller.offsets(n)) <= c for n, c in zip(lengths, counts)):
+            return smaller
+    return plan

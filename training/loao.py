@@ -10,24 +10,22 @@ model (e.g. the synthetic-trained amll v3) is scored on the same tiles beside it
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from service.backends import Backend, open_backend
+from service.backends import open_backend
 from service.backends.torch_backend import TorchBackend
-from service.outputs import segment_file
 from service.store import ModelStore
 from service.tiler import TilingEngine
 
 from .data.inria import InriaDataset, Tile
 from .data.sources import Root, area_of
-from .evaluate import tile_counts
 from .metric import Counts, pooled
 from .networks.model import load_checkpoint
+from .publish import score
 
 
 def area_tiles(roots: Sequence[Root], same_area: Sequence[Sequence[str]]) -> dict[str, list[Tile]]:
@@ -40,25 +38,6 @@ def area_tiles(roots: Sequence[Root], same_area: Sequence[Sequence[str]]) -> dic
     return dict(sorted(out.items()))
 
 
-def score(backend: Backend, tiles: Sequence[Tile], overlays: Path | None = None) -> Counts:
-    """Pooled counts of ``tiles`` segmented by ``backend`` (the device's default window)."""
-    from service.overlay import write_overlay
-
-    engine = TilingEngine(backend)
-    counts = []
-    drawn: set[str] = set()  # one overlay per city: they are ~0.5 MB each
-    with tempfile.TemporaryDirectory(prefix="footprints-loao-") as tmp:
-        for t in tiles:
-            pred = Path(tmp) / t.image.name
-            segment_file(engine, t.image, pred, progress=False)
-            assert t.gt is not None
-            counts.append(tile_counts(pred, t.gt))
-            if overlays is not None and t.city not in drawn:
-                drawn.add(t.city)
-                write_overlay(t.image, pred, overlays / f"{t.name}.png", ref=t.gt, max_side=600)
-    return pooled(counts)
-
-
 def leave_one_area_out(
     runs: Path,
     roots: Sequence[Root],
@@ -69,12 +48,14 @@ def leave_one_area_out(
 ) -> dict[str, Any]:
     """Per area: the held-out model's counts (and the comparison model's)."""
     areas = area_tiles(roots, same_area)
-    rows: dict[str, dict[str, Counts]] = {"held out": {}}
-    other = None
+    held_out: dict[str, Counts] = {}
+    rows = {"held out": held_out}
+    other: tuple[TilingEngine, dict[str, Counts]] | None = None
     if compare:
         name, _, version = compare.partition(":")
         entry = ModelStore(store).get(name, int(version) if version else None)
-        other, rows[f"{entry.name} v{entry.version}"] = open_backend(entry, "onnxruntime"), {}
+        other = TilingEngine(open_backend(entry, "onnxruntime")), {}
+        rows[f"{entry.name} v{entry.version}"] = other[1]
     for area, tiles in tqdm(areas.items(), desc="areas", unit="area"):
         run = runs / f"loao-{area.split('+')[0]}" / "model.pt"
         if not run.is_file():
@@ -83,10 +64,11 @@ def leave_one_area_out(
         held = set(meta.get("data", {}).get("holdout_areas", []))
         if not {area, *area.split("+")} & held:
             raise ValueError(f"{run} did not hold out {area} (held out: {sorted(held)}); it cannot score that area")
-        rows["held out"][area] = score(TorchBackend(model, "cpu"), tiles, overlays)
+        # The device's default window, as served; one overlay per held-out city.
+        held_out[area] = score(TilingEngine(TorchBackend(model, "cpu")), tiles, overlays).overall
         if other is not None:
-            rows[list(rows)[1]][area] = score(other, tiles)
-    return {label: {**{a: c for a, c in cells.items()}, "overall": pooled(list(cells.values()))} for label, cells in rows.items()}
+            other[1][area] = score(other[0], tiles).overall
+    return {label: {**cells, "overall": pooled(list(cells.values()))} for label, cells in rows.items()}
 
 
 def table(results: dict[str, dict[str, Counts]], labels: dict[str, str] | None = None) -> str:

@@ -262,9 +262,8 @@ def _train(
 ) -> dict[str, Any]:
     s, d = cfg.schedule, cfg.data
     sources = load_sources(roots, d.same_area, holdout, d.resample_to_m or None)
-    val_set = set(d.validation_tile_indices)
-    fit = [(t, w) for t, w in zip(sources.tiles, sources.weights) if t.index not in val_set]
     fit_tiles, val_tiles = validation_split(sources.tiles, d.validation_tile_indices)
+    weight_of = {id(t): w for t, w in zip(sources.tiles, sources.weights)}
     if not fit_tiles:
         raise InputError(
             f"{[str(r.path) for r in roots]}: no training tiles left after holding out tiles {d.validation_tile_indices}"
@@ -308,7 +307,7 @@ def _train(
     net = _Logits(model)
     if ranks.world > 1:
         net = DistributedDataParallel(net, device_ids=[ranks.device] if ranks.device.startswith("cuda") else None)
-    data, pool = _patches(cfg, [t for t, _ in fit], [w for _, w in fit], model.mode == "dual")
+    data, pool = _patches(cfg, fit_tiles, [weight_of[id(t)] for t in fit_tiles], model.mode == "dual")
     sampler = StepBatchSampler(pool, s.batch_size, cfg.total_steps, s.seed, start, ranks.rank, ranks.world)
     workers = cfg.data.loader_workers
     loader = DataLoader(data, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0)
