@@ -32,7 +32,7 @@ from torch import nn
 
 from service.errors import InputError
 from service.geometry import WindowMemory
-from service.store import MANIFEST, PROGRAM, file_sha256
+from service.store import MANIFEST, ONNX, PROGRAM, file_sha256
 
 from .networks.model import SegmentationModel, checkpoint_meta, load_checkpoint, save_checkpoint
 
@@ -233,8 +233,8 @@ def export(
     version = version or next_version(store, name)
     folder = store / name / str(version)
     folder.mkdir(parents=True, exist_ok=True)
-    onnx_path = folder / "model.onnx"
-    tmp = folder / "model.onnx.tmp"
+    onnx_path = folder / ONNX
+    tmp = folder / f"{ONNX}.tmp"
     manifest: dict[str, Any] = {
         "name": name,
         "version": version,

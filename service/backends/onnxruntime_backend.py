@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..store import ModelEntry
+from ..store import ONNX, ModelEntry
 from .base import model_inputs
 
 
@@ -20,7 +20,7 @@ class OnnxRuntimeBackend:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
-        self.session: Any = ort.InferenceSession(str(entry.verify("model.onnx")), options, providers=["CPUExecutionProvider"])
+        self.session: Any = ort.InferenceSession(str(entry.verify(ONNX)), options, providers=["CPUExecutionProvider"])
         self.name = f"{entry.name}/{entry.version}"
         self.device = "cpu"
         self.spec = entry.spec
