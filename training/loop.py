@@ -268,7 +268,13 @@ def _train(
         raise InputError(
             f"{[str(r.path) for r in roots]}: no training tiles left after holding out tiles {d.validation_tile_indices}"
         )
-    if d.imagenet_normalisation:
+    start_from = None
+    if init is not None and not resume:
+        start_from, _ = load_checkpoint(init, expect_network=cfg.network.name)
+    if start_from is not None:
+        # Fine-tuning keeps the normalisation its weights were learnt against.
+        mean, std = start_from.mean.flatten().tolist(), start_from.std_rgb
+    elif d.imagenet_normalisation:
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     else:
         mean = mean_rgb(fit_tiles, progress=progress and ranks.main).tolist() if d.subtract_global_mean else [0.0] * 3
@@ -276,8 +282,7 @@ def _train(
 
     torch.manual_seed(s.seed)
     model = SegmentationModel(cfg.network.name, cfg.network.args, mean, std).to(ranks.device)
-    if init is not None and not resume:
-        start_from, _ = load_checkpoint(init, expect_network=cfg.network.name)
+    if start_from is not None:
         model.net.load_state_dict(start_from.net.state_dict())
     elif cfg.network.pretrained and not resume:
         if not hasattr(model.net, "load_pretrained"):
