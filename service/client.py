@@ -103,7 +103,7 @@ class FootprintsClient:
         version: int = 0,
         window: int = 0,
         threshold: float | None = None,
-        tta: bool = False,
+        tta: bool | None = None,
         probabilities: str | Path | None = None,
         polygons: str | Path | None = None,
         overlay: str | Path | None = None,
@@ -118,12 +118,13 @@ class FootprintsClient:
             model=model,
             model_version=version,
             window=window,
-            tta=tta,
             outputs=pb.Outputs(probabilities=probabilities is not None, polygons=polygons is not None),
             geotiff=pb.GeoTiffInput(size_bytes=image.stat().st_size),
         )
         if threshold is not None:
             header.threshold = threshold
+        if tta is not None:  # unset: the model's default
+            header.tta = tta
 
         def chunks() -> Iterator[bytes]:
             with image.open("rb") as f:

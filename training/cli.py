@@ -9,6 +9,7 @@ has no training commands. Each command imports what it needs when run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,8 @@ def _train(args: argparse.Namespace) -> int:
     from training.loop import train
 
     cfg = load_config(args.config)
+    if args.no_pretrained:
+        cfg = dataclasses.replace(cfg, network=dataclasses.replace(cfg.network, pretrained=False))
     roots = [parse_root(d) for d in args.data]
     holdout = [a for h in args.holdout or [] for a in h.split(",") if a]
     meta = train(cfg, roots, args.out, resume=args.resume, init=args.init, holdout=holdout)
@@ -166,6 +169,11 @@ def register(sub: Any, extensions: Any) -> None:
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     p.add_argument("--init", type=Path, help="start from this checkpoint's weights (same network; fine-tuning)")
     p.add_argument("--holdout", action="append", help="AREA[,AREA]: areas left out of training (leave-one-area-out)")
+    p.add_argument(
+        "--no-pretrained",
+        action="store_true",
+        help="He-initialise the whole network, even where the config names pretrained weights",
+    )
     p.set_defaults(func=_train)
 
     p = sub.add_parser("publish", help="score a trained model and put it in the model store with its card")

@@ -59,7 +59,19 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    loss: str = "cross_entropy"  # or "bce_soft_iou"
+    # "cross_entropy" (methods 1, 3), "bce_soft_iou" (method 2: BCE - log softIoU),
+    # "bce_jaccard" (method 4: BCE + 1 - softIoU).
+    loss: str = "cross_entropy"
+    # Method 3: weight of the L1 loss on the signed distance head (0: no such term),
+    # and the distance (px) where the target is clipped before dividing by it.
+    distance_weight: float = 0.0
+    distance_clip_px: float = 20.0
+    # Method 4: weight of the same loss on the first stage's output (deep supervision).
+    aux_loss_weight: float = 0.0
+    # "adam" (methods 1, 2, 4) or "sgd" (method 3) with momentum and weight decay.
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
     learning_rate: float = 1e-3
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -109,7 +121,8 @@ class TrainConfig:
 
 _CHOICES = {
     "data.sampler": ("grid", "random"),
-    "optim.loss": ("cross_entropy", "bce_soft_iou"),
+    "optim.loss": ("cross_entropy", "bce_soft_iou", "bce_jaccard"),
+    "optim.optimizer": ("adam", "sgd"),
     "optim.lr_policy": ("step", "poly"),
     "optim.precision": ("fp32", "bf16"),
 }

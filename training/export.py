@@ -244,6 +244,7 @@ def export(
         "mean_rgb": model.mean.flatten().tolist(),
         "std_rgb": model.std_rgb,
         "geometry": model.spec.to_manifest(),
+        "tta": model.tta,
         "window_memory": fit_window_memory(model),
         "inputs": [
             {"name": n, "dtype": "float32", "shape": [-1, 3, -1, -1], "meaning": "raw RGB 0-255"} for n in input_names(model.mode)

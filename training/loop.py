@@ -30,11 +30,13 @@ from service.errors import InputError
 
 from .config import TrainConfig
 from .data.augment import Augmented
+from .data.distance import signed_distance_batch
 from .data.inria import Tile, mean_rgb, validation_split
 from .data.patches import GridPatchDataset, PatchGrid, RandomPatchDataset
 from .data.sampling import StepBatchSampler
 from .data.sources import Root, load_sources
-from .networks.losses import bce_soft_iou, cross_entropy
+from .networks import network_class
+from .networks.losses import bce_jaccard, bce_soft_iou, cross_entropy, distance_l1
 from .networks.model import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel, load_checkpoint, read_checkpoint, save_checkpoint
 
 # A run directory's training record (publish copies it beside the model).
@@ -106,6 +108,15 @@ def _param_groups(model: SegmentationModel) -> list[dict[str, Any]]:
     ]
 
 
+def _optimizer(cfg: TrainConfig, model: SegmentationModel) -> torch.optim.Optimizer:
+    o = cfg.optim
+    if o.optimizer == "sgd":
+        return torch.optim.SGD(_param_groups(model), lr=o.learning_rate, momentum=o.momentum, weight_decay=o.weight_decay)
+    return torch.optim.Adam(
+        _param_groups(model), lr=o.learning_rate, betas=(o.adam_beta1, o.adam_beta2), weight_decay=o.weight_decay
+    )
+
+
 def learning_rate(cfg: TrainConfig, step: int) -> float:
     """The lr at ``step``: a pure function, so resuming needs no scheduler state."""
     o, s = cfg.optim, cfg.schedule
@@ -114,24 +125,44 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return o.learning_rate * (1 - step / cfg.total_steps) ** o.poly_power
 
 
-class _Logits(nn.Module):
-    """DDP wraps ``forward``; training needs the model's logits, not probabilities."""
+class _Heads(nn.Module):
+    """DDP wraps ``forward``; training needs the model's raw heads, not probabilities."""
 
     def __init__(self, model: SegmentationModel) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, *rgb: torch.Tensor) -> torch.Tensor:
-        return self.model.logits(*rgb)
+    def forward(self, *rgb: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model.heads(*rgb)
 
 
-def _loss(cfg: TrainConfig, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _centre(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     # Valid convolutions answer for the centre of the patch only: crop the mask to it.
-    dh, dw = (mask.shape[-2] - logits.shape[-2]) // 2, (mask.shape[-1] - logits.shape[-1]) // 2
-    target = mask[:, dh : dh + logits.shape[-2], dw : dw + logits.shape[-1]]
+    dh, dw = (mask.shape[-2] - like.shape[-2]) // 2, (mask.shape[-1] - like.shape[-1]) // 2
+    return mask[:, dh : dh + like.shape[-2], dw : dw + like.shape[-1]]
+
+
+def _segmentation_loss(cfg: TrainConfig, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if cfg.optim.loss == "cross_entropy":
         return cross_entropy(logits, target.long())
+    if cfg.optim.loss == "bce_jaccard":
+        return bce_jaccard(logits, target[:, None].float())
     return bce_soft_iou(logits, target[:, None].float())
+
+
+def _loss(cfg: TrainConfig, heads: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+    """The config's loss on the class head, plus the SDT term (method 3) and the first
+    stage's loss (method 4) where their weights are set."""
+    o = cfg.optim
+    logits = heads["logits"].float()
+    target = _centre(mask, logits)
+    loss = _segmentation_loss(cfg, logits, target)
+    if o.distance_weight > 0:
+        sdt = signed_distance_batch(target, o.distance_clip_px).to(logits.device)
+        loss = loss + o.distance_weight * distance_l1(heads["distance"].float(), sdt)
+    if o.aux_loss_weight > 0:
+        loss = loss + o.aux_loss_weight * _segmentation_loss(cfg, heads["stage1"].float(), target)
+    return loss
 
 
 def _patches(cfg: TrainConfig, tiles: list[Tile], weights: list[float], dual: bool) -> tuple[Augmented, int | None]:
@@ -276,6 +307,8 @@ def _train(
         mean, std = start_from.mean.flatten().tolist(), start_from.std_rgb
     elif d.imagenet_normalisation:
         mean, std = IMAGENET_MEAN, IMAGENET_STD
+    elif cfg.network.pretrained and hasattr(network_class(cfg.network.name), "pretrained_normalisation"):
+        mean, std = network_class(cfg.network.name).pretrained_normalisation  # what the weights were trained on
     else:
         mean = mean_rgb(fit_tiles, progress=progress and ranks.main).tolist() if d.subtract_global_mean else [0.0] * 3
         std = None
@@ -292,9 +325,7 @@ def _train(
     if bf16:
         # bf16 convolutions are fast in channels_last (oneDNN's preferred layout).
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(
-        _param_groups(model), lr=cfg.optim.learning_rate, betas=(cfg.optim.adam_beta1, cfg.optim.adam_beta2)
-    )
+    optimizer = _optimizer(cfg, model)
     start = 0
     last = run_dir / "last.pt"
     if resume:
@@ -309,7 +340,7 @@ def _train(
     run_dir.mkdir(parents=True, exist_ok=True)
     log = _Log(run_dir / LOG_CSV, start if resume else None) if ranks.main else None
 
-    net = _Logits(model)
+    net = _Heads(model)
     if ranks.world > 1:
         net = DistributedDataParallel(net, device_ids=[ranks.device] if ranks.device.startswith("cuda") else None)
     data, pool = _patches(cfg, fit_tiles, [weight_of[id(t)] for t in fit_tiles], model.mode == "dual")
@@ -343,8 +374,8 @@ def _train(
         if bf16:
             inputs = [x.contiguous(memory_format=torch.channels_last) for x in inputs]
         with torch.autocast(ranks.device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
-            logits = net(*inputs)
-        loss = _loss(cfg, logits.float(), batch["mask"].to(ranks.device))
+            heads = net(*inputs)
+        loss = _loss(cfg, heads, batch["mask"].to(ranks.device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

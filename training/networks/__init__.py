@@ -22,6 +22,9 @@ from service.errors import InputError
 
 from .dual_unet import NUS_CHANNELS, DualResolutionUNet
 from .efficientnet_unet import EfficientNetUNet
+from .fcn_mlp import FcnMlp
+from .segnet import SegNet
+from .stacked_unet import StackedUNet
 from .unet_valid import ValidGeometry, ValidUNet
 
 # name -> (class, window mode). "large" windows are valid-convolution networks
@@ -31,6 +34,9 @@ NETWORKS: dict[str, tuple[type[nn.Module], str]] = {
     "amll_unet": (ValidUNet, "large"),
     "nus_dual_unet": (DualResolutionUNet, "dual"),
     "effnet_unet": (EfficientNetUNet, "overlap"),
+    "segnet_sdt": (SegNet, "overlap"),
+    "stacked_unet": (StackedUNet, "overlap"),
+    "fcn_mlp": (FcnMlp, "overlap"),
 }
 
 
@@ -47,8 +53,15 @@ def build(name: str, **kwargs: Any) -> nn.Module:
 
 
 def mode_of(name: str) -> str:
-    """``"large"`` or ``"dual"``: which window geometry the tiler uses for this network."""
+    """``"large"``, ``"dual"`` or ``"overlap"``: which window geometry the tiler uses for this network."""
     return _entry(name)[1]
 
 
-__all__ = ["NETWORKS", "NUS_CHANNELS", "DualResolutionUNet", "ValidGeometry", "ValidUNet", "build", "mode_of"]
+def network_class(name: str) -> type[nn.Module]:
+    return _entry(name)[0]
+
+
+__all__ = [
+    "NETWORKS", "NUS_CHANNELS", "DualResolutionUNet", "FcnMlp", "SegNet", "StackedUNet", "ValidGeometry", "ValidUNet",
+    "build", "mode_of", "network_class",
+]  # fmt: skip

@@ -3,6 +3,8 @@
 * AMLL: cross-entropy over two classes.
 * NUS: ``BCE(sigmoid) - log(softIoU)``, softIoU computed from the probabilities and
   the ground truth, so the network is pushed towards the benchmark's own metric.
+* ONERA: cross-entropy (NLL of the softmax) + lambda * L1 on the signed distance.
+* Raisa: ``BCE + (1 - softIoU)``: the IoU term linear rather than logarithmic.
 """
 
 from __future__ import annotations
@@ -29,3 +31,13 @@ def soft_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def bce_soft_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """NUS's loss on one-channel ``logits`` and a float 0/1 ``target`` of the same shape."""
     return F.binary_cross_entropy_with_logits(logits, target) - torch.log(soft_iou(logits, target))
+
+
+def bce_jaccard(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Raisa's loss on one-channel ``logits`` and a float 0/1 ``target``."""
+    return F.binary_cross_entropy_with_logits(logits, target) + 1 - soft_iou(logits, target)
+
+
+def distance_l1(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """ONERA's regression term: mean absolute error of the normalised signed distance."""
+    return F.l1_loss(predicted, target)

@@ -54,6 +54,8 @@ class SegmentationModel(nn.Module):
         self.net = build(network, **network_args)
         # Two-class heads (AMLL's cross-entropy) take a softmax; one-logit heads a sigmoid.
         self.two_class = getattr(self.net, "classes", 1) == 2
+        # Served with dihedral test-time augmentation by default (written to the manifest).
+        self.tta = bool(getattr(self.net, "tta", False))
         self.register_buffer("mean", torch.tensor(mean_rgb, dtype=torch.float32).view(1, 3, 1, 1))
         # 1/std per channel (pretrained encoders: ImageNet's), else the paper's plain 1/255.
         self.std_rgb = list(std_rgb) if std_rgb is not None else None
@@ -63,6 +65,14 @@ class SegmentationModel(nn.Module):
     def logits(self, *rgb: torch.Tensor) -> torch.Tensor:
         """Raw network output on normalised inputs (what the losses train)."""
         return self.net(*[(x - self.mean) * self.scale for x in rgb])
+
+    def heads(self, *rgb: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every output training uses: ``logits`` always; ``distance`` (method 3) and
+        ``stage1`` (method 4) where the network has them. Serving uses ``logits``."""
+        x = [(v - self.mean) * self.scale for v in rgb]
+        if hasattr(self.net, "heads"):
+            return self.net.heads(*x)
+        return {"logits": self.net(*x)}
 
     def forward(self, *rgb: torch.Tensor) -> torch.Tensor:
         z = self.logits(*rgb)

