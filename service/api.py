@@ -99,7 +99,7 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
                         EngineConfig(
                             window=header.window or None,
                             batch_size=self.limits.max_batch,
-                            tta=header.tta if header.HasField("tta") else model.entry.tta,
+                            tta=header.tta if header.HasField("tta") else None,
                             memory_budget_bytes=self.budget.total,
                         ),
                     )

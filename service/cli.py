@@ -40,7 +40,6 @@ def _segment(args: argparse.Namespace) -> int:
         if ext.open_checkpoint is None:
             raise InputError("--checkpoint needs the training package, which is not installed; serve a store model with --model")
         backend = ext.open_checkpoint(args.checkpoint, args.device)
-        default_tta = bool(getattr(getattr(backend, "module", None), "tta", False))
     else:
         from .backends import open_backend
         from .store import ModelStore
@@ -48,13 +47,12 @@ def _segment(args: argparse.Namespace) -> int:
         name, _, version = (args.model or "").partition(":")
         entry = ModelStore(args.store).get(name or None, int(version) if version else None)
         backend = open_backend(entry, args.backend, device=args.device)
-        default_tta = entry.tta
     config = EngineConfig(
         window=args.window,
         fit_window=not args.exact_window,
         batch_size=args.batch_size,
         memory_budget_bytes=int(args.memory_budget_gb * 2**30) if args.memory_budget_gb else None,
-        tta=default_tta if args.tta is None else args.tta,
+        tta=args.tta,
         dual_overlap=args.overlap,
     )
     opts = SegmentOptions(

@@ -55,7 +55,7 @@ def model_info(m: LoadedModel, versions: list[int], default: bool) -> pb.ModelIn
         context=2 * window if spec.mode == "dual" else 0,
         metrics_json=json.dumps(e.manifest.get("metrics", {})),
         is_default=default,
-        tta=e.tta,
+        tta=spec.tta,
     )
 
 

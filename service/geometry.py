@@ -100,7 +100,9 @@ MODES = ("large", "dual", "overlap")
 class WindowSpec:
     """How a model is cut into windows: ``mode`` ``"large"`` (valid-convolution
     windows stitched exactly), ``"dual"`` (NUS full/context pairs, blended) or
-    ``"overlap"`` (same-padding windows: a margin dropped, the cores blended)."""
+    ``"overlap"`` (same-padding windows: a margin dropped, the cores blended); and
+    whether its windows get dihedral test-time augmentation unless a request says
+    otherwise (``tta``: method 4 is served that way, as its authors ran it)."""
 
     mode: str
     default_window_px: Mapping[str, int] = field(default_factory=dict)  # per device kind, and "parity"
@@ -108,6 +110,7 @@ class WindowSpec:
     multiple: int = 16  # dual, overlap: window sides are multiples of the network's stride
     margin: int = 0  # overlap: px dropped on each side of a window's output
     overlap: int = 0  # overlap: px blended between neighbouring windows' kept cores
+    tta: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -131,16 +134,20 @@ class WindowSpec:
     def from_manifest(cls, manifest: Mapping[str, Any]) -> WindowSpec:
         g = manifest["geometry"]
         px = {k: int(v) for k, v in g.get("default_window_px", {}).items()}
+        tta = bool(g.get("tta", False))
         if g["kind"] == "valid_unet":
-            return cls("large", px, depth=int(g["depth"]))
+            return cls("large", px, depth=int(g["depth"]), tta=tta)
         if g["kind"] == "dual_resolution":
-            return cls("dual", px, multiple=int(g.get("multiple", 16)))
+            return cls("dual", px, multiple=int(g.get("multiple", 16)), tta=tta)
         if g["kind"] == "same_padding":
-            return cls("overlap", px, multiple=int(g["multiple"]), margin=int(g["margin"]), overlap=int(g["overlap"]))
+            return cls("overlap", px, multiple=int(g["multiple"]), margin=int(g["margin"]), overlap=int(g["overlap"]), tta=tta)
         raise InputError(f"model {manifest.get('name')} has window geometry '{g['kind']}', which this server does not know")
 
     def to_manifest(self) -> dict[str, Any]:
         """The manifest's ``geometry`` record (margin, stride and sizes spelled out for readers)."""
+        return {**self._geometry(), **({"tta": True} if self.tta else {})}
+
+    def _geometry(self) -> dict[str, Any]:
         if self.mode == "large":
             g = ValidGeometry(self.depth)
             return {

@@ -51,12 +51,6 @@ class ModelEntry:
         return (self.folder / filename).is_file()
 
     @property
-    def tta(self) -> bool:
-        """Whether tiles get dihedral test-time augmentation unless asked otherwise
-        (method 4 serves with it, as its authors did)."""
-        return bool(self.manifest.get("tta", False))
-
-    @property
     def spec(self) -> WindowSpec:
         """The window rules its manifest records."""
         return WindowSpec.from_manifest(self.manifest)

@@ -67,7 +67,7 @@ class EngineConfig:
     fit_window: bool = True
     batch_size: int = 1
     memory_budget_bytes: int | None = None
-    tta: bool = False
+    tta: bool | None = None  # None: the model's own setting (its WindowSpec)
     dual_overlap: int = DUAL_OVERLAP
 
 
@@ -155,7 +155,8 @@ class TilingEngine:
                 ]
             )
 
-        if not self.config.tta:
+        tta = self.backend.spec.tta if self.config.tta is None else self.config.tta
+        if not tta:
             return run(inputs)
         total = undo_dihedral(run(inputs), 0)
         for t in range(1, 8):

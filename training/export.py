@@ -37,6 +37,13 @@ from service.store import MANIFEST, ONNX, PROGRAM, file_sha256
 from .networks.model import SegmentationModel, checkpoint_meta, load_checkpoint, save_checkpoint
 
 PARITY_ATOL = 1e-4
+# Networks that unpool at argmax positions (SegNet) cannot be held to PARITY_ATOL
+# everywhere: where two pooled values are equal up to rounding (flat roofs, flat
+# nodata), the runtimes' last-bit differences pick different maxima and the value
+# lands one pixel apart. Measured on ONERA windows: up to 1.2e-2 on 0.02-3 % of
+# pixels. Such graphs must instead agree on the mask (threshold 0.5) almost
+# everywhere and stay close everywhere.
+ARGMAX_PARITY = {"max_abs_diff": 0.05, "mask_agreement": 0.999}
 
 OPSET = 17
 OUTPUT = "probability"
@@ -183,10 +190,27 @@ def fit_window_memory(model: SegmentationModel) -> dict[str, Any]:
     return memory.to_manifest(fitted_at=sides[:3], checked_at=sides[3])
 
 
+def _parity_verdict(model: SegmentationModel, got: np.ndarray, want: np.ndarray, what: str) -> float:
+    """Largest |difference|; raises where it breaks the network's parity rule."""
+    diff = float(np.abs(got - want).max())
+    if not getattr(model.net, "argmax_unpooling", False):
+        if diff > PARITY_ATOL:
+            raise InputError(f"{what} and PyTorch differ by {diff:.2e} (> {PARITY_ATOL}); export refused")
+        return diff
+    agree = float(((got >= 0.5) == (want >= 0.5)).mean())
+    if diff > ARGMAX_PARITY["max_abs_diff"] or agree < ARGMAX_PARITY["mask_agreement"]:
+        raise InputError(
+            f"{what} and PyTorch differ by up to {diff:.2e} and agree on {100 * agree:.3f} % of mask pixels "
+            f"(argmax-unpooling networks need <= {ARGMAX_PARITY['max_abs_diff']} and >= "
+            f"{100 * ARGMAX_PARITY['mask_agreement']:.1f} %); export refused"
+        )
+    return diff
+
+
 def check_parity(model: SegmentationModel, onnx_path: Path, inputs: list[np.ndarray]) -> tuple[float, float]:
     """Largest |ONNX Runtime - PyTorch| on ``inputs`` and the share of their pixels that
     PyTorch calls building (a check on windows of one class alone proves little);
-    raises when the difference is above 1e-4."""
+    raises when the difference is above 1e-4 (argmax-unpooling networks: ARGMAX_PARITY)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -195,22 +219,17 @@ def check_parity(model: SegmentationModel, onnx_path: Path, inputs: list[np.ndar
         want = model(*[torch.from_numpy(x) for x in inputs]).numpy()
     if got.shape != want.shape:
         raise InputError(f"{onnx_path}: ONNX output shape {got.shape} differs from PyTorch's {want.shape}")
-    diff = float(np.abs(got - want).max())
-    if diff > PARITY_ATOL:
-        raise InputError(f"{onnx_path}: ONNX Runtime and PyTorch differ by {diff:.2e} (> {PARITY_ATOL}); export refused")
-    return diff, float((want > 0.5).mean())
+    return _parity_verdict(model, got, want, f"{onnx_path}: ONNX Runtime"), float((want > 0.5).mean())
 
 
 def check_program_parity(model: SegmentationModel, path: Path, inputs: list[np.ndarray]) -> float:
     """Largest |exported program - PyTorch| on ``inputs``, loaded back from ``path`` as
-    the service loads it; raises above 1e-4."""
+    the service loads it; raises above 1e-4 (argmax-unpooling networks: ARGMAX_PARITY)."""
     program = torch.export.load(str(path)).module()
     xs = [torch.from_numpy(x) for x in inputs]
     with torch.no_grad():
-        diff = float((program(*xs) - model(*xs)).abs().max())
-    if diff > PARITY_ATOL:
-        raise InputError(f"{path}: the exported program and PyTorch differ by {diff:.2e} (> {PARITY_ATOL}); export refused")
-    return diff
+        got, want = program(*xs).numpy(), model(*xs).numpy()
+    return _parity_verdict(model, got, want, f"{path}: the exported program")
 
 
 def next_version(store: Path, name: str) -> int:
@@ -244,7 +263,6 @@ def export(
         "mean_rgb": model.mean.flatten().tolist(),
         "std_rgb": model.std_rgb,
         "geometry": model.spec.to_manifest(),
-        "tta": model.tta,
         "window_memory": fit_window_memory(model),
         "inputs": [
             {"name": n, "dtype": "float32", "shape": [-1, 3, -1, -1], "meaning": "raw RGB 0-255"} for n in input_names(model.mode)

@@ -197,3 +197,22 @@ def test_each_new_method_trains_and_its_checkpoint_serves(tmp_path, tiny_cities,
         k for k, v in model.net.state_dict().items() if v.is_floating_point() and not torch.equal(v, before.net.state_dict()[k])
     ]
     assert changed
+
+
+def test_argmax_unpooling_networks_must_agree_on_the_mask_not_to_the_last_bit():
+    from types import SimpleNamespace
+
+    from training.export import _parity_verdict
+
+    want = np.random.default_rng(0).uniform(0, 1, (1, 1, 100, 100)).astype(np.float32)
+    nudged = want.copy()
+    nudged[0, 0, :3, :3] += 0.01  # a value one pixel off on a flat roof: a few pixels, small
+    segnet = SimpleNamespace(net=build("segnet_sdt", decoder_convs=[1, 1, 1, 1, 1]))
+    unet = SimpleNamespace(net=build("stacked_unet", filters=[4, 8, 8, 16, 16]))
+    assert _parity_verdict(segnet, nudged, want, "graph") == pytest.approx(0.01, abs=1e-6)
+    with pytest.raises(InputError, match="differ by 1.00e-02 .* export refused"):
+        _parity_verdict(unet, nudged, want, "graph")  # every other network: 1e-4 everywhere
+    flipped = want.copy()
+    flipped[0, 0, :20] = 1 - flipped[0, 0, :20]  # a fifth of the mask changes
+    with pytest.raises(InputError, match="agree on .* % of mask pixels"):
+        _parity_verdict(segnet, flipped, want, "graph")

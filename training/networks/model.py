@@ -92,7 +92,9 @@ class SegmentationModel(nn.Module):
             parity = 572 if g.is_valid(572) else g.smallest_input_for_output(388)
             return WindowSpec("large", {**DEFAULT_WINDOW, "parity": parity}, depth=g.depth)
         if self.mode == "overlap":
-            return WindowSpec("overlap", OVERLAP_WINDOW, multiple=self.net.multiple, margin=OVERLAP_MARGIN, overlap=OVERLAP_BLEND)
+            return WindowSpec(
+                "overlap", OVERLAP_WINDOW, multiple=self.net.multiple, margin=OVERLAP_MARGIN, overlap=OVERLAP_BLEND, tta=self.tta
+            )
         return WindowSpec("dual", {"cpu": DUAL_WINDOW, "cuda": DUAL_WINDOW, "parity": DUAL_WINDOW}, multiple=self.net.multiple)
 
     def window_bytes(self, window: int) -> int:

@@ -52,6 +52,8 @@ class SegNet(nn.Module):
     """``forward`` -> class logits ``(N, 2, n, n)``; ``heads`` -> logits and distance."""
 
     classes = 2
+    # Unpooling at argmax positions: runtimes may break near-ties differently (export.ARGMAX_PARITY).
+    argmax_unpooling = True
     # What the pretrained encoder expects: Caffe's mean taken off, no scaling (0-255).
     pretrained_normalisation = (CAFFE_MEAN_RGB, [1.0, 1.0, 1.0])
 
