@@ -117,6 +117,21 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from training.data.sources import parse_root
+    from training.report import build_report, markdown, write_report
+
+    models = [m for group in args.models or [] for m in group.split(",") if m]
+    rows = build_report(
+        args.store, models, args.test_data, [parse_root(d) for d in args.real_data or []],
+        [g.split("+") for g in args.same_area or []], timing=not args.no_timing,
+    )  # fmt: skip
+    print(markdown(rows))
+    for kind, path in write_report(rows, args.out).items():
+        print(f"{kind}: {path}")
+    return 0
+
+
 def _loao(args: argparse.Namespace) -> int:
     from training.data.sources import parse_root
     from training.loao import as_json, leave_one_area_out, table
@@ -209,3 +224,13 @@ def register(sub: Any, extensions: Any) -> None:
     p.add_argument("--json", type=Path, help="also write the counts as JSON here")
     p.add_argument("--overlays", type=Path, help="folder for an overlay PNG of each held-out city's first tile")
     p.set_defaults(func=_loao)
+
+    p = sub.add_parser("report", help="every store model scored and costed side by side, as the paper's Table 2")
+    p.add_argument("--store", type=Path, default=Path("model_store"))
+    p.add_argument("--models", action="append", help="NAME[:VERSION][,...] (default: the newest version of every model)")
+    p.add_argument("--test-data", type=Path, help="synthetic test cities (test/images, test/gt)")
+    p.add_argument("--real-data", action="append", help="real imagery roots (repeatable)")
+    p.add_argument("--same-area", action="append", help="CITY+CITY: cities scored as one area (e.g. nepal+banepa)")
+    p.add_argument("--no-timing", action="store_true", help="skip timing a 5000 x 5000 tile per model")
+    p.add_argument("--out", type=Path, default=Path("reports"), help="folder for report.md, report.json, report.png")
+    p.set_defaults(func=_report)

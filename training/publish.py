@@ -28,6 +28,7 @@ from .networks.cost import parameter_count
 from .networks.model import checkpoint_meta, load_checkpoint, save_checkpoint
 
 OVERLAY_SIDE = 600
+CARD = "MODEL_CARD.md"
 # Copied into the version folder so the card's figures come with their curves.
 TRAINING_RECORD = (LOG_CSV, CURVES_PNG)
 
@@ -181,6 +182,8 @@ def publish(
     }
     kept = checkpoint_meta(meta)
     kept["metrics"] = {"validation": meta.get("metrics"), **metrics}
+    if train_minutes:
+        kept["train_minutes"] = train_minutes
     save_checkpoint(folder / "model.pt", model, half=True, **kept)
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     run_dir = Path(checkpoint).parent
@@ -263,5 +266,7 @@ def publish(
     if record:
         lines.append(f"Training record: {', '.join(f'`{version}/{f}`' for f in record)} (loss and validation IoU against step).")
     lines.append("")
-    (store / name / "MODEL_CARD.md").write_text("\n".join(lines))
+    # Each version keeps its own card; the model's folder shows the newest.
+    (folder / CARD).write_text("\n".join(lines))
+    (store / name / CARD).write_text("\n".join(lines))
     return metrics

@@ -66,6 +66,8 @@ def test_publish_writes_fp16_model_metrics_and_card(tmp_path, tiny_cities, real_
     assert sorted(metrics["real_oam"]["tiles"]) == ["kampala1.tif", "kampala2.tif", "nepal1.tif", "nepal2.tif", "zanzibar2.tif"]
     assert meta["metrics"]["synthetic_test"] == metrics["synthetic_test"]
     card = (store / "tinynet" / "MODEL_CARD.md").read_text()
+    assert (folder / "MODEL_CARD.md").read_text() == card  # the version keeps its own card
+    assert meta["train_minutes"] == 3
     overall = metrics["synthetic_test"]["overall"]
     assert f"{100 * overall['iou']:.2f} / {100 * overall['accuracy']:.2f}" in card
     assert "footprints train --config x.yaml" in card and "in 3 min" in card and "abc123" in card

@@ -1,0 +1,279 @@
+"""``footprints report``: the store's models side by side, shaped like the paper's Table 2.
+
+Every model (newest version of each, or a given list) is scored the benchmark's way
+(IoU and accuracy pooled per area and overall) through the serving engine, as served
+(ONNX Runtime, the model's own TTA setting): on the synthetic test cities and on every
+real area it did not train on. An area a model trained on is scored by the model's
+leave-one-area-out run where its version folder has one (``loao.json``); otherwise it
+is left out ("seen"), because a fit is not a measure. The held-out areas every model
+has in common get a pooled column of their own, the fairest single comparison.
+
+Beside the accuracy: what a 5000 x 5000 tile costs. MACs per output pixel counted on
+the network at the window plan the service uses for such a tile (overlaps, margins
+and TTA's eight passes included), and the seconds one such tile took here, one run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from service.backends import open_backend
+from service.store import ModelEntry, ModelStore
+from service.tiler import ArraySource, TilingEngine
+
+from .data.inria import InriaDataset, parse_tile_name
+from .data.sources import Root, area_of
+from .loao import area_tiles
+from .metric import Counts, pooled
+from .networks.cost import window_cost
+from .networks.model import load_checkpoint
+from .publish import CARD, score
+
+METHODS = {
+    "amll_unet": "AMLL (Duke)",
+    "nus_dual_unet": "NUS",
+    "segnet_sdt": "ONERA",
+    "stacked_unet": "Raisa",
+    "fcn_mlp": "Inria baseline (FCN + MLP)",
+    "effnet_unet": "EfficientNet-Lite0 U-Net (ours)",
+}
+TILE_SIDE = 5000
+
+
+@dataclass
+class ModelRow:
+    name: str
+    version: int
+    network: str
+    synthetic: dict[str, Counts] = field(default_factory=dict)
+    real: dict[str, Counts] = field(default_factory=dict)  # held-out areas only
+    real_source: dict[str, str] = field(default_factory=dict)  # "held out" or "loao"; "seen": trained on, unscored
+    parameters: int = 0
+    kmac_per_px: float = 0.0
+    seconds_per_tile: float | None = None
+    train_minutes: float | None = None
+    tta: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} v{self.version}"
+
+    @property
+    def method(self) -> str:
+        return METHODS.get(self.network, self.network)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.label,
+            "method": self.method,
+            "network": self.network,
+            "synthetic": {k: v.as_dict() for k, v in self.synthetic.items()},
+            "real": {k: v.as_dict() for k, v in self.real.items()},
+            "real_source": self.real_source,
+            "parameters": self.parameters,
+            "kmac_per_output_px": self.kmac_per_px,
+            "seconds_per_5000_tile": self.seconds_per_tile,
+            "train_minutes": self.train_minutes,
+            "tta": self.tta,
+        }
+
+
+def _entries(store: ModelStore, models: Sequence[str]) -> list[ModelEntry]:
+    if not models:
+        return [store.get(name) for name in store.names()]
+    out = []
+    for m in models:
+        name, _, version = m.partition(":")
+        out.append(store.get(name, int(version) if version else None))
+    return out
+
+
+def trained_areas(payload: dict[str, Any], same_area: Sequence[Sequence[str]]) -> set[str]:
+    """The areas (cities) a checkpoint's run drew training tiles from."""
+    tiles = payload.get("data", {}).get("train_tiles", [])
+    return {area_of(parse_tile_name(f"{t}.tif")[0], same_area) for t in tiles}
+
+
+def _train_minutes(entry: ModelEntry, payload: dict[str, Any]) -> float | None:
+    """As publish recorded it; older versions said it only on their card."""
+    if payload.get("train_minutes"):
+        return float(payload["train_minutes"])
+    card = entry.folder / CARD
+    found = re.search(r"\d+ steps in (\d+) min", card.read_text()) if card.is_file() else None
+    return float(found[1]) if found else None
+
+
+def _loao(entry: ModelEntry) -> dict[str, Counts]:
+    path = entry.folder / "loao.json"
+    if not path.is_file():
+        return {}
+    held = json.loads(path.read_text()).get("held out", {})
+    return {a: Counts(c["tp"], c["fp"], c["fn"], c["tn"]) for a, c in held.items() if a != "overall"}
+
+
+def _cost(entry: ModelEntry, engine: TilingEngine) -> tuple[int, float]:
+    """Parameters, and MACs per output pixel of a 5000 x 5000 tile as the service cuts it."""
+    model, _ = load_checkpoint(entry.verify("model.pt"))
+    plan = engine.plan(TILE_SIDE, TILE_SIDE)
+    shape = (1, 3, plan.window, plan.window)
+    macs = window_cost(model, (shape, shape) if entry.mode == "dual" else (shape,))["macs"]
+    passes = 8 if entry.spec.tta else 1
+    return sum(p.numel() for p in model.parameters()), macs * len(plan.windows) * passes / TILE_SIDE**2 / 1e3
+
+
+def _time_tile(engine: TilingEngine) -> float:
+    rgb = np.random.default_rng(0).integers(0, 256, (3, TILE_SIDE, TILE_SIDE), dtype=np.uint8)
+    t0 = time.perf_counter()
+    engine.probabilities(ArraySource(rgb))
+    return time.perf_counter() - t0
+
+
+def build_report(
+    store: Path,
+    models: Sequence[str],
+    test_data: Path | None,
+    real: Sequence[Root],
+    same_area: Sequence[Sequence[str]],
+    timing: bool = True,
+) -> list[ModelRow]:
+    """Score and cost every model; one row each."""
+    s = ModelStore(store)
+    areas = area_tiles(real, same_area) if real else {}
+    test_tiles = InriaDataset(test_data).split("test") if test_data else []
+    rows = []
+    for entry in tqdm(_entries(s, models), desc="models", unit="model"):
+        payload = load_checkpoint(entry.verify("model.pt"))[1]
+        engine = TilingEngine(open_backend(entry, "onnxruntime"))
+        row = ModelRow(entry.name, entry.version, entry.manifest["network"], tta=entry.spec.tta)
+        row.train_minutes = _train_minutes(entry, payload)
+        row.parameters, row.kmac_per_px = _cost(entry, engine)
+        if test_tiles:
+            row.synthetic = score(engine, test_tiles).cities
+        seen, loao = trained_areas(payload, same_area), _loao(entry)
+        for area, tiles in areas.items():
+            if area not in seen:
+                row.real[area], row.real_source[area] = score(engine, tiles).overall, "held out"
+            elif area in loao:
+                row.real[area], row.real_source[area] = loao[area], "loao"
+            else:
+                row.real_source[area] = "seen"
+        if timing:
+            row.seconds_per_tile = _time_tile(engine)
+        engine.backend.close()
+        rows.append(row)
+    return rows
+
+
+def common_areas(rows: Sequence[ModelRow]) -> list[str]:
+    """Real areas every row scored held out (or leave-one-area-out)."""
+    if not rows:
+        return []
+    common = set(rows[0].real)
+    for r in rows[1:]:
+        common &= set(r.real)
+    return sorted(common)
+
+
+def _cell(c: Counts | None) -> str:
+    return f"{100 * c.iou:.2f} / {100 * c.accuracy:.2f}" if c is not None and c.total else "seen"
+
+
+def markdown(rows: Sequence[ModelRow]) -> str:
+    """Three tables: real areas (held out), synthetic test cities, and cost."""
+    areas = sorted({a for r in rows for a in r.real_source})
+    common = common_areas(rows)
+    cities = sorted({c for r in rows for c in r.synthetic})
+    both = f"{' + '.join(common)} (every model held out)"
+    out = [
+        "Real areas never seen in training (IoU % / accuracy %, pooled over tiles; `seen`: the model trained on "
+        "that area and has no leave-one-area-out run, so it is not scored there; * leave-one-area-out runs)",
+        "",
+        f"| method | model | {' | '.join(areas)} | held-out overall | {both} |",
+        "|---" * (len(areas) + 4) + "|",
+    ]
+    for r in rows:
+        cells = [_cell(r.real.get(a)) + ("*" if r.real_source.get(a) == "loao" else "") for a in areas]
+        overall = pooled(list(r.real.values())) if r.real else None
+        pair = pooled([r.real[a] for a in common]) if common else None
+        out.append(f"| {r.method} | {r.label} | {' | '.join(cells)} | {_cell(overall)} | {_cell(pair)} |")
+    if cities:
+        out += [
+            "",
+            "Synthetic test cities (never seen in training; IoU % / accuracy %)",
+            "",
+            f"| method | model | {' | '.join(cities)} | Overall |",
+            "|---" * (len(cities) + 3) + "|",
+        ]
+        for r in rows:
+            cells = [_cell(r.synthetic.get(c)) for c in cities]
+            out.append(f"| {r.method} | {r.label} | {' | '.join(cells)} | {_cell(pooled(list(r.synthetic.values())))} |")
+    out += [
+        "",
+        f"Cost of a {TILE_SIDE} x {TILE_SIDE} tile on this machine (ONNX Runtime, one run; kMAC per output pixel at the "
+        "service's window plan, overlaps and TTA included) and training time",
+        "",
+        "| method | model | parameters | kMAC / output px | s / tile | TTA | training (h) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        secs = f"{r.seconds_per_tile:.1f}" if r.seconds_per_tile is not None else "-"
+        hours = f"{r.train_minutes / 60:.2f}" if r.train_minutes else "-"
+        out.append(
+            f"| {r.method} | {r.label} | {r.parameters:,} | {r.kmac_per_px:.0f} | {secs} | {'8 passes' if r.tta else 'no'} | {hours} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def chart(rows: Sequence[ModelRow], png: Path) -> None:
+    """IoU per held-out real area per model, and IoU against seconds per tile."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    areas = sorted({a for r in rows for a in r.real})
+    common = common_areas(rows)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [2, 1]})
+    width = 0.8 / max(1, len(rows))
+    for i, r in enumerate(rows):
+        xs = [j + i * width for j, area in enumerate(areas) if area in r.real]
+        a.bar(xs, [100 * r.real[area].iou for area in areas if area in r.real], width, label=r.label)
+    a.set_xticks([j + 0.4 - width / 2 for j in range(len(areas))], areas)
+    a.set(ylabel="IoU % (held out)", title="real areas never seen in training")
+    a.legend(fontsize=8, ncol=2)
+    for r in rows:
+        if r.seconds_per_tile is None or not common:
+            continue
+        iou = 100 * pooled([r.real[x] for x in common]).iou
+        b.scatter(r.seconds_per_tile, iou)
+        b.annotate(r.label, (r.seconds_per_tile, iou), fontsize=8, xytext=(4, 2), textcoords="offset points")
+    b.set(
+        xlabel=f"seconds per {TILE_SIDE}^2 tile (this CPU)",
+        ylabel=f"IoU % on {' + '.join(common)}",
+        title="accuracy against cost",
+    )
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+def write_report(rows: Sequence[ModelRow], out: Path) -> dict[str, Path]:
+    """report.md, report.json and report.png under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"markdown": out / "report.md", "json": out / "report.json", "chart": out / "report.png"}
+    paths["markdown"].write_text(markdown(rows))
+    paths["json"].write_text(
+        json.dumps({"models": [r.as_dict() for r in rows], "common_areas": common_areas(rows)}, indent=2) + "\n"
+    )
+    chart(rows, paths["chart"])
+    return paths
