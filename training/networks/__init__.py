@@ -6,6 +6,10 @@ service imports this package (and :mod:`training.metric`) and nothing else of
 |---|---|---|---|---|
 | ``amll_unet`` | 1, AMLL | any 16k+124 -> in - 184 | 7,760,130 | 37.85 G at 572, 206.4 G at 1180, 1163.8 G at 2636 |
 | ``nus_dual_unet`` | 2, NUS | 384 + 768 context (as 384) -> 384 | 5,462,019 | 41.68 G per 384 pair |
+| ``effnet_unet`` | real-imagery default | any 32k -> same | 3,624,593 | 4.18 G at 384 |
+| ``segnet_sdt`` | 3, ONERA | any 32k -> same | 29,469,571 | 95.55 G at 384 (60.22 G, one conv per decoder stage) |
+| ``stacked_unet`` | 4, Raisa | any 16k -> same | 15,526,370 | 54.36 G at 384, per TTA pass |
+| ``fcn_mlp`` | Inria baseline | any 8k -> same | 520,802 | 13.89 G at 384 |
 
 Per output pixel: AMLL 251 kMAC at 572, 194 kMAC at 2636; NUS 283 kMAC per window
 pixel, about 427 kMAC per stitched pixel of a 5000 tile (256 windows overlapping by 64 px).
