@@ -124,7 +124,7 @@ def _report(args: argparse.Namespace) -> int:
     models = [m for group in args.models or [] for m in group.split(",") if m]
     rows = build_report(
         args.store, models, args.test_data, [parse_root(d) for d in args.real_data or []],
-        [g.split("+") for g in args.same_area or []], timing=not args.no_timing,
+        [g.split("+") for g in args.same_area or []], timing=not args.no_timing, rescore=args.rescore,
     )  # fmt: skip
     print(markdown(rows))
     for kind, path in write_report(rows, args.out).items():
@@ -232,5 +232,6 @@ def register(sub: Any, extensions: Any) -> None:
     p.add_argument("--real-data", action="append", help="real imagery roots (repeatable)")
     p.add_argument("--same-area", action="append", help="CITY+CITY: cities scored as one area (e.g. nepal+banepa)")
     p.add_argument("--no-timing", action="store_true", help="skip timing a 5000 x 5000 tile per model")
+    p.add_argument("--rescore", action="store_true", help="score the synthetic test cities even where publish recorded them")
     p.add_argument("--out", type=Path, default=Path("reports"), help="folder for report.md, report.json, report.png")
     p.set_defaults(func=_report)

@@ -56,6 +56,14 @@ def test_the_report_scores_held_out_areas_only_and_counts_tta_in_the_cost(report
     assert saved["common_areas"] == ["nepal", "zanzibar"] and saved["models"][1]["real_source"]["kampala"] == "seen"
     assert paths["chart"].stat().st_size > 10_000
 
+    # Counts publish recorded for exactly these test tiles are reused; --rescore recounts.
+    recorded = {f"fairhaven{i}.tif": {"tp": 8, "fp": 1, "fn": 1, "tn": 90} for i in (1, 2)}
+    (report_store / "amll" / "1" / "metrics.json").write_text(json.dumps({"synthetic_test": {"tiles": recorded}}))
+    (again,) = build_report(report_store, ["amll"], tiny_cities, [], [], timing=False)
+    assert again.synthetic_source == "recorded" and again.synthetic["fairhaven"].iou == pytest.approx(0.8)
+    (fresh,) = build_report(report_store, ["amll"], tiny_cities, [], [], timing=False, rescore=True)
+    assert fresh.synthetic_source == "scored" and fresh.synthetic["fairhaven"] == amll.synthetic["fairhaven"]
+
 
 def test_report_cli_times_a_5000_px_tile(report_store, tmp_path, real_oam):
     done = run_cli(
