@@ -79,10 +79,10 @@ def _drift_building_logit(model: SegmentationModel, by: float) -> SegmentationMo
 
 
 def test_parity_windows_catch_a_drift_in_the_trained_default_model_that_noise_hides(tmp_path, monkeypatch):
-    """The committed default AMLL calls noise "not building" at ~1e-20, so a graph whose
+    """The synthetic-trained amll v3 calls noise "not building" at ~1e-20, so a graph whose
     building logit is off by 0.2 agrees with it on noise; on the parity windows (synthetic
     cities, where it decides both ways) the drift shows and the export is refused."""
-    entry = ModelStore(REPO / "model_store").get("amll")
+    entry = ModelStore(REPO / "model_store").get("amll", 3)
     model, _ = load_checkpoint(entry.path("model.pt"))
     drifted = _drift_building_logit(model, 0.2)
     noise = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 3, 572, 572)).astype(np.float32))
