@@ -24,7 +24,7 @@ from torch import nn
 from service.errors import InputError
 
 from .pretrained import load_state
-from .unet_valid import exporting, he_init
+from .unet_valid import check_sides, he_init
 
 # EfficientNet-B0's stages (Lite0 scales neither width nor depth):
 # (repeats, kernel, stride, expansion, in channels, out channels)
@@ -128,10 +128,7 @@ class EfficientNetUNet(nn.Module):
         self.encoder.load_imagenet()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not exporting():
-            for side in x.shape[-2:]:
-                if int(side) % STRIDE:
-                    raise InputError(f"window sides must be multiples of {STRIDE} for this network, got {tuple(x.shape[-2:])}")
+        check_sides(x, STRIDE)
         features = self.encoder(x)
         y = features[-1]
         for stage, skip in zip(self.decoder, [*reversed(features[:-1]), None]):

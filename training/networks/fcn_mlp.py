@@ -19,7 +19,7 @@ from torch import nn
 
 from service.errors import InputError
 
-from .unet_valid import exporting, he_init
+from .unet_valid import check_sides, he_init
 
 STRIDE = 8
 
@@ -60,10 +60,7 @@ class FcnMlp(nn.Module):
 
     def multiscale(self, x: torch.Tensor) -> torch.Tensor:
         """Every stage's features at full resolution, concatenated: the MLP's input."""
-        if not exporting():
-            for side in x.shape[-2:]:
-                if int(side) % STRIDE:
-                    raise InputError(f"window sides must be multiples of {STRIDE} for this network, got {tuple(x.shape[-2:])}")
+        check_sides(x, STRIDE)
         scales = []
         for i, stage in enumerate(self.base):
             x = stage(x if i == 0 else F.max_pool2d(x, 2))

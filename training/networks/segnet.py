@@ -29,7 +29,7 @@ from torch import nn
 from service.errors import InputError
 
 from .pretrained import CAFFE_MEAN_RGB, load_vgg16_hed
-from .unet_valid import exporting, he_init
+from .unet_valid import check_sides, exporting, he_init
 
 VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 SEGNET_DECODER_CONVS = (3, 3, 3, 2, 2)  # per stage, deepest first: the encoder mirrored
@@ -95,10 +95,7 @@ class SegNet(nn.Module):
             conv.bias.data.copy_(bias)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        if not exporting():
-            for side in x.shape[-2:]:
-                if int(side) % STRIDE:
-                    raise InputError(f"window sides must be multiples of {STRIDE} for this network, got {tuple(x.shape[-2:])}")
+        check_sides(x, STRIDE)
         indices = []
         for stage in self.encoder:
             x, idx = F.max_pool2d(stage(x), 2, 2, return_indices=True)

@@ -22,7 +22,7 @@ from torch import nn
 
 from service.errors import InputError
 
-from .unet_valid import exporting, he_init
+from .unet_valid import check_sides, he_init
 
 STRIDE = 16
 
@@ -73,10 +73,7 @@ class StackedUNet(nn.Module):
         he_init(self)
 
     def heads(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        if not exporting():
-            for side in x.shape[-2:]:
-                if int(side) % STRIDE:
-                    raise InputError(f"window sides must be multiples of {STRIDE} for this network, got {tuple(x.shape[-2:])}")
+        check_sides(x, STRIDE)
         first = self.first(x)
         # The second stage sees the image and the first's probability (not its logit:
         # a bounded input whatever the first stage's confidence).

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from service.errors import InputError
 from service.geometry import ValidGeometry
 
 
@@ -20,6 +21,15 @@ def exporting() -> bool:
     """True while an exporter (ONNX, TorchScript tracing, ``torch.export``) records the
     graph: shape checks with Python ints would freeze the window size into it."""
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
+
+
+def check_sides(x: torch.Tensor, multiple: int) -> None:
+    """Refuse a window whose sides are not multiples of a same-padding network's stride
+    (skipped while exporting: Python-int checks would freeze the size into the graph)."""
+    if not exporting():
+        for side in x.shape[-2:]:
+            if int(side) % multiple:
+                raise InputError(f"window sides must be multiples of {multiple} for this network, got {tuple(x.shape[-2:])}")
 
 
 def he_init(module: nn.Module) -> None:
