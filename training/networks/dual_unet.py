@@ -25,7 +25,9 @@ from .unet_valid import exporting, he_init
 NUS_CHANNELS = (32, 64, 128, 128, 256, 128, 128, 64, 32)
 
 
-def _double_conv(cin: int, cout: int) -> nn.Sequential:
+def double_conv(cin: int, cout: int) -> nn.Sequential:
+    """Two same-padding 3x3 convolutions with batch norm and ReLU: the U-Net level of the
+    same-padding networks (NUS, Raisa, the baseline's FCN stages)."""
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, padding=1, bias=False),
         nn.BatchNorm2d(cout),
@@ -50,15 +52,15 @@ class PaddedUNet(nn.Module):
         self.enc = nn.ModuleList()
         cin = in_channels
         for c in enc:
-            self.enc.append(_double_conv(cin, c))
+            self.enc.append(double_conv(cin, c))
             cin = c
-        self.bottom = _double_conv(cin, bottom)
+        self.bottom = double_conv(cin, bottom)
         self.ups = nn.ModuleList()
         self.dec = nn.ModuleList()
         cin = bottom
         for skip_c, c in zip(reversed(enc), dec):
             self.ups.append(nn.ConvTranspose2d(cin, c, 2, stride=2))
-            self.dec.append(_double_conv(c + skip_c, c))
+            self.dec.append(double_conv(c + skip_c, c))
             cin = c
         self.out_channels = cin
         self.pool = nn.MaxPool2d(2)

@@ -19,6 +19,7 @@ from torch import nn
 
 from service.errors import InputError
 
+from .dual_unet import double_conv
 from .unet_valid import check_sides, he_init
 
 STRIDE = 8
@@ -37,16 +38,7 @@ class FcnMlp(nn.Module):
         self.base = nn.ModuleList()
         cin = 3
         for w in widths:
-            self.base.append(
-                nn.Sequential(
-                    nn.Conv2d(cin, w, 3, padding=1, bias=False),
-                    nn.BatchNorm2d(w),
-                    nn.ReLU(inplace=True),
-                    nn.Conv2d(w, w, 3, padding=1, bias=False),
-                    nn.BatchNorm2d(w),
-                    nn.ReLU(inplace=True),
-                )  # fmt: skip
-            )
+            self.base.append(double_conv(cin, w))
             cin = w
         # 1x1 convolutions: the same small MLP applied to each pixel's feature vector.
         self.mlp = nn.Sequential(

@@ -22,16 +22,10 @@ from torch import nn
 
 from service.errors import InputError
 
+from .dual_unet import double_conv
 from .unet_valid import check_sides, he_init
 
 STRIDE = 16
-
-
-def _block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-    )  # fmt: skip
 
 
 class UNet(nn.Module):
@@ -43,10 +37,10 @@ class UNet(nn.Module):
             raise InputError(f"a U-Net needs 5 filter widths (four poolings), got {list(filters)}")
         self.down = nn.ModuleList()
         for f in filters:
-            self.down.append(_block(cin, f))
+            self.down.append(double_conv(cin, f))
             cin = f
         self.up = nn.ModuleList(nn.ConvTranspose2d(filters[i + 1], filters[i], 2, stride=2) for i in reversed(range(4)))
-        self.merge = nn.ModuleList(_block(2 * filters[i], filters[i]) for i in reversed(range(4)))
+        self.merge = nn.ModuleList(double_conv(2 * filters[i], filters[i]) for i in reversed(range(4)))
         self.head = nn.Conv2d(filters[0], 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
