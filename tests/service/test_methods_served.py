@@ -80,3 +80,31 @@ def test_each_method_segments_a_real_geotiff_through_grpc(methods_store, real_oa
             assert not np.array_equal(plain_mask, _in_process(methods_store, "raisa", image, tta=True))
     finally:
         server.stop()
+
+
+def test_the_repository_store_serves_every_method_on_held_out_real_imagery(real_oam, tmp_path):
+    """The store this repository ships: all five methods and the real-imagery default listed
+    over gRPC, each finding kampala's buildings (an area none of them trained on)."""
+    from ..conftest import REPO
+
+    store = REPO / "model_store"
+    image, truth = real_oam / "images" / "kampala2.tif", real_oam / "gt" / "kampala2.tif"
+    with rasterio.open(truth) as gt:
+        buildings = gt.read(1) > 0
+    server = RunningServer(_config(store))
+    try:
+        with FootprintsClient(server.address) as client:
+            listed = {m.name: m for m in client.list_models()}
+            assert {"amll", "nus", "onera", "raisa", "baseline", "effnet"} <= set(listed)
+            assert listed["amll"].mode == pb.MODE_LARGE_WINDOW and listed["nus"].mode == pb.MODE_DUAL_RESOLUTION
+            assert [n for n, m in listed.items() if m.tta] == ["raisa"]
+            for name in ("amll", "nus", "onera", "raisa", "baseline", "effnet"):
+                out = tmp_path / f"{name}.tif"
+                client.segment_file(image, out, model=name, progress=False)
+                with rasterio.open(out) as mask, rasterio.open(image) as src:
+                    assert (mask.crs, mask.transform, mask.shape) == (src.crs, src.transform, src.shape)
+                    found = mask.read(1) > 0
+                iou = np.count_nonzero(found & buildings) / np.count_nonzero(found | buildings)
+                assert iou > 0.4, f"{name}: IoU {iou:.3f} on kampala2"
+    finally:
+        server.stop()
