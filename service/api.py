@@ -122,6 +122,7 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
                             model=model.entry.name,
                             model_version=model.entry.version,
                             backend=model.backend_kind,
+                            precision=model.backend.precision,
                             width=raster.width,
                             height=raster.height,
                             windows=len(plan.windows),

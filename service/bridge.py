@@ -33,6 +33,7 @@ class BatchedBackend:
         self.batcher, self.loop = batcher, loop
         self.spec, self.device, self.name = base.spec, base.device, base.name
         self.window_bytes = base.window_bytes
+        self.engine, self.precision, self.window_seconds = base.engine, base.precision, base.window_seconds
         self._cancelled = threading.Event()
         self._lock = threading.Lock()
         self._outstanding: set[Future] = set()

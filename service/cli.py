@@ -15,10 +15,12 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, NotFoundError  # a leaf module: no heavy imports
+from .cpu import PRECISIONS  # leaf modules: no heavy imports
+from .errors import InputError, NotFoundError
 from .memory import keep_freed_memory
 
 ENTRY_POINTS = "footprints.cli"
+BACKENDS = ("auto", "onnxruntime", "openvino", "torch")
 
 
 @dataclass
@@ -46,7 +48,7 @@ def _segment(args: argparse.Namespace) -> int:
 
         name, _, version = (args.model or "").partition(":")
         entry = ModelStore(args.store).get(name or None, int(version) if version else None)
-        backend = open_backend(entry, args.backend, device=args.device)
+        backend = open_backend(entry, args.backend, device=args.device, precision=args.precision)
     config = EngineConfig(
         window=args.window,
         fit_window=not args.exact_window,
@@ -94,7 +96,7 @@ def _segment_remote(args: argparse.Namespace) -> int:
     if s is None:
         raise InputError(f"server {args.server} ended the stream without a tile summary")
     print(
-        f"{args.image.name}: {s.width}x{s.height} by {s.model} v{s.model_version} ({s.backend}), {s.windows} windows of "
+        f"{args.image.name}: {s.width}x{s.height} by {s.model} v{s.model_version} ({s.backend} {s.precision}), {s.windows} windows of "
         f"{s.window} px, building share {s.building_share:.4f}, {s.timings.total_seconds:.1f} s; mask {args.output}"
     )
     return 0
@@ -120,6 +122,7 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port if args.metrics_port >= 0 else None,
         models=args.models.split(",") if args.models else None,
         backend=args.backend,
+        precision=args.precision,
         max_batch=args.max_batch,
         max_queue_delay_ms=args.max_queue_delay_ms,
         max_queued_windows=args.max_queued_windows,
@@ -161,7 +164,8 @@ def build_parser(ext: Extensions | None = None) -> argparse.ArgumentParser:
     )
     which.add_argument("--server", help="HOST:PORT of a footprints server: stream the tile there")
     p.add_argument("--store", type=Path, default=Path("model_store"), help="model store folder (in-process)")
-    p.add_argument("--backend", choices=["onnxruntime", "torch"], default="onnxruntime", help="with --model")
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help="with --model; auto: the fastest measured here")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto: bf16 where the CPU has it (OpenVINO)")
     p.add_argument(
         "--window", type=int, help="large: input side (2636 on GPU, the measured CPU default); dual: output side (384)"
     )
@@ -200,7 +204,8 @@ def build_parser(ext: Extensions | None = None) -> argparse.ArgumentParser:
         "--models",
         help="comma-separated model names (default: all in the store, newest versions; the store's DEFAULT answers requests that name none)",
     )
-    p.add_argument("--backend", choices=["onnxruntime", "torch"], default="onnxruntime")
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: the fastest engine measured on this machine")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto: bf16 where the CPU has it (OpenVINO)")
     p.add_argument("--max-batch", type=int, default=4, help="windows per model call, across requests")
     p.add_argument("--max-queue-delay-ms", type=float, default=5.0, help="how long a batch waits to fill")
     p.add_argument("--max-queued-windows", type=int, default=64, help="past this, RESOURCE_EXHAUSTED")

@@ -48,6 +48,7 @@ def model_info(m: LoadedModel, versions: list[int], default: bool) -> pb.ModelIn
         network=e.manifest["network"],
         mode=PB_MODES[spec.mode],
         backend=m.backend_kind,
+        precision=m.backend.precision,
         loaded=True,
         margin=valid.margin if valid else spec.margin,
         stride=valid.stride if valid else spec.multiple if spec.mode == "overlap" else 0,

@@ -7,6 +7,7 @@ georeferencing and padding rules live in one place.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,6 +202,9 @@ class RGBRaster:
         # GDAL's per-dataset mask flags: ALL_VALID means no nodata anywhere.
         flags = self.src.mask_flag_enums[0]
         self.has_mask = not (len(flags) == 1 and flags[0] == MaskFlags.all_valid)
+        # The tiler reads the next windows in a thread while it masks finished rows:
+        # one GDAL dataset handle must not serve both at once.
+        self._lock = threading.Lock()
 
     def _validate(self) -> None:
         src, where = self.src, self.path
@@ -217,13 +221,15 @@ class RGBRaster:
 
     def read(self, row: int, col: int, size: int) -> np.ndarray:
         """``(3, size, size)`` uint8 RGB at ``(row, col)``, mirror padded off the raster."""
-        return read_window(self.src, row, col, size, size, bands=[1, 2, 3])
+        with self._lock:
+            return read_window(self.src, row, col, size, size, bands=[1, 2, 3])
 
     def valid_rows(self, r0: int, r1: int) -> np.ndarray | None:
         """Boolean validity of rows ``r0:r1`` (None when every pixel is valid)."""
         if not self.has_mask:
             return None
-        return self.src.dataset_mask(window=Window(0, r0, self.width, r1 - r0)) > 0
+        with self._lock:
+            return self.src.dataset_mask(window=Window(0, r0, self.width, r1 - r0)) > 0
 
     def close(self) -> None:
         self.src.close()

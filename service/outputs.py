@@ -6,6 +6,7 @@ All outputs keep the input's CRS and transform; polygons are in the input's CRS.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,8 +58,10 @@ def segment_file(
         if opts.probabilities:
             Path(opts.probabilities).parent.mkdir(parents=True, exist_ok=True)
             writers.append(rasterio.open(opts.probabilities, "w", **geotiff_profile(count=1, **grid)))
+        plan = engine.plan(src.height, src.width)
+        t0 = time.perf_counter()
         try:
-            for r0, r1, prob in engine.run(src, progress=progress):
+            for r0, r1, prob in engine.run(src, progress=progress, plan=plan):
                 win = Window(0, r0, src.width, r1 - r0)
                 mask = to_mask(prob, opts.threshold)
                 building += int(np.count_nonzero(mask))
@@ -74,7 +77,13 @@ def segment_file(
         finally:
             for w in writers:
                 w.close()
+        backend = engine.backend
         summary = {
+            "model": backend.name,
+            "engine": f"{backend.engine} {backend.precision}",
+            "windows": len(plan.windows),
+            "window": plan.window,
+            "seconds": time.perf_counter() - t0,
             "width": src.width,
             "height": src.height,
             "building_share": building / (src.width * src.height),

@@ -45,6 +45,9 @@ class RemoteBackend:
         # model server states for its own device (a GPU server's differs from ours).
         self.spec = dataclasses.replace(spec, default_window_px={**spec.default_window_px, "remote": info.default_window})
         self.window_bytes = window_bytes
+        # What the model server runs the windows on.
+        self.engine, self.precision = f"remote {info.backend}", info.precision or "fp32"
+        self.window_seconds: dict[int, float] | None = None
 
     def infer(self, inputs: list[np.ndarray]) -> np.ndarray:
         with self._lock:

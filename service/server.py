@@ -33,7 +33,8 @@ class ServerConfig:
     port: int = 50051  # 0: any free port
     metrics_port: int | None = 9100  # 0: any free port, None: no endpoint
     models: list[str] | None = None  # None: every model in the store, newest version
-    backend: str = "onnxruntime"
+    backend: str = "auto"  # the fastest engine measured on this machine (service.tuning)
+    precision: str = "auto"  # bf16 where the CPU has it and the model passed its check
     max_batch: int = 4
     max_queue_delay_ms: float = 5.0
     max_queued_windows: int = 64
@@ -85,7 +86,8 @@ class Server:
                     None,
                 )
             else:
-                backend, kind, threads, budget = open_backend(entry, cfg.backend), cfg.backend, 1, self.budget
+                backend = open_backend(entry, cfg.backend, precision=cfg.precision)
+                kind, threads, budget = backend.engine, 1, self.budget
             batcher = Batcher(
                 backend,
                 cfg.max_batch,

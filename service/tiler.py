@@ -10,6 +10,7 @@ manifest records it, see :class:`service.geometry.WindowMemory`).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -20,7 +21,16 @@ from .backends.base import Backend
 from .budget import half_the_ram
 from .errors import InputError
 from .stitch import Stitcher
-from .windows import BlendedPlan, DualWindowPlan, LargeWindowPlan, OverlapWindowPlan, Window, fit_large_window, fit_overlap_window
+from .windows import (
+    BlendedPlan,
+    DualWindowPlan,
+    LargeWindowPlan,
+    OverlapWindowPlan,
+    Window,
+    fit_large_window,
+    fit_overlap_window,
+    window_for_count,
+)
 
 # Overlap blended between dual-resolution windows (the default windows per device
 # are each model's, from its manifest).
@@ -101,10 +111,61 @@ class TilingEngine:
 
     # ---- planning -----------------------------------------------------------
     def plan(self, height: int, width: int) -> TilePlan:
-        """Windows for a raster, the blending plan (dual and overlap) and the model input side."""
+        """Windows for a raster, the blending plan (dual and overlap) and the model input side.
+
+        With no window asked for and the backend's measured seconds per window size at
+        hand (:mod:`service.tuning`), the fastest plan the memory budget allows; else the
+        model's default window, fitted to the raster."""
+        cfg = self.config
+        seconds = getattr(self.backend, "window_seconds", None)
+        if cfg.window is None and cfg.fit_window and seconds:
+            return self._fastest_plan(height, width, seconds)
+        return self._plan_for(height, width, cfg.window or self.backend.spec.default_window(self.backend.device))
+
+    def _fastest_plan(self, height: int, width: int, seconds: dict[int, float]) -> TilePlan:
+        """Of the plans with 1, 2, 3... windows along the longer side, the one whose
+        windows take the least predicted time (seconds per window interpolated over the
+        window's area between measured sizes) and fit the memory budget.
+
+        Why measured: bigger windows waste less on overlaps and margins but run fewer
+        pixels per second once their activations leave the caches; where the two meet
+        depends on the model and the CPU (shared/perf-notes.md)."""
+        spec, cfg = self.backend.spec, self.config
+        budget = cfg.memory_budget_bytes or half_the_ram()
+        sides = sorted(seconds)
+        areas = np.array([s * s for s in sides], np.float64)
+        times = np.array([seconds[s] for s in sides], np.float64)
+
+        def predicted(side: int) -> float:
+            a = float(side * side)
+            if a <= areas[-1]:
+                return float(np.interp(a, areas, times, left=times[0] * a / areas[0]))
+            return float(times[-1] * a / areas[-1])  # beyond the largest measured: its rate per pixel
+
+        longest = max(height, width)
+        best: tuple[float, TilePlan] | None = None
+        tried: set[int] = set()
+        for n in range(1, 65):
+            window = window_for_count(spec, longest, n, cfg.dual_overlap)
+            if window in tried or self.backend.window_bytes(window) > budget:
+                continue
+            tried.add(window)
+            try:
+                plan = self._plan_for(height, width, window)
+            except InputError:
+                continue
+            cost = len(plan.windows) * predicted(plan.window)
+            if best is None or cost < best[0]:
+                best = (cost, plan)
+            if window <= sides[0]:
+                break  # smaller than anything measured: only more overhead from here
+        if best is None:
+            return self._plan_for(height, width, spec.default_window(self.backend.device))
+        return best[1]
+
+    def _plan_for(self, height: int, width: int, window: int) -> TilePlan:
         cfg = self.config
         spec = self.backend.spec
-        window = cfg.window or spec.default_window(self.backend.device)
         if spec.mode == "overlap":
             blended = OverlapWindowPlan.for_input(window, spec.margin, spec.overlap, spec.multiple)
             if cfg.fit_window:
@@ -180,11 +241,21 @@ class TilingEngine:
         in_flight = self.windows_in_flight(window)
         stitcher = Stitcher(source.height, source.width, windows, blend)
         bar = tqdm(total=len(windows), desc="windows", unit="win", disable=not progress)
+        batches = [windows[i : i + in_flight] for i in range(0, len(windows), in_flight)]
+
+        def read(batch: list[Window]) -> list[np.ndarray]:
+            reads = [self._read(source, w) for w in batch]
+            return [np.stack([r[k] for r in reads]) for k in range(len(reads[0]))]
+
+        # The next batch is read (and decoded) while this one runs: the engines release
+        # the GIL, so the reader takes only the time the model leaves idle.
+        reader = ThreadPoolExecutor(1, thread_name_prefix="window-reader")
         try:
-            for i in range(0, len(windows), in_flight):
-                batch = windows[i : i + in_flight]
-                reads = [self._read(source, w) for w in batch]
-                inputs = [np.stack([r[k] for r in reads]) for k in range(len(reads[0]))]
+            upcoming = reader.submit(read, batches[0]) if batches else None
+            for i, batch in enumerate(batches):
+                assert upcoming is not None
+                inputs = upcoming.result()
+                upcoming = reader.submit(read, batches[i + 1]) if i + 1 < len(batches) else None
                 probs = self._infer(inputs, in_flight)
                 for w, p in zip(batch, probs):
                     stitcher.add(w, p)
@@ -192,6 +263,7 @@ class TilingEngine:
                 while (ready := stitcher.take_ready()) is not None:
                     yield self._masked(source, *ready)
         finally:
+            reader.shutdown(wait=True, cancel_futures=True)
             bar.close()
 
     @staticmethod

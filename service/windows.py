@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.errors import InputError
+from service.geometry import WindowSpec
 
 
 def grid_offsets(length: int, patch: int, overlap: int) -> list[int]:
@@ -247,3 +248,18 @@ def fit_overlap_window(lengths: tuple[int, ...], plan: OverlapWindowPlan) -> Ove
         if all(len(smaller.offsets(n)) <= c for n, c in zip(lengths, counts)):
             return smaller
     return plan
+
+
+def window_for_count(spec: WindowSpec, length: int, n: int, dual_overlap: int) -> int:
+    """About the smallest window (the engine's unit: large and overlap, the input side;
+    dual, the output side) that covers ``length`` px in ``n`` windows per axis. The
+    tile's plan then fits it exactly (:func:`fit_large_window`, :func:`fit_overlap_window`)."""
+    if spec.mode == "large":
+        geo = spec.valid
+        assert geo is not None
+        return geo.smallest_input_for_output(-(-length // n))
+    overlap = spec.overlap if spec.mode == "overlap" else dual_overlap
+    core = -(-(length + (n - 1) * overlap) // n)
+    side = core + 2 * spec.margin if spec.mode == "overlap" else core
+    side = max(side, spec.multiple * 2)
+    return side + (-side) % spec.multiple

@@ -117,6 +117,20 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_precision(args: argparse.Namespace) -> int:
+    from training.precision import check_store_version
+
+    name, _, version = args.model.partition(":")
+    checks = check_store_version(args.store, name, int(version) if version else None, args.parity_data or [])
+    for key, c in checks.items():
+        if c.get("measured"):
+            verdict = "accepted" if c["accepted"] else f"REFUSED (limit {c['limit']:.1%})"
+            print(f"{args.model} {key}: max |diff| {c['max_abs_diff']:.2e}, mask flips {c['mask_flip_share']:.3%}: {verdict}")
+        else:
+            print(f"{args.model} {key}: not measured ({c['why']})")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from training.data.sources import parse_root
     from training.report import build_report, markdown, write_report
@@ -214,6 +228,14 @@ def register(sub: Any, extensions: Any) -> None:
         "--parity-data", type=Path, action="append", help="real imagery root: its areas' windows join the parity check"
     )
     p.set_defaults(func=_export)
+
+    p = sub.add_parser(
+        "check-precision", help="record how far OpenVINO fp32 and bf16 move a store version's masks from fp32 PyTorch"
+    )
+    p.add_argument("model", help="NAME or NAME:VERSION in the store")
+    p.add_argument("--store", type=Path, default=Path("model_store"))
+    p.add_argument("--parity-data", type=Path, action="append", help="real imagery root: its areas' windows join the check")
+    p.set_defaults(func=_check_precision)
 
     p = sub.add_parser("loao", help="leave-one-area-out table: each area scored by the run that held it out")
     p.add_argument("--runs", required=True, type=Path, help="folder with loao-<area>/model.pt runs (train --holdout <area>)")

@@ -35,6 +35,7 @@ from service.geometry import WindowMemory
 from service.store import MANIFEST, ONNX, PROGRAM, file_sha256
 
 from .networks.model import SegmentationModel, checkpoint_meta, load_checkpoint, save_checkpoint
+from .precision import precision_checks, torch_reference
 
 PARITY_ATOL = 1e-4
 # Networks that unpool at argmax positions (SegNet) cannot be held to PARITY_ATOL
@@ -285,6 +286,7 @@ def export(
         raise
     manifest["parity_max_abs_diff"], manifest["parity_building_share"] = diff, share
     manifest["parity_windows"] = parity_names
+    manifest["precision_checks"] = precision_checks(torch_reference(model), tmp, input_names(model.mode), inputs, parity_names)
     tmp.replace(onnx_path)
     program_tmp.replace(program_path)
     pt = folder / "model.pt"

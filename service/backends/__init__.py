@@ -6,11 +6,24 @@ from ..errors import InputError
 from ..store import ModelEntry
 from .base import Backend
 
-BACKENDS = ("onnxruntime", "torch")  # TensorRT and OpenVINO join in later issues
+BACKENDS = ("auto", "onnxruntime", "openvino", "torch")  # TensorRT joins on GPU machines
 
 
-def open_backend(entry: ModelEntry, kind: str = "onnxruntime", device: str | None = None) -> Backend:
-    """Load a store entry with the named backend (ONNX Runtime on the CPU by default)."""
+def open_backend(entry: ModelEntry, kind: str = "onnxruntime", device: str | None = None, precision: str = "auto") -> Backend:
+    """Load a store entry with the named backend; ``auto``: the fastest measured on this
+    machine (:mod:`service.tuning`). ``precision`` (auto, fp32, bf16) matters to OpenVINO."""
+    if kind == "auto":
+        from ..tuning import open_fastest
+
+        return open_fastest(entry, precision)
+    if kind == "openvino":
+        try:
+            from .openvino_backend import OpenVinoBackend
+        except ModuleNotFoundError as e:
+            raise InputError(f"the openvino backend needs OpenVINO, which is not installed ({e})") from None
+        return OpenVinoBackend(entry, precision)
+    if precision == "bf16":
+        raise InputError(f"the {kind} backend runs fp32 only; bf16 runs on --backend openvino")
     if kind == "onnxruntime":
         from .onnxruntime_backend import OnnxRuntimeBackend
 

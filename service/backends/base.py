@@ -38,6 +38,11 @@ class Backend(Protocol):
     name: str
     device: str
     spec: WindowSpec
+    engine: str  # "onnxruntime", "openvino", "torch", "remote": what ListModels and tile summaries report
+    precision: str  # "fp32" or "bf16"
+    # Measured seconds per window by side on this machine (service.tuning), which the
+    # tiler cuts tiles by; None: the model's default window.
+    window_seconds: dict[int, float] | None
 
     def infer(self, inputs: list[np.ndarray]) -> np.ndarray: ...
 

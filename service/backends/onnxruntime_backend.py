@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from ..cpu import available_cores
 from ..store import ONNX, ModelEntry
 from .base import model_inputs
 
@@ -18,11 +19,13 @@ class OnnxRuntimeBackend:
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
+        # ONNX Runtime would start a thread per core of the host, not of the container.
+        options.intra_op_num_threads = threads or available_cores()
         self.session: Any = ort.InferenceSession(str(entry.verify(ONNX)), options, providers=["CPUExecutionProvider"])
         self.name = f"{entry.name}/{entry.version}"
         self.device = "cpu"
+        self.engine, self.precision = "onnxruntime", "fp32"
+        self.window_seconds: dict[int, float] | None = None
         self.spec = entry.spec
         # The network's activation bound, recorded at export. ONNX Runtime's peak at
         # 2636 px (11 GB, shared/perf-notes.md) sits at this bound, above eager PyTorch's.

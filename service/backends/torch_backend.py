@@ -42,6 +42,8 @@ class TorchBackend:
         self.spec: WindowSpec = spec or module.spec
         self.window_bytes: Callable[[int], int] = window_bytes or module.window_bytes
         self.name = name
+        self.engine, self.precision = "torch", "fp32"
+        self.window_seconds: dict[int, float] | None = None
 
     @classmethod
     def from_entry(cls, entry: ModelEntry, device: str | None = None) -> TorchBackend:

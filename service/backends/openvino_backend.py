@@ -1,0 +1,99 @@
+"""OpenVINO on the CPU: the store's ONNX graph compiled per window shape, in fp32 or
+in bf16 where the CPU computes bf16 natively (AVX512-BF16, AMX) and export checked
+that bf16 masks agree with fp32 PyTorch's (``manifest["precision_checks"]``)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from ..cpu import available_cores, choose_precision, this_cpu
+from ..errors import InputError
+from ..store import ONNX, ModelEntry
+from .base import model_inputs
+
+# Compiled shapes kept: a tile's windows share one shape, batches add one or two more;
+# each compiled shape holds its own activation buffers, so keep few.
+COMPILED_SHAPES = 3
+
+
+def precision_check(entry: ModelEntry, engine: str, precision: str) -> dict[str, Any] | None:
+    """Export's record of ``engine`` at ``precision`` against fp32 PyTorch, if any."""
+    record: dict[str, Any] | None = entry.manifest.get("precision_checks", {}).get(f"{engine}-{precision}")
+    return record
+
+
+def checked_precision(entry: ModelEntry, requested: str) -> tuple[str, str]:
+    """(precision, why) for OpenVINO on this CPU: ``auto`` takes bf16 only where the CPU
+    has it and the model's bf16 masks passed export's agreement check; a forced bf16
+    that failed (or was never checked) is refused with the reason."""
+    cpu = this_cpu()
+    precision = choose_precision(requested, cpu)
+    if precision == "fp32":
+        return "fp32", "forced" if requested == "fp32" else f"no native bf16 on {cpu.model}"
+    record = precision_check(entry, "openvino", "bf16")
+    if record is None:
+        problem = "was never checked against fp32 (re-run `footprints check-precision`)"
+    elif not record["accepted"]:
+        problem = f"flips {record['mask_flip_share']:.2%} of mask pixels against fp32 (limit {record['limit']:.1%})"
+    else:
+        return "bf16", f"native bf16; masks agree with fp32 on {1 - record['mask_flip_share']:.3%} of pixels"
+    if requested == "bf16":
+        raise InputError(f"model {entry.name} v{entry.version} in bf16 {problem}; use --precision fp32")
+    return "fp32", f"bf16 {problem}"
+
+
+class OpenVinoBackend:
+    """Runs ``model.onnx`` of a store entry (sha256-checked) through OpenVINO's CPU plugin."""
+
+    def __init__(self, entry: ModelEntry, precision: str = "auto", threads: int | None = None) -> None:
+        import openvino as ov
+
+        self.precision, self.precision_reason = checked_precision(entry, precision)
+        self.core = ov.Core()
+        self.model = self.core.read_model(str(entry.verify(ONNX)))
+        self.config = {
+            "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
+            "INFERENCE_NUM_THREADS": threads or available_cores(),
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        self._compiled: OrderedDict[tuple, Any] = OrderedDict()
+        self.name = f"{entry.name}/{entry.version}"
+        self.device = "cpu"
+        self.engine = "openvino"
+        self.window_seconds: dict[int, float] | None = None
+        self.spec = entry.spec
+        self.window_bytes = entry.memory.bytes
+        self._inputs = [i["name"] for i in entry.manifest["inputs"]]
+
+    @staticmethod
+    def openvino_version() -> str:
+        import openvino as ov
+
+        return str(ov.get_version())
+
+    def _request(self, shapes: tuple) -> Any:
+        """An infer request compiled for these exact input shapes (static shapes let the
+        plugin plan memory and pick kernels once)."""
+        if shapes in self._compiled:
+            self._compiled.move_to_end(shapes)
+            return self._compiled[shapes]
+        model = self.model.clone()
+        model.reshape({name: list(shape) for name, shape in zip(self._inputs, shapes)})
+        request = self.core.compile_model(model, "CPU", self.config).create_infer_request()
+        self._compiled[shapes] = request
+        while len(self._compiled) > COMPILED_SHAPES:
+            self._compiled.popitem(last=False)
+        return request
+
+    def infer(self, inputs: list[np.ndarray]) -> np.ndarray:
+        xs = model_inputs(inputs)
+        request = self._request(tuple(x.shape for x in xs))
+        request.infer(dict(zip(self._inputs, xs)))
+        out: np.ndarray = request.get_output_tensor(0).data[:, 0].copy()
+        return out
+
+    def close(self) -> None:
+        self._compiled.clear()
