@@ -29,14 +29,19 @@ def write(name: str, rows: list[dict], extra: dict | None = None, out: Path | No
     path = out or RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"benchmark": name, "machine": machine(), "rows": rows, **(extra or {})}, indent=2) + "\n")
-    cols = list(rows[0])
-    width = {c: max(len(c), *(len(_fmt(r[c])) for r in rows)) for c in cols}
+    print_table(rows)
+    print(f"\nwrote {path}")
+    return path
+
+
+def print_table(rows: list[dict]) -> None:
+    """Columns in first-seen order; a row without a column leaves it blank."""
+    cols = list(dict.fromkeys(c for r in rows for c in r))
+    width = {c: max(len(c), *(len(_fmt(r.get(c, ""))) for r in rows)) for c in cols}
     print(" | ".join(c.ljust(width[c]) for c in cols))
     print("-+-".join("-" * width[c] for c in cols))
     for r in rows:
-        print(" | ".join(_fmt(r[c]).ljust(width[c]) for c in cols))
-    print(f"\nwrote {path}")
-    return path
+        print(" | ".join(_fmt(r.get(c, "")).ljust(width[c]) for c in cols))
 
 
 def _fmt(v) -> str:

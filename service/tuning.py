@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,11 @@ def candidates(entry: ModelEntry, precision: str) -> list[tuple[str, str]]:
     return [c for c in out if precision == "auto" or c[1] == precision]
 
 
-def open_fastest(entry: ModelEntry, precision: str = "auto", budget: int | None = None, log=print) -> Backend:
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)  # stdout is the server's "serving on" line
+
+
+def open_fastest(entry: ModelEntry, precision: str = "auto", budget: int | None = None, log=_stderr) -> Backend:
     """The fastest engine for ``entry`` on this machine, with its ``window_seconds``."""
     from . import backends
 

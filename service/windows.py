@@ -257,7 +257,11 @@ def window_for_count(spec: WindowSpec, length: int, n: int, dual_overlap: int) -
     if spec.mode == "large":
         geo = spec.valid
         assert geo is not None
-        return geo.smallest_input_for_output(-(-length // n))
+        window = geo.smallest_input_for_output(-(-length // n))
+        # Offsets are multiples of the stride, so the output may need a little more.
+        while len(LargeWindowPlan(window, geo.margin, geo.stride).axis(length)) > n:
+            window = geo.smallest_input_for_output(window - 2 * geo.margin + 1)
+        return window
     overlap = spec.overlap if spec.mode == "overlap" else dual_overlap
     core = -(-(length + (n - 1) * overlap) // n)
     side = core + 2 * spec.margin if spec.mode == "overlap" else core

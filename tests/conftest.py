@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,9 @@ from rasterio.transform import from_origin
 from service.geoio import write_geotiff
 
 REPO = Path(__file__).resolve().parents[1]
+# Engine measurements (service.tuning) go to a folder of this test session, inherited by
+# the servers and CLIs the tests start: no test sees another machine's (or run's) cache.
+os.environ["FOOTPRINTS_CACHE"] = tempfile.mkdtemp(prefix="footprints-test-cache-")
 REAL_OAM = REPO.parent / "shared" / "data" / "real-oam"
 UTM = "EPSG:32616"
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..cpu import available_cores
 from ..geometry import WindowSpec
 from ..store import PROGRAM, ModelEntry
 from .base import model_inputs
@@ -48,6 +49,8 @@ class TorchBackend:
     @classmethod
     def from_entry(cls, entry: ModelEntry, device: str | None = None) -> TorchBackend:
         """The store version's exported program (sha256-checked)."""
+        # torch counts the host's cores, not the container's.
+        torch.set_num_threads(min(torch.get_num_threads(), available_cores()))
         program = torch.export.load(str(entry.verify(PROGRAM)))
         return cls(program.module(), device, f"{entry.name}/{entry.version}", entry.spec, entry.memory.bytes)
 

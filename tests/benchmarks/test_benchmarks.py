@@ -32,3 +32,35 @@ def test_serving_benchmark_imports_and_explains_itself():
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "--throughput-size" in done.stdout
+
+
+def test_engines_benchmark_compares_engines_and_the_grpc_tile_to_the_floor(tmp_path):
+    import torch
+
+    from training.export import export
+    from training.networks.model import SegmentationModel, save_checkpoint
+
+    torch.manual_seed(0)
+    model = SegmentationModel("effnet_unet", {"decoder": [16, 16, 8, 8, 8]}, [124.0, 116.0, 104.0], [58.0, 57.0, 57.0])
+    store = tmp_path / "store"
+    export(save_checkpoint(tmp_path / "tiny.pt", model), store, "tiny")
+    out = tmp_path / "engines.json"
+    done = subprocess.run(
+        [
+            sys.executable, str(REPO / "benchmarks/engines.py"), "--store", str(store), "--models", "tiny",
+            "--engines", "torch-eager,onnxruntime-fp32,openvino-fp32", "--tile-models", "tiny", "--size", "640",
+            "--out", str(out),
+        ],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["gemm_gflops"]["fp32"] > 0 and report["gemm_gflops"]["bf16"] > 0
+    engines = {r["engine"] for r in report["rows"]}
+    assert engines == {"torch-eager", "onnxruntime-fp32", "openvino-fp32"}
+    for r in report["rows"]:  # fp32 engines agree with PyTorch; every figure has its floor
+        assert r["seconds"] > 0 and r["x_floor"] > 0 and r["mask_agreement"] > 0.99 and r["peak_rss_mb"] > 0
+    paths = {r["path"]: r for r in report["tiles"]}
+    assert {"in-process", "gRPC", "gRPC / in-process"} <= set(paths)
+    assert paths["gRPC"]["mask_agreement"] > 0.99 and paths["gRPC"]["seconds"] > 0
+    assert (tmp_path / "engines.png").stat().st_size > 0 and "x_bf16_floor" in done.stdout

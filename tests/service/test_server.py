@@ -77,6 +77,8 @@ def _large_windows(store, side: int, window: int) -> int:
 
 def _config(store, **kw) -> ServerConfig:
     limits = kw.pop("limits", Limits(max_tiles_in_flight=4, max_raster_side=6000, max_batch=4))
+    # ONNX Runtime unless a test says otherwise: these tests compare against it exactly.
+    kw.setdefault("backend", "onnxruntime")
     return ServerConfig(store=store, port=0, metrics_port=0, limits=limits, grace_s=60, **kw)
 
 
@@ -341,7 +343,8 @@ def _serve_process(store, *extra):
     """A ``footprints serve`` process on free ports: (process, address, metrics URL)."""
     exe = Path(sys.executable).with_name("footprints")
     proc = subprocess.Popen(
-        [str(exe), "serve", "--store", str(store), "--port", "0", "--metrics-port", "0", *extra],
+        # ONNX Runtime unless asked otherwise, as _config: tests compare against it exactly.
+        [str(exe), "serve", "--store", str(store), "--port", "0", "--metrics-port", "0", "--backend", "onnxruntime", *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

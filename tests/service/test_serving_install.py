@@ -74,7 +74,7 @@ def test_serving_works_with_only_the_serving_dependencies(serving_venv, tmp_path
     image = _tile(tmp_path / "city")
     default = ModelStore(STORE).default_name()
     with RGBRaster(image) as src:
-        engine = TilingEngine(open_backend(ModelStore(STORE).get(default), "onnxruntime"), EngineConfig())
+        engine = TilingEngine(open_backend(ModelStore(STORE).get(default), "auto"), EngineConfig())
         expected = np.where(engine.probabilities(src) >= 0.5, 255, 0).astype(np.uint8)
     assert 0 < np.count_nonzero(expected) < expected.size
 

@@ -1,0 +1,196 @@
+"""Engines and precision per CPU, the precision agreement check, the windows of a
+5000-px tile under the default (measured) settings, and OpenVINO through gRPC."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from service.backends import open_backend
+from service.backends.openvino_backend import checked_precision
+from service.client import FootprintsClient
+from service.cpu import CpuInfo, choose_precision, this_cpu
+from service.errors import InputError
+from service.geoio import RGBRaster
+from service.geometry import WindowSpec
+from service.store import MANIFEST, ModelStore
+from service.tiler import EngineConfig, TilingEngine
+from service.tuning import cache_dir
+from training.export import export
+from training.networks.model import SegmentationModel, save_checkpoint
+from training.precision import FLIP_LIMIT, compare, precision_checks, torch_reference
+
+from ..conftest import write_image
+from .test_server import RunningServer, _config
+
+WITH_BF16 = CpuInfo("a CPU with AMX", frozenset({"avx512f", "amx_bf16", "amx_tile"}), 2)
+WITHOUT_BF16 = CpuInfo("an AVX2-only CPU", frozenset({"avx2", "fma"}), 2)
+needs_bf16 = pytest.mark.skipif(not this_cpu().bf16, reason=f"{this_cpu().model} computes no bf16 natively")
+
+
+def test_precision_follows_the_cpu_and_bf16_is_refused_without_it():
+    assert choose_precision("auto", WITH_BF16) == "bf16"
+    assert choose_precision("auto", WITHOUT_BF16) == "fp32"
+    assert choose_precision("fp32", WITH_BF16) == "fp32"
+    with pytest.raises(InputError, match="bf16 needs a CPU with AVX512-BF16 or AMX.*an AVX2-only CPU.*--precision fp32"):
+        choose_precision("bf16", WITHOUT_BF16)
+    with pytest.raises(InputError, match="unknown precision 'fp16'"):
+        choose_precision("fp16", WITH_BF16)
+
+
+class Fragile(torch.nn.Module):
+    """A network whose answer hangs on a difference bf16 cannot hold: the first layer
+    adds 256 to a value in [0, 1] and the second takes 256.5 away (bf16 keeps 8 bits,
+    so between layers 256 + v rounds to 256 or 258)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lift, self.decide = torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(4, 1, 1)
+        with torch.no_grad():
+            self.lift.weight.fill_(1 / (3 * 255))
+            self.lift.bias.fill_(256.0)
+            self.decide.weight.fill_(50.0 / 4)
+            self.decide.bias.fill_(-256.5 * 50)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.decide(torch.relu(self.lift(x))))
+
+
+@needs_bf16
+def test_the_precision_check_refuses_bf16_where_masks_flip(tmp_path):
+    fragile = Fragile().eval()
+    path = tmp_path / "fragile.onnx"
+    torch.onnx.export(fragile, (torch.zeros(1, 3, 32, 32),), str(path), input_names=["rgb"], dynamo=False, opset_version=17)
+    inputs = [np.random.default_rng(0).integers(0, 256, (2, 3, 64, 64)).astype(np.float32)]
+    checks = precision_checks(torch_reference(fragile), path, ["rgb"], inputs, ["noise a", "noise b"])
+    assert checks["openvino-fp32"]["accepted"] and checks["openvino-fp32"]["mask_flip_share"] == 0
+    bf16 = checks["openvino-bf16"]
+    assert bf16["measured"] and not bf16["accepted"] and bf16["mask_flip_share"] > 40 * FLIP_LIMIT
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("engine-store")
+    torch.manual_seed(3)
+    model = SegmentationModel("effnet_unet", {"decoder": [16, 16, 8, 8, 8]}, [124.0, 116.0, 104.0], [58.0, 57.0, 57.0])
+    export(save_checkpoint(root.parent / "tiny.pt", model), root, "tiny")
+    return root
+
+
+def _with_check(store: Path, tmp_path: Path, record: dict) -> Path:
+    """A copy of ``store`` whose manifest records ``record`` for OpenVINO bf16."""
+    import shutil
+
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    manifest_path = copy / "tiny" / "1" / MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    manifest["precision_checks"]["openvino-bf16"] = record
+    manifest_path.write_text(json.dumps(manifest))
+    return copy
+
+
+def test_a_refused_bf16_is_not_served(tiny_store, tmp_path, monkeypatch):
+    want = np.zeros((1, 1, 100, 100), np.float32)
+    got = want.copy()
+    got[..., :2, :] = 1.0  # 2 % of the pixels change side
+    record = {**compare(got, want, ["a window"]), "measured": True}
+    assert not record["accepted"]
+    entry = ModelStore(_with_check(tiny_store, tmp_path, record)).get("tiny")
+    monkeypatch.setattr("service.backends.openvino_backend.this_cpu", lambda: WITH_BF16)
+    with pytest.raises(InputError, match=r"tiny v1 in bf16 flips 2.00% of mask pixels.*limit 0.5%.*--precision fp32"):
+        open_backend(entry, "openvino", precision="bf16")
+    precision, why = checked_precision(entry, "auto")  # auto falls back, saying why
+    assert precision == "fp32" and "flips 2.00%" in why
+    monkeypatch.setattr("service.backends.openvino_backend.this_cpu", lambda: WITHOUT_BF16)
+    assert checked_precision(entry, "auto") == ("fp32", "no native bf16 on an AVX2-only CPU")
+
+
+class _Planned:
+    """What the planner sees of a backend: the geometry, the memory bound and the
+    seconds per window measured on some machine."""
+
+    def __init__(self, spec: WindowSpec, window_bytes, seconds: dict[int, float]) -> None:
+        self.spec, self.window_bytes, self.window_seconds, self.device = spec, window_bytes, seconds, "cpu"
+
+
+def test_the_windows_of_a_5000_px_tile_under_default_settings():
+    gib = 2**30
+    # AMLL's valid U-Net, seconds proportional to the window's area: the fewest
+    # windows the budget allows. With the paper's 2636 as the largest measured size
+    # that is 2 x 2 windows (2700 px: the 2500 px each covers start on a multiple of the stride), not a 3 x 3 grid.
+    amll = WindowSpec("large", {"cpu": 1180}, depth=4)
+    per_px = {s: 1e-7 * s * s for s in (572, 1180, 2636)}
+    plan = TilingEngine(_Planned(amll, lambda n: n * n * 600, per_px), EngineConfig(memory_budget_bytes=12 * gib)).plan(
+        5000, 5000
+    )
+    assert len(plan.windows) == 4 and plan.window == 2700 and {w.out_size for w in plan.windows} == {2516}
+    # A budget that holds only ~1900-px windows: 3 x 3, sized to the tile (not 3 x 3 of the cap).
+    plan = TilingEngine(_Planned(amll, lambda n: n * n * 600, per_px), EngineConfig(memory_budget_bytes=2 * gib)).plan(5000, 5000)
+    assert len(plan.windows) == 9 and 3 * plan.windows[0].out_size >= 5000 and plan.window < 1900
+
+    # The default model's same-padding geometry. Where big windows run slower per
+    # pixel (measured so on AMX: activations leave the caches), smaller ones win.
+    effnet = WindowSpec("overlap", {"cpu": 512}, multiple=32, margin=32, overlap=64)
+    flat = {512: 0.02, 1024: 0.08, 1792: 0.245}
+    steep = {512: 0.02, 1024: 0.08, 1792: 0.6}
+    wide = TilingEngine(_Planned(effnet, lambda n: n * n * 2800, flat), EngineConfig()).plan(5000, 5000)
+    narrow = TilingEngine(_Planned(effnet, lambda n: n * n * 2800, steep), EngineConfig()).plan(5000, 5000)
+    assert len(wide.windows) < len(narrow.windows) and wide.window > narrow.window
+    for plan in (wide, narrow):  # every pixel is covered
+        covered = np.zeros((5000, 5000), bool)
+        for w in plan.windows:
+            r0, r1, c0, c1 = w.keep
+            covered[r0:r1, c0:c1] = True
+        assert covered.all()
+    # No measurements (an explicit engine): the model's default window, as before.
+    plain = TilingEngine(_Planned(effnet, lambda n: n * n * 2800, {}), EngineConfig()).plan(5000, 5000)
+    assert plain.window == 512 and len(plain.windows) == 13 * 13
+
+
+def test_openvino_serves_through_grpc_as_in_process(tiny_store, tmp_path):
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(0, 256, (3, 300, 340)).astype(np.uint8)
+    rgb[:, 100:180, 60:200] = 235
+    image = write_image(tmp_path / "tile.tif", rgb)
+    backend = open_backend(ModelStore(tiny_store).get("tiny"), "openvino")
+    with RGBRaster(image) as src:
+        want = TilingEngine(backend, EngineConfig(window=256)).probabilities(src)
+    server = RunningServer(_config(tiny_store, backend="openvino"))
+    try:
+        with FootprintsClient(server.address) as client:
+            (info,) = client.list_models()
+            assert (info.backend, info.precision) == ("openvino", backend.precision)
+            assert backend.precision == ("bf16" if this_cpu().bf16 else "fp32")
+            result = client.segment_file(image, tmp_path / "mask.tif", model="tiny", window=256, progress=False)
+            assert (result.summary.backend, result.summary.precision) == ("openvino", backend.precision)
+        with rasterio.open(tmp_path / "mask.tif") as mask:
+            assert np.array_equal(mask.read(1) > 0, want >= 0.5)
+    finally:
+        server.stop()
+
+
+def test_auto_measures_once_and_serves_the_fastest(tiny_store, tmp_path, monkeypatch):
+    monkeypatch.setenv("FOOTPRINTS_CACHE", str(tmp_path / "cache"))
+    lines: list[str] = []
+    entry = ModelStore(tiny_store).get("tiny")
+    from service.tuning import open_fastest
+
+    first = open_fastest(entry, log=lines.append)
+    (record,) = json.loads((cache_dir() / "engines.json").read_text()).values()
+    assert f"{first.engine}-{first.precision}" == min(record["reference"], key=record["reference"].get)
+    assert {"onnxruntime-fp32", "openvino-fp32"} <= set(record["reference"])
+    assert ("openvino-bf16" in record["reference"]) == this_cpu().bf16
+    assert first.window_seconds and all(t > 0 for t in first.window_seconds.values())
+    assert len(lines) == 1 and "serving with" in lines[0]
+    again = open_fastest(entry, log=lines.append)  # from the cache: nothing measured
+    assert len(lines) == 1 and (again.engine, again.precision, again.window_seconds) == (
+        first.engine,
+        first.precision,
+        first.window_seconds,
+    )
