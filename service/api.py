@@ -98,7 +98,7 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
                         backend,
                         EngineConfig(
                             window=header.window or None,
-                            batch_size=self.limits.max_batch,
+                            batch_size=min(self.limits.max_batch, model.backend.best_batch or self.limits.max_batch),
                             tta=header.tta if header.HasField("tta") else None,
                             memory_budget_bytes=self.budget.total,
                         ),

@@ -34,6 +34,7 @@ class BatchedBackend:
         self.spec, self.device, self.name = base.spec, base.device, base.name
         self.window_bytes = base.window_bytes
         self.engine, self.precision, self.window_seconds = base.engine, base.precision, base.window_seconds
+        self.best_batch = base.best_batch
         self._cancelled = threading.Event()
         self._lock = threading.Lock()
         self._outstanding: set[Future] = set()
@@ -81,7 +82,8 @@ async def stream_rows(
     def work() -> None:
         try:
             for r0, r1, prob in engine.run(source, plan=plan):
-                loop.call_soon_threadsafe(queue.put_nowait, (r0, r1, prob.copy()))
+                # Final rows: the stitcher never writes them again, so no copy is needed.
+                loop.call_soon_threadsafe(queue.put_nowait, (r0, r1, prob))
             loop.call_soon_threadsafe(queue.put_nowait, done)
         except BaseException as e:  # forwarded to the RPC
             loop.call_soon_threadsafe(queue.put_nowait, e)

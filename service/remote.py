@@ -48,6 +48,7 @@ class RemoteBackend:
         # What the model server runs the windows on.
         self.engine, self.precision = f"remote {info.backend}", info.precision or "fp32"
         self.window_seconds: dict[int, float] | None = None
+        self.best_batch: int | None = None
 
     def infer(self, inputs: list[np.ndarray]) -> np.ndarray:
         with self._lock:

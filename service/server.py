@@ -90,7 +90,7 @@ class Server:
                 kind, threads, budget = backend.engine, 1, self.budget
             batcher = Batcher(
                 backend,
-                cfg.max_batch,
+                min(cfg.max_batch, backend.best_batch or cfg.max_batch),
                 cfg.max_queue_delay_ms / 1000,
                 cfg.max_queued_windows,
                 self.metrics,

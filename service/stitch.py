@@ -51,5 +51,6 @@ class Stitcher:
         r0, self.emitted = self.emitted, stop
         rows = self.plane[r0:stop]
         if self.blend is not None:
-            rows /= np.outer(self.row_sum[r0:stop], self.col_sum)
+            rows /= self.row_sum[r0:stop, None]
+            rows /= self.col_sum[None, :]
         return r0, stop, rows

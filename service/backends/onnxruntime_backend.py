@@ -26,6 +26,7 @@ class OnnxRuntimeBackend:
         self.device = "cpu"
         self.engine, self.precision = "onnxruntime", "fp32"
         self.window_seconds: dict[int, float] | None = None
+        self.best_batch: int | None = None
         self.spec = entry.spec
         # The network's activation bound, recorded at export. ONNX Runtime's peak at
         # 2636 px (11 GB, shared/perf-notes.md) sits at this bound, above eager PyTorch's.

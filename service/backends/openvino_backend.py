@@ -64,6 +64,7 @@ class OpenVinoBackend:
         self.device = "cpu"
         self.engine = "openvino"
         self.window_seconds: dict[int, float] | None = None
+        self.best_batch: int | None = None
         self.spec = entry.spec
         self.window_bytes = entry.memory.bytes
         self._inputs = [i["name"] for i in entry.manifest["inputs"]]

@@ -187,6 +187,7 @@ def test_auto_measures_once_and_serves_the_fastest(tiny_store, tmp_path, monkeyp
     assert {"onnxruntime-fp32", "openvino-fp32"} <= set(record["reference"])
     assert ("openvino-bf16" in record["reference"]) == this_cpu().bf16
     assert first.window_seconds and all(t > 0 for t in first.window_seconds.values())
+    assert first.best_batch == record["batch"] in (1, 2)  # two windows a call only where measured faster
     assert len(lines) == 1 and "serving with" in lines[0]
     again = open_fastest(entry, log=lines.append)  # from the cache: nothing measured
     assert len(lines) == 1 and (again.engine, again.precision, again.window_seconds) == (
