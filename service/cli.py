@@ -102,6 +102,31 @@ def _segment_remote(args: argparse.Namespace) -> int:
     return 0
 
 
+def _torchserve_archive(args: argparse.Namespace) -> int:
+    from .torchserve.archive import build_archive
+
+    mar = build_archive(args.store, args.model, args.out, args.batch_size, args.max_batch_delay_ms, args.workers)
+    print(f"archive {mar}")
+    return 0
+
+
+def _torchserve_start(args: argparse.Namespace) -> int:
+    from .torchserve.runner import start_daemon
+
+    ts = start_daemon(args.store, args.port, args.management_port, args.metrics_port, args.workers, args.job_queue_size)
+    print(
+        f"torchserve serving {', '.join(ts['models'])} on 127.0.0.1:{ts['port']} (--model-servers torchserve://127.0.0.1:{ts['port']})"
+    )
+    return 0
+
+
+def _torchserve_stop(args: argparse.Namespace) -> int:
+    from .torchserve.runner import stop_daemon
+
+    print(f"torchserve stopped (pid {stop_daemon(args.store)})")
+    return 0
+
+
 def _overlay(args: argparse.Namespace) -> int:
     from .overlay import write_overlay
 
@@ -219,6 +244,28 @@ def build_parser(ext: Extensions | None = None) -> argparse.ArgumentParser:
         help="memory all windows in flight may take, every tile and model together (default: half the RAM)",
     )
     p.set_defaults(func=_serve)
+
+    p = sub.add_parser("torchserve", help="our models on TorchServe: build archives, start and stop a TorchServe")
+    ts = p.add_subparsers(dest="action", required=True)
+    a = ts.add_parser("archive", help="write a .mar of a store version (exported program, manifest, our handler)")
+    a.add_argument("--model", required=True, help="NAME or NAME:VERSION")
+    a.add_argument("--store", type=Path, default=Path("model_store"))
+    a.add_argument("--out", type=Path, required=True, help="folder for the .mar (TorchServe's model store)")
+    a.add_argument("--batch-size", type=int, default=4, help="TorchServe's batchSize for this model")
+    a.add_argument("--max-batch-delay-ms", type=int, default=5, help="TorchServe's maxBatchDelay")
+    a.add_argument("--workers", type=int, default=1)
+    a.set_defaults(func=_torchserve_archive)
+    a = ts.add_parser("start", help="start TorchServe over a folder of archives; returns once every model is ready")
+    a.add_argument("--store", type=Path, required=True, help="folder of .mar archives")
+    a.add_argument("--port", type=int, default=8080, help="inference API port (0: any free)")
+    a.add_argument("--management-port", type=int, default=8081)
+    a.add_argument("--metrics-port", type=int, default=8082)
+    a.add_argument("--workers", type=int, default=1, help="workers per model")
+    a.add_argument("--job-queue-size", type=int, default=64)
+    a.set_defaults(func=_torchserve_start)
+    a = ts.add_parser("stop", help="stop the TorchServe started over this folder")
+    a.add_argument("--store", type=Path, required=True)
+    a.set_defaults(func=_torchserve_stop)
 
     _load_extensions(sub, ext)
     return parser

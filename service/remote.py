@@ -22,8 +22,46 @@ MAX_MESSAGE_BYTES = 512 * 2**20  # a batch of 2636-px windows and their float32 
 MESSAGE_OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
 
 
+TORCHSERVE = "torchserve://"
+
+
+class GrpcEndpoint:
+    """A ``footprints serve`` model server: its ``InferWindows``."""
+
+    def __init__(self, address: str, model: str, version: int) -> None:
+        self.address, self.model, self.version = address, model, version
+        self.channel = grpc.insecure_channel(address, options=MESSAGE_OPTIONS)
+        self.stub = pb_grpc.SegmentationStub(self.channel)
+
+    def infer(self, inputs: list[np.ndarray]) -> np.ndarray:
+        rgb = np.ascontiguousarray(inputs[0], dtype=np.uint8)
+        request = pb.InferWindowsRequest(
+            model=self.model,
+            model_version=self.version,
+            count=rgb.shape[0],
+            side=rgb.shape[-1],
+            rgb=rgb.tobytes(),
+            context=np.ascontiguousarray(inputs[1], dtype=np.uint8).tobytes() if len(inputs) > 1 else b"",
+        )
+        reply = self.stub.InferWindows(request)
+        return np.frombuffer(reply.probabilities, dtype="<f4").reshape(reply.count, reply.side, reply.side)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def endpoint(address: str, model: str, version: int):
+    """``HOST:PORT`` (a footprints model server) or ``torchserve://HOST:PORT``."""
+    if address.startswith(TORCHSERVE):
+        from .torchserve.backend import TorchServeEndpoint
+
+        return TorchServeEndpoint(address[len(TORCHSERVE) :], model, version)
+    return GrpcEndpoint(address, model, version)
+
+
 class RemoteBackend:
-    """A model served elsewhere: ``InferWindows`` on each address in turn."""
+    """A model served elsewhere: each window batch goes to the next endpoint in turn,
+    our model servers and TorchServe alike."""
 
     def __init__(
         self,
@@ -34,9 +72,8 @@ class RemoteBackend:
         spec: WindowSpec,
         window_bytes: Callable[[int], int],
     ) -> None:
-        self.channels = [grpc.insecure_channel(a, options=MESSAGE_OPTIONS) for a in addresses]
-        self.stubs = [pb_grpc.SegmentationStub(c) for c in self.channels]
-        self._next = itertools.cycle(range(len(self.stubs)))
+        self.endpoints = [endpoint(a, model, version) for a in addresses]
+        self._next = itertools.cycle(range(len(self.endpoints)))
         self._lock = threading.Lock()
         self.model, self.version = model, version
         self.device = "remote"
@@ -52,19 +89,9 @@ class RemoteBackend:
 
     def infer(self, inputs: list[np.ndarray]) -> np.ndarray:
         with self._lock:
-            stub = self.stubs[next(self._next)]
-        rgb = np.ascontiguousarray(inputs[0], dtype=np.uint8)
-        request = pb.InferWindowsRequest(
-            model=self.model,
-            model_version=self.version,
-            count=rgb.shape[0],
-            side=rgb.shape[-1],
-            rgb=rgb.tobytes(),
-            context=np.ascontiguousarray(inputs[1], dtype=np.uint8).tobytes() if len(inputs) > 1 else b"",
-        )
-        reply = stub.InferWindows(request)
-        return np.frombuffer(reply.probabilities, dtype="<f4").reshape(reply.count, reply.side, reply.side)
+            target = self.endpoints[next(self._next)]
+        return target.infer(inputs)
 
     def close(self) -> None:
-        for c in self.channels:
-            c.close()
+        for e in self.endpoints:
+            e.close()

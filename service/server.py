@@ -22,7 +22,7 @@ from .budget import MemoryBudget
 from .errors import NotFoundError
 from .metrics import Metrics
 from .registry import LoadedModel, ModelRegistry
-from .remote import MESSAGE_OPTIONS, RemoteBackend
+from .remote import MESSAGE_OPTIONS, TORCHSERVE, RemoteBackend
 from .store import ModelStore
 
 
@@ -102,7 +102,14 @@ class Server:
             self.metrics.model_loaded.labels(name, str(entry.version), kind, entry.mode).set(1)
 
     def _remote_info(self, name: str) -> pb.ModelInfo:
-        with grpc.insecure_channel(self.cfg.model_servers[0]) as channel:
+        """What the first of our own model servers says of the model; with TorchServe
+        alone, the store's manifest (TorchServe runs the exported program, in fp32)."""
+        ours = [a for a in self.cfg.model_servers if not a.startswith(TORCHSERVE)]
+        if not ours:
+            entry = ModelStore(self.cfg.store).get(name)
+            return pb.ModelInfo(name=name, version=entry.version, backend="torchserve", precision="fp32",
+                                default_window=entry.spec.default_window("cpu"))  # fmt: skip
+        with grpc.insecure_channel(ours[0]) as channel:
             return pb_grpc.SegmentationStub(channel).GetModel(pb.GetModelRequest(name=name), timeout=30)
 
     @classmethod

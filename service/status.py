@@ -29,6 +29,8 @@ STATUS: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Cancelled, grpc.StatusCode.CANCELLED),
+    # A model server (ours or TorchServe) that died or refused: the client may retry.
+    (ConnectionError, grpc.StatusCode.UNAVAILABLE),
 ]
 
 
