@@ -45,9 +45,9 @@ class TorchServeConfig:
                     f"inference_address=http://127.0.0.1:{self.inference_port}",
                     f"management_address=http://127.0.0.1:{self.management_port}",
                     f"metrics_address=http://127.0.0.1:{self.metrics_port}",
-                # Its own gRPC API (unused by us) takes ports too: free ones, so instances coexist.
-                f"grpc_inference_port={self.grpc_ports[0]}",
-                f"grpc_management_port={self.grpc_ports[1]}",
+                    # Its own gRPC API (unused by us) takes ports too: free ones, so instances coexist.
+                    f"grpc_inference_port={self.grpc_ports[0]}",
+                    f"grpc_management_port={self.grpc_ports[1]}",
                     f"model_store={self.archives.resolve()}",
                     "load_models=all",
                     f"default_workers_per_model={self.workers}",
