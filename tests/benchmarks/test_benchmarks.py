@@ -64,3 +64,11 @@ def test_engines_benchmark_compares_engines_and_the_grpc_tile_to_the_floor(tmp_p
     assert {"in-process", "gRPC"} <= set(paths)
     assert paths["gRPC"]["mask_agreement"] > 0.99 and paths["gRPC"]["grpc_over_in_process"] > 0
     assert (tmp_path / "engines.png").stat().st_size > 0 and "x_bf16_floor" in done.stdout
+
+
+def test_torchserve_benchmark_imports_and_explains_itself():
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/torchserve.py"), "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "--throughput-size" in done.stdout and "TorchServe" in done.stdout

@@ -69,7 +69,7 @@ def test_serving_works_with_only_the_serving_dependencies(serving_venv, tmp_path
     )
     assert probe.stdout.split() == ["None", "None"], probe.stdout + probe.stderr  # neither torch nor training
     commands = re.search(r"\{([a-z,]+)\}", _run(env, "--help", cwd=tmp_path).stdout)
-    assert commands and commands.group(1).split(",") == ["segment", "overlay", "serve"]  # no training commands
+    assert commands and commands.group(1).split(",") == ["segment", "overlay", "serve", "torchserve"]  # no training commands
 
     image = _tile(tmp_path / "city")
     default = ModelStore(STORE).default_name()
@@ -128,3 +128,7 @@ def test_serving_works_with_only_the_serving_dependencies(serving_venv, tmp_path
         env, "segment", str(image), "-o", str(tmp_path / "t.tif"), "--store", str(STORE), "--backend", "torch", cwd=tmp_path
     )
     assert torch_backend.returncode == 2 and "needs PyTorch" in torch_backend.stderr
+    archive = _run(
+        env, "torchserve", "archive", "--model", default, "--store", str(STORE), "--out", str(tmp_path / "mar"), cwd=tmp_path
+    )
+    assert archive.returncode == 2 and "torch-model-archiver is not installed" in archive.stderr
