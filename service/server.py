@@ -19,7 +19,7 @@ from .backends import open_backend
 from .backends.base import Backend
 from .batcher import Batcher
 from .budget import MemoryBudget
-from .errors import NotFoundError
+from .errors import InputError, NotFoundError
 from .metrics import Metrics
 from .registry import LoadedModel, ModelRegistry
 from .remote import MESSAGE_OPTIONS, TORCHSERVE, RemoteBackend
@@ -51,7 +51,8 @@ class Server:
         self.cfg = cfg
         self.metrics = Metrics()
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
-        self.grpc = grpc.aio.server(options=MESSAGE_OPTIONS)
+        # No SO_REUSEPORT: a second server on a port in use must fail, not split the traffic.
+        self.grpc = grpc.aio.server(options=[*MESSAGE_OPTIONS, ("grpc.so_reuseport", 0)])
         self.registry = ModelRegistry()
         self.budget = MemoryBudget(cfg.memory_budget_bytes)
         self.port = 0
@@ -109,8 +110,12 @@ class Server:
             entry = ModelStore(self.cfg.store).get(name)
             return pb.ModelInfo(name=name, version=entry.version, backend="torchserve", precision="fp32",
                                 default_window=entry.spec.default_window("cpu"))  # fmt: skip
-        with grpc.insecure_channel(ours[0]) as channel:
-            return pb_grpc.SegmentationStub(channel).GetModel(pb.GetModelRequest(name=name), timeout=30)
+        try:
+            with grpc.insecure_channel(ours[0]) as channel:
+                # A short deadline: an unreachable model server is a start-up error, said at once.
+                return pb_grpc.SegmentationStub(channel).GetModel(pb.GetModelRequest(name=name), timeout=10)
+        except grpc.RpcError as e:
+            raise InputError(f"model server {ours[0]} did not answer for {name}: {e.code().name} ({e.details()})") from None
 
     @classmethod
     async def start(cls, cfg: ServerConfig) -> Server:
@@ -121,12 +126,21 @@ class Server:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         names = (pb.DESCRIPTOR.services_by_name["Segmentation"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, self.grpc)
-        self.port = self.grpc.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        try:
+            self.port = self.grpc.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        except RuntimeError as e:  # grpc's bind failure
+            raise InputError(f"cannot listen on {cfg.host}:{cfg.port} ({e}); is another server using that port?") from None
         await self.grpc.start()
         for service in ("", pb.DESCRIPTOR.services_by_name["Segmentation"].full_name):
             await _set_health(self.health, service, health_pb2.HealthCheckResponse.SERVING)
         if cfg.metrics_port is not None:
-            self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.host).server_port
+            try:
+                self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.host).server_port
+            except OSError as e:
+                await self.grpc.stop(0)
+                raise InputError(
+                    f"cannot serve metrics on {cfg.host}:{cfg.metrics_port} ({e.strerror}); use --metrics-port 0 or -1"
+                ) from None
         return self
 
     async def stop(self) -> None:

@@ -481,3 +481,29 @@ def test_overlap_windows_through_grpc_and_remote_model_servers(overlap_store, tm
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
+
+
+def test_start_up_failures_are_one_line_and_a_port_in_use_is_refused(store):
+    """A second server on a port in use must not start and split the traffic
+    (SO_REUSEPORT); a metrics port in use and an unreachable model server end in
+    one error line, exit 2, not a traceback."""
+    first, address, metrics = _serve_process(store)
+    try:
+        port, metrics_port = address.rsplit(":", 1)[1], metrics.rsplit(":", 1)[1].split("/")[0]
+        exe = str(Path(sys.executable).with_name("footprints"))
+        base = [exe, "serve", "--store", str(store), "--backend", "onnxruntime"]
+        cases = {
+            "cannot listen on 127.0.0.1:" + port: ["--port", port, "--metrics-port", "-1"],
+            "cannot serve metrics on 127.0.0.1:" + metrics_port: ["--port", "0", "--metrics-port", metrics_port],
+            "model server 127.0.0.1:1 did not answer": ["--port", "0", "--metrics-port", "-1", "--model-servers", "127.0.0.1:1"],
+        }
+        for message, args in cases.items():
+            done = subprocess.run([*base, *args], capture_output=True, text=True, timeout=120, cwd=REPO)
+            ours = [line for line in done.stderr.splitlines() if line.startswith("footprints serve: error:")]
+            assert done.returncode == 2 and len(ours) == 1 and message in ours[0], done.stderr[-2000:]
+            assert "Traceback" not in done.stderr
+        with FootprintsClient(address) as client:  # the first server still has its port, and answers
+            assert {m.name for m in client.list_models()} == {"amll", "nus"}
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(60)
