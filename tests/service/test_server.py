@@ -38,20 +38,6 @@ CRS = "EPSG:32616"
 TRANSFORM = from_origin(500_000.0, 4_600_000.0, 0.3, 0.3)
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("store")
-    torch.manual_seed(0)
-    for name, net, args in (
-        ("amll", "amll_unet", {"filters": (4, 8, 16, 32, 64)}),
-        ("nus", "nus_dual_unet", {"channels": (4, 8, 16, 8, 4)}),
-    ):
-        model = SegmentationModel(net, args, [110.0, 112.0, 114.0])
-        export(save_checkpoint(root.parent / f"{name}.pt", model), root, name)
-    ModelStore(root).set_default("amll")
-    return root
-
-
 class RunningServer:
     """A footprints server in this process, on its own event loop thread."""
 

@@ -35,24 +35,6 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """Small amll (large windows) and nus (dual resolution) models, exported."""
-    import torch
-
-    from training.export import export
-    from training.networks.model import SegmentationModel, save_checkpoint
-
-    root = tmp_path_factory.mktemp("store")
-    torch.manual_seed(0)
-    for name, net, args in (
-        ("amll", "amll_unet", {"filters": (4, 8, 16, 32, 64)}),
-        ("nus", "nus_dual_unet", {"channels": (4, 8, 16, 8, 4)}),
-    ):
-        export(save_checkpoint(root.parent / f"{name}.pt", SegmentationModel(net, args, [110.0, 112.0, 114.0])), root, name)
-    return root
-
-
-@pytest.fixture(scope="module")
 def torchserve(store, tmp_path_factory):
     """A TorchServe over archives the CLI built from the test store (amll: large
     windows; nus: dual resolution)."""
