@@ -5,10 +5,62 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+from service.memory import STARTUP_ENV
+
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def with_startup_env() -> None:
+    """Re-run this script under the server's allocator settings (service.memory), so
+    in-process figures and a server's compare fairly."""
+    if any(os.environ.get(k) != v for k, v in STARTUP_ENV.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **STARTUP_ENV})
+
+
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """A process's peak RSS, VmHWM (ru_maxrss would carry a parent's peak over exec);
+    0 for a process already gone."""
+    try:
+        found = re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{pid}/status").read_text())
+    except OSError:
+        return 0.0
+    return int(found.group(1)) / 1024 if found else 0.0
+
+
+def serve(store: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """A ``footprints serve`` process on a free port, no metrics endpoint, in its own
+    process group (the server and what it spawns); returns it and its address."""
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("footprints")),
+            "serve",
+            "--store",
+            str(store),
+            "--port",
+            "0",
+            "--metrics-port",
+            "-1",
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **STARTUP_ENV},
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    line = proc.stdout.readline()  # type: ignore[union-attr]
+    found = re.search(r"127\.0\.0\.1:(\d+)", line)
+    if found is None:
+        proc.kill()
+        raise RuntimeError(f"footprints serve did not start: {line!r}")
+    return proc, f"127.0.0.1:{found.group(1)}"
 
 
 def machine() -> dict:

@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,12 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from service.memory import STARTUP_ENV
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _report  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 ENGINES = ("torch-eager", "torch-compile", "onnxruntime-fp32", "openvino-fp32", "openvino-bf16")
 
 
@@ -84,12 +78,6 @@ def _open(entry, engine: str):
     return open_backend(entry, kind, precision=precision)
 
 
-def _peak_rss_mb() -> float:
-    """This process's peak RSS (VmHWM: ru_maxrss would carry the parent's over exec)."""
-    status = Path("/proc/self/status").read_text()
-    return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
-
-
 def _window_job(store: str, name: str, engine: str, side: int, crops: list[np.ndarray], repeats: int, q) -> None:
     """In a fresh process, so the peak RSS is this engine's alone."""
     try:
@@ -105,7 +93,7 @@ def _window_job(store: str, name: str, engine: str, side: int, crops: list[np.nd
             t0 = time.perf_counter()
             backend.infer(crops)
             times.append(time.perf_counter() - t0)
-        q.put({"seconds": statistics.median(times), "first_call_s": first, "peak_rss_mb": _peak_rss_mb(), "probs": probs})
+        q.put({"seconds": statistics.median(times), "first_call_s": first, "peak_rss_mb": _report.peak_rss_mb(), "probs": probs})
     except Exception as e:  # reported as a row, not a crash of the whole run
         q.put({"error": f"{type(e).__name__}: {e}"})
 
@@ -223,7 +211,7 @@ def _tile_job(store: str, name: str, image: str, backend_kind: str, q) -> None:
                 "windows": len(plan.windows),
                 "window": plan.window,
                 "engine": f"{backend.engine}-{backend.precision}",
-                "peak_rss_mb": _peak_rss_mb(),
+                "peak_rss_mb": _report.peak_rss_mb(),
             }
         )
     except Exception as e:
@@ -235,11 +223,8 @@ def _grpc_tile(store: Path, name: str, image: Path) -> dict[str, Any]:
 
     from service.client import FootprintsClient
 
-    exe = Path(sys.executable).with_name("footprints")
-    cmd = [str(exe), "serve", "--store", str(store), "--models", name, "--port", "0", "--metrics-port", "-1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, **STARTUP_ENV}, cwd=ROOT)
+    proc, address = _report.serve(store, "--models", name)
     try:
-        address = "127.0.0.1:" + re.search(r"127\.0\.0\.1:(\d+)", proc.stdout.readline()).group(1)  # type: ignore[union-attr]
         times = []
         with tempfile.TemporaryDirectory() as tmp, FootprintsClient(address) as client:
             for _ in range(2):  # as in-process: the second tile, on a warm server
@@ -248,8 +233,7 @@ def _grpc_tile(store: Path, name: str, image: Path) -> dict[str, Any]:
                 times.append(time.perf_counter() - t0)
             with rasterio.open(Path(tmp) / "mask.tif") as m:
                 mask = m.read(1) > 0
-        status = Path(f"/proc/{proc.pid}/status").read_text()
-        hwm = int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
+        hwm = _report.peak_rss_mb(proc.pid)
         s = result.summary
         return {
             "seconds": times[-1],
@@ -338,12 +322,11 @@ def chart(windows: list[dict], tiles: list[dict], png: Path) -> None:
 
 
 def main() -> None:
-    if any(os.environ.get(k) != v for k, v in STARTUP_ENV.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **STARTUP_ENV})
+    _report.with_startup_env()
     from service.store import ModelStore
 
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--store", type=Path, default=ROOT / "model_store")
+    ap.add_argument("--store", type=Path, default=_report.ROOT / "model_store")
     ap.add_argument("--models", help="comma-separated (default: every model in the store; '' for none)")
     ap.add_argument("--engines", default=",".join(ENGINES))
     ap.add_argument("--tile-models", help="comma-separated (default: the store's default model and nus)")

@@ -14,10 +14,7 @@ Writes benchmarks/results/service.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,33 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from service.memory import STARTUP_ENV
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _report  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _serve(store: Path) -> tuple[subprocess.Popen, str]:
-    exe = Path(sys.executable).with_name("footprints")
-    proc = subprocess.Popen(
-        [str(exe), "serve", "--store", str(store), "--port", "0", "--metrics-port", "-1", "--max-tiles", "8"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **STARTUP_ENV},
-        cwd=ROOT,
-    )
-    port = re.search(r"127\.0\.0\.1:(\d+)", proc.stdout.readline()).group(1)
-    return proc, f"127.0.0.1:{port}"
-
 
 def main() -> None:
-    if any(os.environ.get(k) != v for k, v in STARTUP_ENV.items()):
-        # Same allocator settings as the server process, so the comparison is fair.
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **STARTUP_ENV})
+    _report.with_startup_env()
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--store", type=Path, default=ROOT / "model_store")
+    ap.add_argument("--store", type=Path, default=_report.ROOT / "model_store")
     ap.add_argument("--model", default="amll")
     ap.add_argument("--size", type=int, default=5000)
     ap.add_argument("--throughput-size", type=int, default=2500)
@@ -72,7 +50,7 @@ def main() -> None:
         tmp = Path(tmp)
         big = synthesize_tile(tmp / "big", style("fairhaven"), 1, args.size, 1, seed=11).image
         small = synthesize_tile(tmp / "small", style("harbourside"), 1, args.throughput_size, 1, seed=12).image
-        proc, address = _serve(args.store)
+        proc, address = _report.serve(args.store, "--max-tiles", "8")
         try:
             # 1. gRPC end to end vs in-process, same backend, same machine, back to back.
             engine = TilingEngine(open_backend(entry, "onnxruntime"), EngineConfig())

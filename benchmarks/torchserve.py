@@ -19,8 +19,6 @@ front end's and the model tier's process trees. JSON + table + PNG.
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -30,41 +28,20 @@ from pathlib import Path
 
 import numpy as np
 
-from service.memory import STARTUP_ENV
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _report  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-EXE = Path(sys.executable).with_name("footprints")
-
 
 def _tree_peak_mb(pgid: int) -> float:
-    """Sum of peak RSS (VmHWM) over a process group: a server and what it spawned."""
-    total = 0
-    for status in Path("/proc").glob("[0-9]*/status"):
+    """Sum of peak RSS over a process group: a server and what it spawned."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            stat = status.with_name("stat").read_text().rsplit(")", 1)[1].split()
-            if int(stat[2]) != pgid:
-                continue
-            found = re.search(r"VmHWM:\s+(\d+)", status.read_text())
+            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                total += _report.peak_rss_mb(stat.parent.name)
         except OSError:
             continue
-        total += int(found.group(1)) if found else 0
-    return total / 1024
-
-
-def _serve(store: Path, model: str, *extra: str) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(
-        [str(EXE), "serve", "--store", str(store), "--models", model, "--port", "0", "--metrics-port", "-1", *extra],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **STARTUP_ENV},
-        cwd=ROOT,
-        start_new_session=True,
-    )
-    line = proc.stdout.readline()  # type: ignore[union-attr]
-    return proc, "127.0.0.1:" + re.search(r"127\.0\.0\.1:(\d+)", line).group(1)  # type: ignore[union-attr]
+    return total
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -110,15 +87,14 @@ def _side(image: Path) -> int:
 
 
 def main() -> None:
-    if any(os.environ.get(k) != v for k, v in STARTUP_ENV.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **STARTUP_ENV})
+    _report.with_startup_env()
     from service.store import ModelStore
     from service.torchserve.archive import archive_name, build_archive
     from service.torchserve.runner import TorchServe, TorchServeConfig
     from training.synthetic import style, synthesize_tile
 
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--store", type=Path, default=ROOT / "model_store")
+    ap.add_argument("--store", type=Path, default=_report.ROOT / "model_store")
     ap.add_argument("--model", help="default: the store's default model")
     ap.add_argument("--size", type=int, default=5000)
     ap.add_argument("--throughput-size", type=int, default=2500)
@@ -142,13 +118,13 @@ def main() -> None:
             tier_proc: subprocess.Popen | None = None
             ts: TorchServe | None = None
             if tier == "ours":
-                tier_proc, tier_address = _serve(args.store, model, "--backend", "torch")
+                tier_proc, tier_address = _report.serve(args.store, "--models", model, "--backend", "torch")
                 extra = ("--model-servers", tier_address)
             elif tier == "torchserve":
                 ts = TorchServe(TorchServeConfig(archives, log_dir=tmp / "ts-logs"))
                 ts.wait_ready(1)
                 extra = ("--model-servers", f"torchserve://{ts.address}")
-            front, address = _serve(args.store, model, *extra)
+            front, address = _report.serve(args.store, "--models", model, *extra)
             try:
                 m = _measure(address, model, big, small, args.tiles, tmp)
                 m["front_peak_mb"] = _tree_peak_mb(front.pid)
