@@ -1,5 +1,5 @@
-"""The TorchServe handler of a footprints archive: window inference exactly as our
-backends run it (``model_inputs``: uint8 crops in, building probabilities out).
+"""The TorchServe handler of a footprints archive: window inference by our own PyTorch
+backend (``TorchBackend``: ``model_inputs``, uint8 crops in, building probabilities out).
 
 TorchServe imports this file by itself, so it names one class (its rule) and reaches
 our code through the installed ``footprints`` package. The archive holds the version's
@@ -13,24 +13,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from service.backends.base import model_inputs
+from service.backends.torch_backend import TorchBackend
+from service.store import MANIFEST, ModelEntry
 from service.torchserve.wire import decode_windows, encode_probabilities
 
 
 class FootprintsWindowHandler:
     def __init__(self) -> None:
-        self.module: Any = None
+        self.backend: TorchBackend | None = None
         self.initialized = False
 
     def initialize(self, context: Any) -> None:
         folder = Path(context.system_properties["model_dir"])
-        self.manifest = json.loads((folder / "manifest.json").read_text())
-        self.module = torch.export.load(str(folder / "model.pt2")).module()
+        manifest = json.loads((folder / MANIFEST).read_text())
+        # The archive's folder is a store version: the program is sha256-checked on load.
+        entry = ModelEntry(manifest["name"], int(manifest["version"]), folder, manifest)
+        self.backend = TorchBackend.from_entry(entry, "cpu")
         self.initialized = True
 
-    @torch.inference_mode()
     def handle(self, data: list[dict], context: Any) -> list[bytes]:
         """One answer per request of TorchServe's batch; requests whose windows share a
         shape run in one call (TorchServe's batching, then ours within it)."""
@@ -39,10 +40,10 @@ class FootprintsWindowHandler:
         by_shape: dict[tuple, list[int]] = {}
         for i, crops in enumerate(requests):
             by_shape.setdefault(tuple(c.shape[1:] for c in crops), []).append(i)
+        assert self.backend is not None, "TorchServe calls initialize first"
         for members in by_shape.values():
             stacked = [np.concatenate([requests[i][k] for i in members]) for k in range(len(requests[members[0]]))]
-            xs = [torch.from_numpy(x).contiguous(memory_format=torch.channels_last) for x in model_inputs(stacked)]
-            probs = self.module(*xs)[:, 0].float().numpy()
+            probs = self.backend.infer(stacked)
             start = 0
             for i in members:
                 n = len(requests[i][0])
