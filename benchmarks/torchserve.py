@@ -34,14 +34,9 @@ import _report  # noqa: E402
 
 def _tree_peak_mb(pgid: int) -> float:
     """Sum of peak RSS over a process group: a server and what it spawned."""
-    total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) == pgid:
-                total += _report.peak_rss_mb(stat.parent.name)
-        except OSError:
-            continue
-    return total
+    from service.torchserve.runner import group_processes
+
+    return sum(_report.peak_rss_mb(pid) for pid in group_processes(pgid))
 
 
 def _stop(proc: subprocess.Popen) -> None:

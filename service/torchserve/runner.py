@@ -166,17 +166,18 @@ def start_daemon(archives: Path, port: int, management_port: int, metrics_port: 
     return state
 
 
-def _group_alive(pgid: int) -> bool:
-    """Whether any process of the group still runs (zombies left to an init that does
+def group_processes(pgid: int) -> list[int]:
+    """Pids of a process group's running members (zombies left to an init that does
     not reap them do not count)."""
+    pids = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
         if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
+            pids.append(int(stat.parent.name))
+    return pids
 
 
 def stop_daemon(archives: Path, timeout: float = 60.0) -> int:
@@ -187,9 +188,9 @@ def stop_daemon(archives: Path, timeout: float = 60.0) -> int:
     try:
         os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while _group_alive(pid) and time.monotonic() < deadline:
+        while group_processes(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if _group_alive(pid):
+        if group_processes(pid):
             os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
