@@ -6,7 +6,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$root/scripts/setup.sh"
 cd "$root"
 echo "== ruff check, ruff format --check, mypy service/"
-.venv/bin/ruff check service training tests benchmarks
-.venv/bin/ruff format --check --quiet service training tests benchmarks
+.venv/bin/ruff check service training tests benchmarks loadtest
+.venv/bin/ruff format --check --quiet service training tests benchmarks loadtest
 .venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

@@ -3,12 +3,13 @@ a process in tests), exposed over HTTP by :meth:`Metrics.serve`."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, start_http_server
 
 
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        ProcessCollector(registry=r)  # process_resident_memory_bytes and the like: what a soak watches
         self.requests = Counter("footprints_requests", "RPCs finished, by method and status code", ["method", "code"], registry=r)
         self.tile_seconds = Histogram(
             "footprints_tile_seconds",
