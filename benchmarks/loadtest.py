@@ -43,7 +43,16 @@ def main() -> None:
     metrics_port = _free_port()
     proc, address = _report.serve(args.store, "--max-tiles", "8", "--metrics-port", str(metrics_port))
     footprints = str(Path(sys.executable).with_name("footprints"))
-    common = [footprints, "loadtest", "--server", address, "--metrics", f"http://127.0.0.1:{metrics_port}/metrics", "--size", str(args.size)]
+    common = [
+        footprints,
+        "loadtest",
+        "--server",
+        address,
+        "--metrics",
+        f"http://127.0.0.1:{metrics_port}/metrics",
+        "--size",
+        str(args.size),
+    ]
     out = _report.RESULTS / "loadtest"
     try:
         subprocess.run(

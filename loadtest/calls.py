@@ -35,14 +35,18 @@ def _chunks(data: bytes) -> Iterator[bytes]:
         yield data[i : i + CHUNK_BYTES]
 
 
-def send(client: FootprintsClient, tile: Tile, model: str, timeout: float | None, step: str, t0: float, late: float = 0.0) -> Call:
+def send(
+    client: FootprintsClient, tile: Tile, model: str, timeout: float | None, step: str, t0: float, late: float = 0.0
+) -> Call:
     """Stream ``tile`` and read every reply (rows are counted, not kept)."""
     header = pb.TileHeader(model=model, geotiff=pb.GeoTiffInput(size_bytes=len(tile.data)))
     start = time.perf_counter()
     try:
         result = client.stream(header, _chunks(tile.data), lambda rows: None, timeout=timeout)
     except grpc.RpcError as e:
-        return Call(step, start - t0, time.perf_counter() - start + late, e.code().name, tile.pixels, late=late, message=e.details() or "")
+        return Call(
+            step, start - t0, time.perf_counter() - start + late, e.code().name, tile.pixels, late=late, message=e.details() or ""
+        )
     latency = time.perf_counter() - start
     windows = result.summary.windows if result.summary is not None else 0
     first = None if result.first_rows_at is None else result.first_rows_at + late

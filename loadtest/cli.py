@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from service.cli import add_client_security, client_security
 from service.errors import InputError
 
 SOAK_SECONDS = 1800.0
@@ -48,6 +49,8 @@ def _levels(text: str | None) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import grpc
+
     from service.client import FootprintsClient
 
     from . import report
@@ -59,14 +62,16 @@ def run(args: argparse.Namespace) -> int:
     levels = [_soak_concurrency(args)] if args.soak else _levels(args.concurrency)
     if not levels and args.rate is None and args.rate_windows is None:
         raise InputError("nothing to run: give --concurrency, --rate or --rate-windows (or --soak)")
+    security = client_security(args)
+
     def make_client() -> FootprintsClient:
-        return FootprintsClient(args.server)
+        return FootprintsClient(args.server, security)
 
     with make_client() as probe:  # fail fast, in one line, on a server that is not there
         try:
             probe.list_models(timeout=10)
-        except Exception as e:
-            raise InputError(f"server {args.server} does not answer: {getattr(e, 'details', lambda: e)()}") from None
+        except grpc.RpcError as e:
+            raise InputError(f"server {args.server} answered {e.code().name}: {e.details()}") from None
     tiles = _tiles(args)
     driver = Driver(make_client, tiles, args.model or "", args.timeout)
     warm = driver.warm_up(args.warmup)
@@ -95,7 +100,12 @@ def run(args: argparse.Namespace) -> int:
     soak = None
     if args.soak:
         trend = report.rss_trend(samples)
-        soak = {"concurrency": levels[0], "seconds": steps[0]["seconds"], "errors": sum(steps[0]["errors"].values()), "rss": trend}
+        soak = {
+            "concurrency": levels[0],
+            "seconds": steps[0]["seconds"],
+            "errors": sum(steps[0]["errors"].values()),
+            "rss": trend,
+        }
     meta = {
         "server": args.server,
         "model": args.model or "(server default)",
@@ -113,8 +123,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"saturation: {sat['concurrency']} clients, {sat['tiles_per_s']:.3f} tiles/s, p99 {sat['p99_s']:.2f} s")
     if soak:
         rss = soak["rss"]
-        trend = "too short for a trend" if rss is None else f"RSS {rss['first_mb']:.0f} -> {rss['last_mb']:.0f} MB ({rss['change']:+.1%})"
-        print(f"soak: {soak['errors']} errors in {soak['seconds']:.0f} s, {trend}")
+        said = (
+            "too short for a trend"
+            if rss is None
+            else f"RSS {rss['first_mb']:.0f} -> {rss['last_mb']:.0f} MB ({rss['change']:+.1%})"
+        )
+        print(f"soak: {soak['errors']} errors in {soak['seconds']:.0f} s, {said}")
     print(f"report {page}")
     return 0
 
@@ -132,7 +146,9 @@ def register(sub: Any, ext: Any) -> None:
     p.add_argument("--model", help="model name (default: the server's default)")
     p.add_argument("--concurrency", default="1,2,4,8", help="closed loop: clients per step, e.g. 1,2,4,8")
     p.add_argument("--rate", type=float, help="open loop: tiles per second (Poisson arrivals)")
-    p.add_argument("--rate-windows", type=float, help="open loop: model windows per second (converted with the warm-up's windows per tile)")
+    p.add_argument(
+        "--rate-windows", type=float, help="open loop: model windows per second (converted with the warm-up's windows per tile)"
+    )
     p.add_argument("--duration", type=float, help="seconds per step (default 60; --soak: 1800)")
     p.add_argument("--count", type=int, help="tiles per step instead of a duration")
     p.add_argument("--warmup", type=int, default=2, help="tiles sent first and not counted")
@@ -141,4 +157,5 @@ def register(sub: Any, ext: Any) -> None:
     p.add_argument("--saturation-from", type=Path, help="--soak: take the concurrency from this report.json")
     p.add_argument("--seed", type=int, default=0, help="open loop: arrival times' seed")
     p.add_argument("--out", type=Path, default=Path("loadtest-report"), help="folder for report.json, report.html and charts")
+    add_client_security(p)
     p.set_defaults(func=run)

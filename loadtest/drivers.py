@@ -20,11 +20,15 @@ from service.client import FootprintsClient
 from .calls import Call, send
 from .tiles import Tile
 
+ERROR_BACKOFF_S = 0.1
+
 
 class Driver:
     """Sends tiles to one server and keeps every call it made (``calls``)."""
 
-    def __init__(self, make_client: Callable[[], FootprintsClient], tiles: list[Tile], model: str = "", timeout: float | None = 600) -> None:
+    def __init__(
+        self, make_client: Callable[[], FootprintsClient], tiles: list[Tile], model: str = "", timeout: float | None = 600
+    ) -> None:
         self.make_client, self.tiles, self.model, self.timeout = make_client, tiles, model, timeout
         self.t0 = time.perf_counter()
         self.calls: list[Call] = []
@@ -48,7 +52,9 @@ class Driver:
         with self.make_client() as client:
             return [send(client, self._next_tile(), self.model, self.timeout, "warm-up", self.t0) for _ in range(count)]
 
-    def closed(self, concurrency: int, duration: float | None = None, count: int | None = None, step: str | None = None) -> list[Call]:
+    def closed(
+        self, concurrency: int, duration: float | None = None, count: int | None = None, step: str | None = None
+    ) -> list[Call]:
         """``concurrency`` clients for ``duration`` seconds or ``count`` calls in all."""
         step = step or f"c={concurrency}"
         first = len(self.calls)
@@ -63,7 +69,10 @@ class Driver:
                         return
                     if count is not None and next(tickets) >= count:
                         return
-                    self._keep(send(client, self._next_tile(), self.model, self.timeout, step, self.t0), bar)
+                    call = send(client, self._next_tile(), self.model, self.timeout, step, self.t0)
+                    self._keep(call, bar)
+                    if call.code != "OK":
+                        time.sleep(ERROR_BACKOFF_S)  # as a client would, rather than hammer a refusing server
 
         threads = [threading.Thread(target=client_loop, name=f"client-{i}") for i in range(concurrency)]
         for t in threads:
@@ -74,7 +83,13 @@ class Driver:
         return self.calls[first:]
 
     def open(
-        self, rate: float, duration: float | None = None, count: int | None = None, step: str | None = None, seed: int = 0, max_clients: int = 64
+        self,
+        rate: float,
+        duration: float | None = None,
+        count: int | None = None,
+        step: str | None = None,
+        seed: int = 0,
+        max_clients: int = 64,
     ) -> list[Call]:
         """Tiles arriving at ``rate`` per second on average (exponential gaps), each
         sent on its own client thread (up to ``max_clients`` at once; an arrival that

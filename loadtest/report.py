@@ -35,7 +35,8 @@ def step_summary(step: str, calls: list[Call], samples: list[Sample]) -> dict:
         "tiles_per_s": len(ok) / wall,
         "mpx_per_s": sum(c.pixels for c in ok) / wall / 1e6,
         "windows_per_s": sum(c.windows for c in ok) / wall,
-        "latency_s": {q: float(np.percentile(lat, p)) for q, p in (("p50", 50), ("p90", 90), ("p99", 99))} | {"max": float(lat.max())},
+        "latency_s": {q: float(np.percentile(lat, p)) for q, p in (("p50", 50), ("p90", 90), ("p99", 99))}
+        | {"max": float(lat.max())},
         "first_row_s": {"p50": float(np.percentile(first, 50)), "p99": float(np.percentile(first, 99))},
         "server": {
             "queued_windows_mean": float(np.mean([s.queued_windows for s in during])) if during else None,
@@ -65,7 +66,13 @@ def rss_trend(samples: list[Sample], window_s: float = 300.0) -> dict | None:
     a = [s.rss_bytes for s in samples if s.at <= samples[0].at + window_s]
     b = [s.rss_bytes for s in samples if s.at >= samples[-1].at - window_s]
     first, last = float(np.mean(a)) / 2**20, float(np.mean(b)) / 2**20
-    return {"window_s": window_s, "first_mb": first, "last_mb": last, "change": last / first - 1, "flat": abs(last / first - 1) <= 0.05}
+    return {
+        "window_s": window_s,
+        "first_mb": first,
+        "last_mb": last,
+        "change": last / first - 1,
+        "flat": abs(last / first - 1) <= 0.05,
+    }
 
 
 def write(out: Path, meta: dict, calls: list[Call], samples: list[Sample], steps: list[dict], soak: dict | None) -> Path:
@@ -132,7 +139,9 @@ def _charts(out: Path, calls: list[Call], samples: list[Sample], steps: list[dic
     fig.tight_layout()
     fig.savefig(out / "latency_over_time.png", dpi=110)
     plt.close(fig)
-    charts.append(("latency_over_time.png", "Latency of every tile over the run (red crosses: errors), and the server's resident memory"))
+    charts.append(
+        ("latency_over_time.png", "Latency of every tile over the run (red crosses: errors), and the server's resident memory")
+    )
 
     closed = [s for s in steps if s["step"].startswith("c=")]
     if closed:
@@ -150,7 +159,9 @@ def _charts(out: Path, calls: list[Call], samples: list[Sample], steps: list[dic
         sat = saturation(steps)
         if sat:
             ax.axvline(sat["concurrency"], color="grey", lw=1, ls=":")
-            ax.annotate("saturation", (sat["concurrency"], sat["tiles_per_s"]), textcoords="offset points", xytext=(5, -15), fontsize=8)
+            ax.annotate(
+                "saturation", (sat["concurrency"], sat["tiles_per_s"]), textcoords="offset points", xytext=(5, -15), fontsize=8
+            )
         right.legend(loc="upper left", fontsize=8)
         ax.grid(alpha=0.3)
         fig.tight_layout()
@@ -162,10 +173,24 @@ def _charts(out: Path, calls: list[Call], samples: list[Sample], steps: list[dic
 
 def _html(report: dict, charts: list[tuple[str, str]]) -> str:
     meta = report["meta"]
-    rows = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in _row(s)) + "</tr>" for s in report["steps"]
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in _row(s)) + "</tr>" for s in report["steps"])
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in (
+            "step",
+            "ok",
+            "errors",
+            "tiles/s",
+            "Mpx/s",
+            "p50 s",
+            "p90 s",
+            "p99 s",
+            "max s",
+            "first row p50 s",
+            "mean batch",
+            "server RSS MB",
+        )
     )
-    head = "".join(f"<th>{h}</th>" for h in ("step", "ok", "errors", "tiles/s", "Mpx/s", "p50 s", "p90 s", "p99 s", "max s", "first row p50 s", "mean batch", "server RSS MB"))
     sat = report["saturation"]
     soak = report["soak"]
     parts = [
@@ -176,10 +201,15 @@ def _html(report: dict, charts: list[tuple[str, str]]) -> str:
         f"<table><tr>{head}</tr>{rows}</table>",
     ]
     if sat:
-        parts.append(f"<p><b>Saturation</b>: {sat['concurrency']} clients, {sat['tiles_per_s']:.3f} tiles/s, p99 {sat['p99_s']:.2f} s.</p>")
+        parts.append(
+            f"<p><b>Saturation</b>: {sat['concurrency']} clients, {sat['tiles_per_s']:.3f} tiles/s, p99 {sat['p99_s']:.2f} s.</p>"
+        )
     if soak:
         parts.append(f"<p><b>Soak</b>: {html.escape(json.dumps(soak))}</p>")
-    parts += [f"<figure><img src='{name}' alt='{html.escape(text)}'><figcaption>{html.escape(text)}</figcaption></figure>" for name, text in charts]
+    parts += [
+        f"<figure><img src='{name}' alt='{html.escape(text)}'><figcaption>{html.escape(text)}</figcaption></figure>"
+        for name, text in charts
+    ]
     return "\n".join(parts)
 
 

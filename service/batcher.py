@@ -67,13 +67,23 @@ class Batcher:
 
     async def infer(self, crops: list[np.ndarray]) -> np.ndarray:
         """Probabilities ``(h, w)`` of one window; waits for its batch to run."""
-        if self._queued >= self.max_queued:
-            raise QueueFull(f"{self._queued} windows already queued for model {self.label} (limit {self.max_queued})")
-        item = _Pending(crops, asyncio.get_running_loop().create_future())
-        self._queues.setdefault(tuple(c.shape for c in crops), []).append(item)
-        self._count(+1)
+        return await self.submit([crops])[0]
+
+    def submit(self, windows: list[list[np.ndarray]]) -> list[asyncio.Future]:
+        """Queue windows all or none: a call the queue cannot take runs nothing."""
+        if self._queued + len(windows) > self.max_queued:
+            raise QueueFull(
+                f"{self._queued} windows already queued for model {self.label}; {len(windows)} more exceed the limit of {self.max_queued}"
+            )
+        loop = asyncio.get_running_loop()
+        futures = []
+        for crops in windows:
+            item = _Pending(crops, loop.create_future())
+            self._queues.setdefault(tuple(c.shape for c in crops), []).append(item)
+            futures.append(item.future)
+        self._count(len(windows))
         self._wake.set()
-        return await item.future
+        return futures
 
     def _count(self, delta: int) -> None:
         self._queued += delta

@@ -38,3 +38,30 @@ class MemoryBudget:
         async with self._changed:
             self.used -= nbytes
             self._changed.notify_all()
+
+
+class OverBudget(Exception):
+    """A tile the server's memory cannot take now (gRPC: RESOURCE_EXHAUSTED)."""
+
+
+class TileMemory:
+    """Bytes the tiles being served may hold outside model windows (upload buffers,
+    probability and mask planes). A tile takes its share from its declared size before
+    any of its bytes is accepted, or is refused at once: unlike a window, a tile that
+    waited would hold its upload meanwhile."""
+
+    def __init__(self, total_bytes: int | None = None) -> None:
+        self.total = int(total_bytes or half_the_ram() // 2)
+        self.used = 0
+
+    def take(self, nbytes: int, what: str) -> int:
+        if self.used + nbytes > self.total:
+            raise OverBudget(
+                f"{what} needs {nbytes / 2**20:.0f} MiB; tiles in flight hold {self.used / 2**20:.0f} of "
+                f"{self.total / 2**20:.0f} MiB; retry later"
+            )
+        self.used += nbytes
+        return nbytes
+
+    def give(self, nbytes: int) -> None:
+        self.used -= nbytes

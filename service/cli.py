@@ -31,6 +31,28 @@ class Extensions:
     open_checkpoint: Callable[[Path, str | None], Any] | None = None
 
 
+def add_client_security(p: argparse.ArgumentParser, prefix: str = "", whom: str = "the server") -> None:
+    """TLS, mutual TLS and bearer-token flags of a client (``prefix``: e.g. ``model-server-``)."""
+    p.add_argument(f"--{prefix}tls-ca", type=Path, help=f"CA certificate that signed {whom}'s: connect with TLS")
+    p.add_argument(f"--{prefix}tls-cert", type=Path, help="this client's certificate, for mutual TLS")
+    p.add_argument(f"--{prefix}tls-key", type=Path, help="this client's private key, for mutual TLS")
+    p.add_argument(f"--{prefix}token-file", type=Path, help=f"file whose first line is the bearer token {whom} expects")
+
+
+def client_security(args: argparse.Namespace, prefix: str = ""):
+    """The :class:`~service.security.ClientSecurity` the flags of :func:`add_client_security` ask for."""
+    from .security import ClientSecurity, read_token
+
+    p = prefix.replace("-", "_")
+    token_file = getattr(args, f"{p}token_file")
+    return ClientSecurity(
+        ca=getattr(args, f"{p}tls_ca"),
+        cert=getattr(args, f"{p}tls_cert"),
+        key=getattr(args, f"{p}tls_key"),
+        token=read_token(token_file) if token_file else None,
+    )
+
+
 def _segment(args: argparse.Namespace) -> int:
     if args.server:
         return _segment_remote(args)
@@ -76,7 +98,7 @@ def _segment_remote(args: argparse.Namespace) -> int:
     from .client import FootprintsClient
 
     name, _, version = (args.model or "").partition(":")  # no name: the server's default model
-    with FootprintsClient(args.server) as client:
+    with FootprintsClient(args.server, client_security(args), timeout=args.timeout) as client:
         try:
             result = client.segment_file(
                 args.image,
@@ -137,9 +159,12 @@ def _overlay(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
+    from . import logs
     from .api import Limits
+    from .remote import Link
     from .server import ServerConfig, serve_forever
 
+    logs.configure(args.log_format, args.log_level)
     cfg = ServerConfig(
         store=args.store,
         host=args.host,
@@ -151,10 +176,27 @@ def _serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         max_queue_delay_ms=args.max_queue_delay_ms,
         max_queued_windows=args.max_queued_windows,
-        limits=Limits(max_tiles_in_flight=args.max_tiles, max_raster_side=args.max_side, max_batch=args.max_batch),
+        limits=Limits(
+            max_tiles_in_flight=args.max_tiles,
+            max_raster_side=args.max_side,
+            max_batch=args.max_batch,
+            max_window=args.max_window,
+            upload_idle_s=args.upload_idle_timeout,
+            tile_memory_bytes=int(args.tile_memory_gb * 2**30) if args.tile_memory_gb else None,
+        ),
         grace_s=args.grace,
         model_servers=args.model_servers.split(",") if args.model_servers else [],
+        link=Link(
+            timeout_s=args.model_server_timeout,
+            retries=args.model_server_retries,
+            security=client_security(args, "model-server-"),
+        ),
         memory_budget_bytes=int(args.memory_budget_gb * 2**30) if args.memory_budget_gb else None,
+        watch_store_s=args.watch_store,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        tokens_file=args.tokens_file,
     )
     asyncio.run(serve_forever(cfg))
     return 0
@@ -188,6 +230,8 @@ def build_parser(ext: Extensions | None = None) -> argparse.ArgumentParser:
         "--model", help="NAME or NAME:VERSION, from the store in-process or on --server (default: the store's default model)"
     )
     which.add_argument("--server", help="HOST:PORT of a footprints server: stream the tile there")
+    p.add_argument("--timeout", type=float, default=600.0, help="with --server: the tile's deadline, s")
+    add_client_security(p)
     p.add_argument("--store", type=Path, default=Path("model_store"), help="model store folder (in-process)")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="with --model; auto: the fastest measured here")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto: bf16 where the CPU has it (OpenVINO)")
@@ -237,7 +281,22 @@ def build_parser(ext: Extensions | None = None) -> argparse.ArgumentParser:
     p.add_argument("--max-tiles", type=int, default=4, help="tiles in flight at once; past this, RESOURCE_EXHAUSTED")
     p.add_argument("--max-side", type=int, default=10000, help="largest raster side accepted, px")
     p.add_argument("--grace", type=float, default=30.0, help="seconds in-flight tiles get to finish on SIGTERM")
-    p.add_argument("--model-servers", help="HOST:PORT,...: run windows on these servers' InferWindows")
+    p.add_argument("--max-window", type=int, default=2688, help="largest window side InferWindows takes, px (dual: the context)")
+    p.add_argument("--upload-idle-timeout", type=float, default=30.0, help="an upload silent this long is given up, s")
+    p.add_argument("--tile-memory-gb", type=float, help="memory the tiles in flight may hold (default: a quarter of the RAM)")
+    p.add_argument(
+        "--model-servers", help="HOST:PORT,... or torchserve://HOST:PORT: run windows there (health-checked, with failover)"
+    )
+    p.add_argument("--model-server-timeout", type=float, default=60.0, help="deadline of one window batch on a model server, s")
+    p.add_argument("--model-server-retries", type=int, default=2, help="other model servers a failed batch is tried on")
+    add_client_security(p, "model-server-", "the model servers")
+    p.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate chain (PEM)")
+    p.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
+    p.add_argument("--tls-client-ca", type=Path, help="mutual TLS: accept only clients with a certificate this CA signed")
+    p.add_argument("--tokens-file", type=Path, help="accept only calls with one of these bearer tokens (one per line)")
+    p.add_argument("--watch-store", type=float, default=0.0, help="look for added or removed versions every N s (0: on SIGHUP)")
+    p.add_argument("--log-format", choices=("text", "json"), default="text", help="json: one JSON object per line")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.add_argument(
         "--memory-budget-gb",
         type=float,

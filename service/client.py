@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 import numpy as np
 import rasterio
 from rasterio.transform import Affine
@@ -24,6 +23,7 @@ from ._pb import footprints_pb2 as pb
 from ._pb import footprints_pb2_grpc as pb_grpc
 from .geoio import geotiff_profile
 from .remote import MESSAGE_OPTIONS
+from .security import ClientSecurity
 
 CHUNK_BYTES = 2**20
 
@@ -40,9 +40,15 @@ class TileResult:
 
 
 class FootprintsClient:
-    def __init__(self, address: str) -> None:
-        self.channel = grpc.insecure_channel(address, options=MESSAGE_OPTIONS)
+    """``security``: TLS (``ca``), mutual TLS (``cert``, ``key``) and a bearer token;
+    ``timeout``: the default deadline of a tile call, in seconds (None: none)."""
+
+    def __init__(self, address: str, security: ClientSecurity | None = None, timeout: float | None = None) -> None:
+        self.security = security or ClientSecurity()
+        self.channel = self.security.channel(address, MESSAGE_OPTIONS)
         self.stub = pb_grpc.SegmentationStub(self.channel)
+        self.metadata = self.security.metadata()
+        self.timeout = timeout
 
     def close(self) -> None:
         self.channel.close()
@@ -54,10 +60,10 @@ class FootprintsClient:
         self.close()
 
     def list_models(self, timeout: float | None = 30) -> list[pb.ModelInfo]:
-        return list(self.stub.ListModels(pb.ListModelsRequest(), timeout=timeout).models)
+        return list(self.stub.ListModels(pb.ListModelsRequest(), timeout=timeout, metadata=self.metadata).models)
 
     def get_model(self, name: str, version: int = 0, timeout: float | None = 30) -> pb.ModelInfo:
-        return self.stub.GetModel(pb.GetModelRequest(name=name, version=version), timeout=timeout)
+        return self.stub.GetModel(pb.GetModelRequest(name=name, version=version), timeout=timeout, metadata=self.metadata)
 
     # ---- SegmentTile ----------------------------------------------------------
     def stream(
@@ -78,7 +84,7 @@ class FootprintsClient:
         result = TileResult()
         t0 = time.perf_counter()
         geotiff = bytearray()
-        for reply in self.stub.SegmentTile(requests(), timeout=timeout):
+        for reply in self.stub.SegmentTile(requests(), timeout=timeout or self.timeout, metadata=self.metadata):
             part = reply.WhichOneof("part")
             if part == "rows":
                 if result.first_rows_at is None:

@@ -10,3 +10,12 @@ class InputError(ValueError):
 
 class NotFoundError(LookupError):
     """A model, version or artefact that does not exist (gRPC: NOT_FOUND)."""
+
+
+class UploadStalled(TimeoutError):
+    """An upload that stopped sending before its last byte (gRPC: DEADLINE_EXCEEDED);
+    its tile slot and memory are given back."""
+
+
+class Undecodable(ValueError):
+    """Request bytes that do not parse as the method's message (gRPC: INVALID_ARGUMENT)."""

@@ -123,6 +123,18 @@ class WindowSpec:
         """The valid-size rules of a large-window network (None for dual)."""
         return ValidGeometry(self.depth) if self.mode == "large" else None
 
+    def check_side(self, side: int) -> None:
+        """Refuse an input window side the network cannot take (``InferWindows``' ``side``)."""
+        if self.mode == "large":
+            assert self.valid is not None
+            self.valid.check(side)
+        elif side < self.multiple or side % self.multiple:
+            raise InputError(
+                f"window side {side} is not valid for this {self.mode} model: sides are multiples of {self.multiple} px"
+            )
+        elif self.mode == "overlap" and side <= 2 * self.margin:
+            raise InputError(f"window side {side} leaves nothing inside the {self.margin}-px margins of this model")
+
     def default_window(self, device: str) -> int:
         """The default window for a device (``"cpu"``, ``"cuda:0"``...): large, the input
         side; dual, the output side. Devices the manifest does not name get the CPU's."""

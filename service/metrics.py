@@ -13,7 +13,7 @@ class Metrics:
         self.requests = Counter("footprints_requests", "RPCs finished, by method and status code", ["method", "code"], registry=r)
         self.tile_seconds = Histogram(
             "footprints_tile_seconds",
-            "SegmentTile latency, first message to last",
+            "latency of the SegmentTile calls served (OK), first message to last",
             buckets=(0.25, 0.5, 1, 2, 5, 10, 20, 40, 80, 160, 320, 640),
             registry=r,
         )
@@ -24,6 +24,13 @@ class Metrics:
         self.queued_windows = Gauge("footprints_queued_windows", "windows waiting for the model", ["model"], registry=r)
         self.window_memory = Gauge("footprints_window_memory_bytes", "memory bound of the model windows running now", registry=r)
         self.memory_budget = Gauge("footprints_memory_budget_bytes", "the server's memory budget for model windows", registry=r)
+        self.tile_memory = Gauge(
+            "footprints_tile_memory_bytes", "memory held by the tiles being served (uploads, planes)", registry=r
+        )
+        self.tile_memory_budget = Gauge("footprints_tile_memory_budget_bytes", "the server's memory budget for tiles", registry=r)
+        self.model_servers_up = Gauge(
+            "footprints_model_server_up", "1 while a model server passes its health checks", ["address"], registry=r
+        )
         self.tiles_in_flight = Gauge("footprints_tiles_in_flight", "SegmentTile calls being served", registry=r)
         self.model_loaded = Gauge(
             "footprints_model_loaded", "1 for each model version loaded", ["model", "version", "backend", "mode"], registry=r

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from .backends.base import Backend
@@ -19,20 +20,47 @@ class LoadedModel:
     backend: Backend
     batcher: Batcher
     backend_kind: str  # "onnxruntime", "torch", "remote": what ListModels and tile summaries report
+    users: int = 0  # RPCs running on it now
+    retired: bool = False  # taken out of the registry; closed when its last user is done
 
 
 class ModelRegistry:
     """Loaded versions by ``(name, version)``, the newest of each, and the default model."""
 
-    def __init__(self, default: str | None = None) -> None:
+    def __init__(self, default: str | None = None, close: Callable[[LoadedModel], None] | None = None) -> None:
         self.models: dict[tuple[str, int], LoadedModel] = {}
         self.latest: dict[str, int] = {}
         self.default = default
+        self.close = close  # called for a retired model once no RPC uses it
 
     def add(self, model: LoadedModel) -> None:
         e = model.entry
         self.models[(e.name, e.version)] = model
         self.latest[e.name] = max(self.latest.get(e.name, 0), e.version)
+
+    def retire(self, key: tuple[str, int]) -> LoadedModel:
+        """Take a version out: new requests no longer find it; the ones running on it
+        finish there, and it is closed after the last."""
+        model = self.models.pop(key)
+        model.retired = True
+        self.latest = {}
+        for n, v in self.models:
+            self.latest[n] = max(self.latest.get(n, 0), v)
+        if model.users == 0 and self.close:
+            self.close(model)
+        return model
+
+    @contextlib.contextmanager
+    def use(self, name: str, version: int = 0) -> Iterator[LoadedModel]:
+        """:meth:`get`, held for the length of an RPC (a retired version stays open until then)."""
+        model = self.get(name, version)
+        model.users += 1
+        try:
+            yield model
+        finally:
+            model.users -= 1
+            if model.retired and model.users == 0 and self.close:
+                self.close(model)
 
     def get(self, name: str, version: int = 0) -> LoadedModel:
         """A loaded version (the newest when ``version`` is 0); the default model when ``name`` is empty."""

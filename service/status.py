@@ -1,19 +1,22 @@
 """Where exceptions become gRPC status codes: one table, and the decorators that
-apply it to every RPC (count the call by status, abort with the message)."""
+apply it to every RPC (count the call by status, log it once, abort with the message)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import functools
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
+from . import logs
 from .batcher import QueueFull
 from .bridge import Cancelled
-from .errors import InputError, NotFoundError
+from .budget import OverBudget
+from .errors import InputError, NotFoundError, Undecodable, UploadStalled
 
 
 class RequestError(Exception):
@@ -26,9 +29,12 @@ class RequestError(Exception):
 
 STATUS: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (InputError, grpc.StatusCode.INVALID_ARGUMENT),
+    (Undecodable, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (OverBudget, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Cancelled, grpc.StatusCode.CANCELLED),
+    (UploadStalled, grpc.StatusCode.DEADLINE_EXCEEDED),
     # A model server (ours or TorchServe) that died or refused: the client may retry.
     (ConnectionError, grpc.StatusCode.UNAVAILABLE),
 ]
@@ -43,22 +49,60 @@ def status_of(e: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+    """The call's deadline on ``time.monotonic``'s clock (None: none), read at its start:
+    once the call has ended, the context no longer says."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+def gone(deadline: float | None) -> grpc.StatusCode:
+    """Why a call ended from the client's side: its deadline passed, or it cancelled."""
+    passed = deadline is not None and time.monotonic() >= deadline - 0.05  # the server learns a little late
+    return grpc.StatusCode.DEADLINE_EXCEEDED if passed else grpc.StatusCode.CANCELLED
+
+
+def request_id(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and isinstance(value, str) and 0 < len(value) <= 128:
+            return value
+    return None
+
+
 Record = Callable[[Any, str, grpc.StatusCode], None]  # (servicer, method, code)
 
 
 @contextlib.asynccontextmanager
 async def answered(record: Record, servicer: Any, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
     """Around one RPC: an exception becomes its status and message (``context.abort``),
-    a client that went away counts as CANCELLED, and the outcome is recorded once."""
+    a client that went away counts as CANCELLED or DEADLINE_EXCEEDED, and the outcome
+    is counted and logged once (with the request id, sent back as trailing metadata)."""
+    call = logs.CallLog(method)
+    call.request_id = request_id(context) or call.request_id
+    deadline = deadline_of(context)
+    token = logs.current.set(call)
+    context.set_trailing_metadata((("x-request-id", call.request_id),))
     try:
         yield
     except asyncio.CancelledError:
-        record(servicer, method, grpc.StatusCode.CANCELLED)
+        code = gone(deadline)
+        record(servicer, method, code)
+        logs.rpc_done(call, code.name, "the client went away")
         raise
     except Exception as e:
-        record(servicer, method, status_of(e))
-        await context.abort(status_of(e), str(e))
-    record(servicer, method, grpc.StatusCode.OK)
+        code = status_of(e)
+        if code == grpc.StatusCode.INTERNAL:
+            logs.LOG.exception("%s [%s] failed", method, call.request_id)
+        if isinstance(e, Cancelled):
+            code = gone(deadline)  # the tile's windows stopped because the client left: say why it left
+        record(servicer, method, code)
+        logs.rpc_done(call, code.name, str(e))
+        await context.abort(code, str(e))
+    else:
+        record(servicer, method, grpc.StatusCode.OK)
+        logs.rpc_done(call, "OK")
+    finally:
+        logs.current.reset(token)
 
 
 def unary(record: Record) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
@@ -68,6 +112,8 @@ def unary(record: Record) -> Callable[[Callable[..., Awaitable[Any]]], Callable[
         @functools.wraps(handler)
         async def call(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
             async with answered(record, self, handler.__name__, context):
+                if isinstance(request, Undecodable):
+                    raise request
                 return await handler(self, request, context)
 
         return call

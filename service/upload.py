@@ -3,6 +3,7 @@ bytes or raw RGB rows) into something the tiling engine reads."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -14,9 +15,11 @@ from rasterio.transform import Affine
 
 from ._pb import footprints_pb2 as pb
 from .convert import MAX_CHUNK_BYTES, georef_from_pb
-from .errors import InputError
+from .errors import InputError, Undecodable, UploadStalled
 from .geoio import RGBRaster
 from .tiler import ArraySource, RasterSource
+
+STREAM_END_GRACE_S = 0.1
 
 
 def check_header(h: pb.TileHeader, max_side: int) -> int:
@@ -46,14 +49,29 @@ def check_header(h: pb.TileHeader, max_side: int) -> int:
 
 
 async def receive(
-    requests: AsyncIterator[pb.SegmentTileRequest], check: Callable[[pb.TileHeader], int]
+    requests: AsyncIterator[pb.SegmentTileRequest], check: Callable[[pb.TileHeader], int], idle_s: float | None = None
 ) -> tuple[pb.TileHeader, bytes]:
     """The header and the raster bytes of a ``SegmentTile`` stream. ``check`` vets the
-    header (and returns the bytes it declares) before any chunk is accepted."""
+    header (and returns the bytes it declares) before any chunk is accepted. An upload
+    with no message for ``idle_s`` seconds is given up (:class:`UploadStalled`), so a
+    client that stops sending cannot hold a tile slot."""
     header = None
     buf = bytearray()
     expected = 0
-    async for msg in requests:
+    messages = aiter(requests)
+    while True:
+        try:
+            # asyncio.timeout, not wait_for: the read stays in this task, so a client's
+            # cancel cancels the RPC (counted CANCELLED) instead of ending the stream early.
+            async with asyncio.timeout(idle_s):
+                msg = await anext(messages)
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            got = "no header" if header is None else f"{len(buf)} of {expected} bytes"
+            raise UploadStalled(f"upload stalled: no message for {idle_s:g} s ({got} received); the tile slot is freed") from None
+        if isinstance(msg, Undecodable):
+            raise msg
         part = msg.WhichOneof("part")
         if part == "header":
             if header is not None:
@@ -70,6 +88,11 @@ async def receive(
             buf += msg.chunk
         else:
             raise InputError("empty message: each message holds a header or a chunk")
+    if header is None or len(buf) != expected:
+        # A client that cancels mid-upload ends the request stream first and cancels the
+        # call a moment later: wait for that moment, so a cancel is counted as one, not
+        # as a truncated upload (measured: the cancel lands within 10 ms).
+        await asyncio.sleep(STREAM_END_GRACE_S)
     if header is None:
         raise InputError("no header: the stream must start with a TileHeader")
     if len(buf) != expected:

@@ -47,3 +47,22 @@ class TorchServeEndpoint:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
+
+
+def ping(address: str, timeout: float):
+    """A health check of a TorchServe (its ``/ping``): None when Healthy, else why not."""
+    host, _, port = address.rpartition(":")
+
+    def check() -> str | None:
+        conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+        try:
+            conn.request("GET", "/ping")
+            reply = conn.getresponse()
+            body = reply.read()
+        except (OSError, http.client.HTTPException) as e:
+            return f"ping failed: {e}"
+        finally:
+            conn.close()
+        return None if reply.status == 200 and b"Healthy" in body else f"ping answered {reply.status}"
+
+    return check

@@ -26,7 +26,7 @@ from training.networks.model import SegmentationModel, save_checkpoint
 from training.precision import FLIP_LIMIT, compare, precision_checks, torch_reference
 
 from ..conftest import write_image
-from .test_server import RunningServer, _config
+from .servers import RunningServer, config
 
 WITH_BF16 = CpuInfo("a CPU with AMX", frozenset({"avx512f", "amx_bf16", "amx_tile"}), 2)
 WITHOUT_BF16 = CpuInfo("an AVX2-only CPU", frozenset({"avx2", "fma"}), 2)
@@ -161,7 +161,7 @@ def test_openvino_serves_through_grpc_as_in_process(tiny_store, tmp_path):
     backend = open_backend(ModelStore(tiny_store).get("tiny"), "openvino")
     with RGBRaster(image) as src:
         want = TilingEngine(backend, EngineConfig(window=256)).probabilities(src)
-    server = RunningServer(_config(tiny_store, backend="openvino"))
+    server = RunningServer(config(tiny_store, backend="openvino"))
     try:
         with FootprintsClient(server.address) as client:
             (info,) = client.list_models()

@@ -18,7 +18,7 @@ from training import export as export_mod
 from training.export import export
 from training.networks.model import SegmentationModel, save_checkpoint
 
-from .test_server import RunningServer, _config
+from .servers import RunningServer, config
 
 METHODS = {
     "onera": ("segnet_sdt", {"decoder_convs": [1, 1, 1, 1, 1]}, 32),
@@ -56,7 +56,7 @@ def _in_process(store, name, image, tta):
 
 def test_each_method_segments_a_real_geotiff_through_grpc(methods_store, real_oam, tmp_path):
     image = real_oam / "images" / "kampala1.tif"
-    server = RunningServer(_config(methods_store))
+    server = RunningServer(config(methods_store))
     try:
         with FootprintsClient(server.address) as client:
             listed = {m.name: m for m in client.list_models()}
@@ -91,7 +91,7 @@ def test_the_repository_store_serves_every_method_on_held_out_real_imagery(real_
     image, truth = real_oam / "images" / "kampala2.tif", real_oam / "gt" / "kampala2.tif"
     with rasterio.open(truth) as gt:
         buildings = gt.read(1) > 0
-    server = RunningServer(_config(store))
+    server = RunningServer(config(store))
     try:
         with FootprintsClient(server.address) as client:
             listed = {m.name: m for m in client.list_models()}

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import re
 import signal
 import subprocess
 import sys
 import threading
-import urllib.request
 from pathlib import Path
 
 import grpc
@@ -19,40 +16,18 @@ import rasterio
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from rasterio.transform import from_origin
 
 from service._pb import footprints_pb2 as pb
 from service.api import Limits
 from service.backends import open_backend
 from service.client import FootprintsClient
-from service.geoio import RGBRaster, write_geotiff
-from service.server import Server, ServerConfig
 from service.store import ModelStore
 from service.tiler import EngineConfig, TilingEngine
 from training.export import export
 from training.networks.model import SegmentationModel, save_checkpoint
 
 from ..conftest import REPO, wait_until
-
-CRS = "EPSG:32616"
-TRANSFORM = from_origin(500_000.0, 4_600_000.0, 0.3, 0.3)
-
-
-class RunningServer:
-    """A footprints server in this process, on its own event loop thread."""
-
-    def __init__(self, cfg: ServerConfig) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.server = asyncio.run_coroutine_threadsafe(Server.start(cfg), self.loop).result(120)
-        self.address = f"127.0.0.1:{self.server.port}"
-        self.metrics_url = f"http://127.0.0.1:{self.server.metrics_port}/metrics"
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(120)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+from .servers import CRS, TRANSFORM, RunningServer, config, in_process, raw_header, scrape, serve_process, tile
 
 
 def _large_windows(store, side: int, window: int) -> int:
@@ -61,48 +36,16 @@ def _large_windows(store, side: int, window: int) -> int:
     return len(engine.plan(side, side)[0])
 
 
-def _config(store, **kw) -> ServerConfig:
-    limits = kw.pop("limits", Limits(max_tiles_in_flight=4, max_raster_side=6000, max_batch=4))
-    # ONNX Runtime unless a test says otherwise: these tests compare against it exactly.
-    kw.setdefault("backend", "onnxruntime")
-    return ServerConfig(store=store, port=0, metrics_port=0, limits=limits, grace_s=60, **kw)
-
-
 @pytest.fixture(scope="module")
 def server(store):
-    s = RunningServer(_config(store))
+    s = RunningServer(config(store))
     yield s
     s.stop()
 
 
-def _tile(path: Path, h: int, w: int, seed: int = 0, dtype="uint8", bands: int = 3) -> Path:
-    rng = np.random.default_rng(seed)
-    rgb = rng.integers(0, 256, (bands, h, w)).astype(dtype)
-    rgb[:, h // 4 : h // 2, w // 4 : w // 2] = 230  # some structure
-    write_geotiff(path, rgb, crs=CRS, transform=TRANSFORM)
-    return path
-
-
-def _in_process(store, name, path, window):
-    entry = ModelStore(store).get(name)
-    engine = TilingEngine(open_backend(entry, "onnxruntime"), EngineConfig(window=window))
-    with RGBRaster(path) as src:
-        return engine.probabilities(src)
-
-
-def _scrape(url: str) -> dict[str, float]:
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, value = line.rsplit(" ", 1)
-            values[key] = float(value)
-    return values
-
-
 def _idle(url: str) -> bool:
     """No tile in flight, no window queued, none holding memory: no window can run any more."""
-    m = _scrape(url)
+    m = scrape(url)
     return (
         m["footprints_tiles_in_flight"] == 0
         and m['footprints_queued_windows{model="amll/1"}'] == 0
@@ -111,14 +54,14 @@ def _idle(url: str) -> bool:
 
 
 def test_a_5000_px_tile_round_trip_equals_the_in_process_engine(server, store, tmp_path):
-    image = _tile(tmp_path / "big.tif", 5000, 5000)
+    image = tile(tmp_path / "big.tif", 5000, 5000)
     out = tmp_path / "mask.tif"
     with FootprintsClient(server.address) as client:
         result = client.segment_file(image, out, model="amll", window=1180, progress=False)
     with rasterio.open(out) as m:
         mask = m.read(1)
         assert m.crs.to_string() == CRS and m.transform == TRANSFORM  # georeference preserved
-    expected = np.where(_in_process(store, "amll", image, 1180) >= 0.5, 255, 0).astype(np.uint8)
+    expected = np.where(in_process(store, "amll", image, 1180) >= 0.5, 255, 0).astype(np.uint8)
     assert np.array_equal(mask, expected)  # bit for bit
     s = result.summary
     assert (s.width, s.height, s.model, s.model_version, s.backend) == (5000, 5000, "amll", 1, "onnxruntime")
@@ -127,26 +70,18 @@ def test_a_5000_px_tile_round_trip_equals_the_in_process_engine(server, store, t
 
 
 def test_dual_resolution_through_the_service_and_raw_rows(server, store, tmp_path):
-    image = _tile(tmp_path / "d.tif", 420, 400, seed=3)
+    image = tile(tmp_path / "d.tif", 420, 400, seed=3)
     with rasterio.open(image) as src:
         rgb = src.read()
     with FootprintsClient(server.address) as client:
         mask, result = client.segment_array(rgb, CRS, TRANSFORM, model="nus", outputs=pb.Outputs(geotiff=True, polygons=True))
-    expected = np.where(_in_process(store, "nus", image, None) >= 0.5, 255, 0).astype(np.uint8)
+    expected = np.where(in_process(store, "nus", image, None) >= 0.5, 255, 0).astype(np.uint8)
     assert np.array_equal(mask, expected)
     assert result.summary.windows == 4 and result.summary.window == 384
     with rasterio.MemoryFile(result.geotiff) as mem, mem.open() as ds:
         assert np.array_equal(ds.read(1), expected) and ds.crs.to_string() == CRS and ds.transform == TRANSFORM
     polygons = json.loads(result.polygons_geojson)
     assert polygons["crs"]["properties"]["name"] == CRS and polygons["type"] == "FeatureCollection"
-
-
-def _raw_header(w, h, **kw):
-    return pb.TileHeader(
-        model=kw.pop("model", "amll"),
-        raw=pb.RawRgbInput(width=w, height=h, georeference=pb.Georeference(crs=CRS, transform=list(TRANSFORM.to_gdal()))),
-        **kw,
-    )
 
 
 def _call(address, messages, timeout=60):
@@ -156,25 +91,25 @@ def _call(address, messages, timeout=60):
 
 def _bad_inputs(tmp_path):
     good = np.zeros(300 * 300 * 3, np.uint8).tobytes()
-    u16 = _tile(tmp_path / "u16.tif", 300, 300, dtype="uint16").read_bytes()
-    one = _tile(tmp_path / "one.tif", 300, 300, bands=1).read_bytes()
+    u16 = tile(tmp_path / "u16.tif", 300, 300, dtype="uint16").read_bytes()
+    one = tile(tmp_path / "one.tif", 300, 300, bands=1).read_bytes()
     R = pb.SegmentTileRequest
     return {
         "no header": ([R(chunk=good[:10])], grpc.StatusCode.INVALID_ARGUMENT, "before the header"),
         "empty stream": ([], grpc.StatusCode.INVALID_ARGUMENT, "no header"),
         "header twice": (
-            [R(header=_raw_header(300, 300)), R(header=_raw_header(300, 300))],
+            [R(header=raw_header(300, 300)), R(header=raw_header(300, 300))],
             grpc.StatusCode.INVALID_ARGUMENT,
             "second header",
         ),
         "past declared size": (
-            [R(header=_raw_header(300, 300)), R(chunk=good), R(chunk=b"x")],
+            [R(header=raw_header(300, 300)), R(chunk=good), R(chunk=b"x")],
             grpc.StatusCode.INVALID_ARGUMENT,
             "exceed the declared raster size",
         ),
-        "truncated": ([R(header=_raw_header(300, 300)), R(chunk=good[:1000])], grpc.StatusCode.INVALID_ARGUMENT, "truncated"),
-        "zero size": ([R(header=_raw_header(0, 300))], grpc.StatusCode.INVALID_ARGUMENT, "must be positive"),
-        "too large": ([R(header=_raw_header(7000, 300))], grpc.StatusCode.INVALID_ARGUMENT, "exceeds the maximum side of 6000"),
+        "truncated": ([R(header=raw_header(300, 300)), R(chunk=good[:1000])], grpc.StatusCode.INVALID_ARGUMENT, "truncated"),
+        "zero size": ([R(header=raw_header(0, 300))], grpc.StatusCode.INVALID_ARGUMENT, "must be positive"),
+        "too large": ([R(header=raw_header(7000, 300))], grpc.StatusCode.INVALID_ARGUMENT, "exceeds the maximum side of 6000"),
         "not uint8": (
             [R(header=pb.TileHeader(model="amll", geotiff=pb.GeoTiffInput(size_bytes=len(u16)))), R(chunk=u16)],
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -190,19 +125,19 @@ def _bad_inputs(tmp_path):
             grpc.StatusCode.INVALID_ARGUMENT,
             "cannot be decoded",
         ),
-        "unknown mode": ([R(header=_raw_header(300, 300, mode=7)), R(chunk=good)], grpc.StatusCode.INVALID_ARGUMENT, "mode"),
+        "unknown mode": ([R(header=raw_header(300, 300, mode=7)), R(chunk=good)], grpc.StatusCode.INVALID_ARGUMENT, "mode"),
         "wrong mode": (
-            [R(header=_raw_header(300, 300, mode=pb.MODE_DUAL_RESOLUTION)), R(chunk=good)],
+            [R(header=raw_header(300, 300, mode=pb.MODE_DUAL_RESOLUTION)), R(chunk=good)],
             grpc.StatusCode.INVALID_ARGUMENT,
             "runs large windows",
         ),
         "bad window": (
-            [R(header=_raw_header(300, 300, window=600)), R(chunk=good)],
+            [R(header=raw_header(300, 300, window=600)), R(chunk=good)],
             grpc.StatusCode.INVALID_ARGUMENT,
             "window size 600 is not valid",
         ),
         "unknown model": (
-            [R(header=_raw_header(300, 300, model="segnet")), R(chunk=good)],
+            [R(header=raw_header(300, 300, model="segnet")), R(chunk=good)],
             grpc.StatusCode.NOT_FOUND,
             "no model 'segnet'",
         ),
@@ -223,10 +158,10 @@ def test_every_bad_input_gets_its_status_and_the_next_good_request_succeeds(serv
 
 
 def test_overload_is_refused_with_resource_exhausted(store):
-    s = RunningServer(_config(store, limits=Limits(max_tiles_in_flight=1, max_raster_side=6000)))
+    s = RunningServer(config(store, limits=Limits(max_tiles_in_flight=1, max_raster_side=6000)))
     try:
         gate = threading.Event()
-        header = _raw_header(300, 300)
+        header = raw_header(300, 300)
 
         def slow():  # holds the only tile slot until released
             yield pb.SegmentTileRequest(header=header)
@@ -235,7 +170,7 @@ def test_overload_is_refused_with_resource_exhausted(store):
 
         with FootprintsClient(s.address) as client:
             holder = client.stub.SegmentTile(slow(), timeout=60)
-            wait_until(lambda: _scrape(s.metrics_url)["footprints_tiles_in_flight"] == 1, 30, "the slow upload to take the slot")
+            wait_until(lambda: scrape(s.metrics_url)["footprints_tiles_in_flight"] == 1, 30, "the slow upload to take the slot")
             with pytest.raises(grpc.RpcError) as err:
                 _call(s.address, [pb.SegmentTileRequest(header=header)])
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "limit 1" in err.value.details()
@@ -246,10 +181,10 @@ def test_overload_is_refused_with_resource_exhausted(store):
 
 
 def test_cancelling_a_tile_stops_its_windows(store, tmp_path):
-    s = RunningServer(_config(store, max_batch=1))
+    s = RunningServer(config(store, max_batch=1))
     try:
         rgb = np.random.default_rng(1).integers(0, 256, (3, 3000, 3000), dtype=np.uint8)
-        header = _raw_header(3000, 3000, window=252)
+        header = raw_header(3000, 3000, window=252)
         data = np.ascontiguousarray(rgb.transpose(1, 2, 0)).tobytes()
         messages = [pb.SegmentTileRequest(header=header)] + [
             pb.SegmentTileRequest(chunk=data[i : i + 2**22]) for i in range(0, len(data), 2**22)
@@ -261,18 +196,18 @@ def test_cancelling_a_tile_stops_its_windows(store, tmp_path):
                     call.cancel()
                     break
         wait_until(lambda: _idle(s.metrics_url), 30, "the cancelled tile's windows to stop")
-        ran = _scrape(s.metrics_url)['footprints_windows_total{model="amll/1"}']
+        ran = scrape(s.metrics_url)['footprints_windows_total{model="amll/1"}']
         assert (
-            _idle(s.metrics_url) and _scrape(s.metrics_url)['footprints_windows_total{model="amll/1"}'] == ran
+            _idle(s.metrics_url) and scrape(s.metrics_url)['footprints_windows_total{model="amll/1"}'] == ran
         )  # nothing more runs
         assert ran < _large_windows(store, 3000, 252) / 2  # 47 x 47 = 2209: most never ran
-        assert _scrape(s.metrics_url)["footprints_tiles_in_flight"] == 0
+        assert scrape(s.metrics_url)["footprints_tiles_in_flight"] == 0
     finally:
         s.stop()
 
 
 def test_a_missed_deadline_ends_the_call_and_its_work(store):
-    s = RunningServer(_config(store, max_batch=1))
+    s = RunningServer(config(store, max_batch=1))
     try:
         rgb = np.random.default_rng(4).integers(0, 256, (3, 3000, 3000), dtype=np.uint8)
         with FootprintsClient(s.address) as client:
@@ -280,11 +215,11 @@ def test_a_missed_deadline_ends_the_call_and_its_work(store):
                 client.segment_array(rgb, CRS, TRANSFORM, window=252, timeout=2.0)
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         wait_until(lambda: _idle(s.metrics_url), 30, "the late tile's windows to stop")
-        ran = _scrape(s.metrics_url)['footprints_windows_total{model="amll/1"}']
-        assert _idle(s.metrics_url) and _scrape(s.metrics_url)[
-            'footprints_windows_total{model="amll/1"}'
-        ] == ran < _large_windows(store, 3000, 252)
-        assert _scrape(s.metrics_url)["footprints_tiles_in_flight"] == 0
+        ran = scrape(s.metrics_url)['footprints_windows_total{model="amll/1"}']
+        assert _idle(s.metrics_url) and scrape(s.metrics_url)['footprints_windows_total{model="amll/1"}'] == ran < _large_windows(
+            store, 3000, 252
+        )
+        assert scrape(s.metrics_url)["footprints_tiles_in_flight"] == 0
     finally:
         s.stop()
 
@@ -303,7 +238,7 @@ def test_health_reflection_models_and_metrics(server):
     assert {"footprints.v1.Segmentation", "grpc.health.v1.Health"} <= names
     channel.close()
 
-    before = _scrape(server.metrics_url)
+    before = scrape(server.metrics_url)
     with FootprintsClient(server.address) as client:
         models = {m.name: m for m in client.list_models()}
         assert set(models) == {"amll", "nus"}
@@ -314,7 +249,7 @@ def test_health_reflection_models_and_metrics(server):
             client.get_model("amll", 9)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
         client.segment_array(np.zeros((3, 300, 300), np.uint8), CRS, TRANSFORM, window=252)
-    after = _scrape(server.metrics_url)
+    after = scrape(server.metrics_url)
     key = 'footprints_requests_total{code="OK",method="SegmentTile"}'
     assert after[key] == before.get(key, 0) + 1
     assert after['footprints_requests_total{code="NOT_FOUND",method="GetModel"}'] >= 1
@@ -325,25 +260,8 @@ def test_health_reflection_models_and_metrics(server):
     assert 'footprints_queued_windows{model="amll/1"}' in after
 
 
-def _serve_process(store, *extra):
-    """A ``footprints serve`` process on free ports: (process, address, metrics URL)."""
-    exe = Path(sys.executable).with_name("footprints")
-    proc = subprocess.Popen(
-        # ONNX Runtime unless asked otherwise, as _config: tests compare against it exactly.
-        [str(exe), "serve", "--store", str(store), "--port", "0", "--metrics-port", "0", "--backend", "onnxruntime", *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
-    line = proc.stdout.readline()
-    match = re.search(r"on 127\.0\.0\.1:(\d+), metrics on (http://\S+)", line)
-    assert match, line + proc.stderr.read()
-    return proc, f"127.0.0.1:{match.group(1)}", match.group(2)
-
-
 def test_sigterm_drains_in_flight_tiles(store, tmp_path):
-    proc, address, metrics = _serve_process(store, "--max-batch", "1")
+    proc, address, metrics = serve_process(store, "--max-batch", "1")
     try:
         rgb = np.random.default_rng(2).integers(0, 256, (3, 1500, 1500), dtype=np.uint8)
         results = {}
@@ -354,9 +272,7 @@ def test_sigterm_drains_in_flight_tiles(store, tmp_path):
 
         t = threading.Thread(target=run)
         t.start()
-        wait_until(
-            lambda: _scrape(metrics).get('footprints_windows_total{model="amll/1"}', 0) > 0, 60, "the tile's first windows"
-        )
+        wait_until(lambda: scrape(metrics).get('footprints_windows_total{model="amll/1"}', 0) > 0, 60, "the tile's first windows")
         proc.send_signal(signal.SIGTERM)
         t.join(120)
         assert results["r"].summary.height == 1500 and results["r"].rows_received == 1500  # finished whole
@@ -367,23 +283,23 @@ def test_sigterm_drains_in_flight_tiles(store, tmp_path):
 
 
 def test_remote_model_servers_give_the_in_process_mask(store, tmp_path):
-    procs = [_serve_process(store) for _ in range(2)]
+    procs = [serve_process(store) for _ in range(2)]
     try:
-        front = RunningServer(_config(store, model_servers=[a for _, a, _ in procs]))
+        front = RunningServer(config(store, model_servers=[a for _, a, _ in procs]))
         try:
-            image = _tile(tmp_path / "r.tif", 700, 650, seed=5)
+            image = tile(tmp_path / "r.tif", 700, 650, seed=5)
             with FootprintsClient(front.address) as client:
                 result = client.segment_file(image, tmp_path / "m.tif", model="amll", window=252, progress=False)
             assert result.summary.backend == "remote" and result.summary.windows > 2
             with rasterio.open(tmp_path / "m.tif") as m:
                 mask = m.read(1)
-            expected = np.where(_in_process(store, "amll", image, 252) >= 0.5, 255, 0).astype(np.uint8)
+            expected = np.where(in_process(store, "amll", image, 252) >= 0.5, 255, 0).astype(np.uint8)
             assert np.array_equal(mask, expected)
         finally:
             front.stop()
         # The windows were spread over both model servers.
         for proc, _, metrics in procs:
-            assert _scrape(metrics)['footprints_windows_total{model="amll/1"}'] > 0
+            assert scrape(metrics)['footprints_windows_total{model="amll/1"}'] > 0
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(60) == 0
     finally:
@@ -404,9 +320,9 @@ def test_the_memory_budget_bounds_windows_across_tiles(store, tmp_path):
     """A server whose budget holds one 252-px window still serves concurrent tiles
     exactly (their windows take turns), and refuses a window the budget cannot hold."""
     one_window = ModelStore(store).get("amll").memory.bytes(252)
-    s = RunningServer(_config(store, memory_budget_bytes=one_window))
+    s = RunningServer(config(store, memory_budget_bytes=one_window))
     try:
-        images = [_tile(tmp_path / f"c{i}.tif", 400, 380, seed=10 + i) for i in range(3)]
+        images = [tile(tmp_path / f"c{i}.tif", 400, 380, seed=10 + i) for i in range(3)]
         results: dict[int, np.ndarray] = {}
 
         def run(i: int) -> None:
@@ -421,10 +337,10 @@ def test_the_memory_budget_bounds_windows_across_tiles(store, tmp_path):
         for t in threads:
             t.join(120)
         for i, image in enumerate(images):
-            expected = np.where(_in_process(store, "amll", image, 252) >= 0.5, 255, 0).astype(np.uint8)
+            expected = np.where(in_process(store, "amll", image, 252) >= 0.5, 255, 0).astype(np.uint8)
             assert np.array_equal(results[i], expected), i
-        assert _scrape(s.metrics_url)["footprints_memory_budget_bytes"] == one_window
-        assert _scrape(s.metrics_url)["footprints_window_memory_bytes"] == 0  # all given back
+        assert scrape(s.metrics_url)["footprints_memory_budget_bytes"] == one_window
+        assert scrape(s.metrics_url)["footprints_window_memory_bytes"] == 0  # all given back
         with FootprintsClient(s.address) as client, pytest.raises(grpc.RpcError) as err:
             client.segment_array(np.zeros((3, 600, 600), np.uint8), CRS, TRANSFORM, model="amll", window=508)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "memory budget" in err.value.details()
@@ -445,13 +361,13 @@ def overlap_store(tmp_path_factory):
 def test_overlap_windows_through_grpc_and_remote_model_servers(overlap_store, tmp_path):
     """The same-padding window mode end to end: ListModels states it, a tile through the
     service and through a remote model server equals the in-process engine."""
-    image = _tile(tmp_path / "o.tif", 600, 520, seed=6)
-    expected = np.where(_in_process(overlap_store, "effnet", image, 256) >= 0.5, 255, 0).astype(np.uint8)
+    image = tile(tmp_path / "o.tif", 600, 520, seed=6)
+    expected = np.where(in_process(overlap_store, "effnet", image, 256) >= 0.5, 255, 0).astype(np.uint8)
     assert 0 < np.count_nonzero(expected) < expected.size
-    proc, address, _ = _serve_process(overlap_store)
+    proc, address, _ = serve_process(overlap_store)
     try:
-        local = RunningServer(_config(overlap_store))
-        front = RunningServer(_config(overlap_store, model_servers=[address]))
+        local = RunningServer(config(overlap_store))
+        front = RunningServer(config(overlap_store, model_servers=[address]))
         try:
             for server, backend in ((local, "onnxruntime"), (front, "remote")):
                 with FootprintsClient(server.address) as client:
@@ -473,7 +389,7 @@ def test_start_up_failures_are_one_line_and_a_port_in_use_is_refused(store):
     """A second server on a port in use must not start and split the traffic
     (SO_REUSEPORT); a metrics port in use and an unreachable model server end in
     one error line, exit 2, not a traceback."""
-    first, address, metrics = _serve_process(store)
+    first, address, metrics = serve_process(store)
     try:
         port, metrics_port = address.rsplit(":", 1)[1], metrics.rsplit(":", 1)[1].split("/")[0]
         exe = str(Path(sys.executable).with_name("footprints"))
@@ -481,7 +397,14 @@ def test_start_up_failures_are_one_line_and_a_port_in_use_is_refused(store):
         cases = {
             "cannot listen on 127.0.0.1:" + port: ["--port", port, "--metrics-port", "-1"],
             "cannot serve metrics on 127.0.0.1:" + metrics_port: ["--port", "0", "--metrics-port", metrics_port],
-            "model server 127.0.0.1:1 did not answer": ["--port", "0", "--metrics-port", "-1", "--model-servers", "127.0.0.1:1"],
+            "no model server answered for amll: 127.0.0.1:1": [
+                "--port",
+                "0",
+                "--metrics-port",
+                "-1",
+                "--model-servers",
+                "127.0.0.1:1",
+            ],
         }
         for message, args in cases.items():
             done = subprocess.run([*base, *args], capture_output=True, text=True, timeout=120, cwd=REPO)

@@ -1,0 +1,109 @@
+"""Servers and inputs the service tests share: an in-process server on its own event
+loop, a ``footprints serve`` process, test tiles, and a /metrics reader."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+from rasterio.transform import from_origin
+
+from service._pb import footprints_pb2 as pb
+from service.api import Limits
+from service.backends import open_backend
+from service.geoio import RGBRaster, write_geotiff
+from service.server import Server, ServerConfig
+from service.store import ModelStore
+from service.tiler import EngineConfig, TilingEngine
+
+from ..conftest import REPO
+
+CRS = "EPSG:32616"
+TRANSFORM = from_origin(500_000.0, 4_600_000.0, 0.3, 0.3)
+
+
+class RunningServer:
+    """A footprints server in this process, on its own event loop thread."""
+
+    def __init__(self, cfg: ServerConfig) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = asyncio.run_coroutine_threadsafe(Server.start(cfg), self.loop).result(120)
+        self.address = f"127.0.0.1:{self.server.port}"
+        self.metrics_url = f"http://127.0.0.1:{self.server.metrics_port}/metrics"
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(120)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def config(store, **kw) -> ServerConfig:
+    limits = kw.pop("limits", Limits(max_tiles_in_flight=4, max_raster_side=6000, max_batch=4))
+    # ONNX Runtime unless a test says otherwise: these tests compare against it exactly.
+    kw.setdefault("backend", "onnxruntime")
+    return ServerConfig(store=store, port=0, metrics_port=0, limits=limits, grace_s=60, **kw)
+
+
+def tile(path: Path, h: int, w: int, seed: int = 0, dtype="uint8", bands: int = 3) -> Path:
+    rng = np.random.default_rng(seed)
+    rgb = rng.integers(0, 256, (bands, h, w)).astype(dtype)
+    rgb[:, h // 4 : h // 2, w // 4 : w // 2] = 230  # some structure
+    write_geotiff(path, rgb, crs=CRS, transform=TRANSFORM)
+    return path
+
+
+def in_process(store, name, path, window):
+    entry = ModelStore(store).get(name)
+    engine = TilingEngine(open_backend(entry, "onnxruntime"), EngineConfig(window=window))
+    with RGBRaster(path) as src:
+        return engine.probabilities(src)
+
+
+def scrape(url: str) -> dict[str, float]:
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            values[key] = float(value)
+    return values
+
+
+def raw_header(w, h, **kw):
+    return pb.TileHeader(
+        model=kw.pop("model", "amll"),
+        raw=pb.RawRgbInput(width=w, height=h, georeference=pb.Georeference(crs=CRS, transform=list(TRANSFORM.to_gdal()))),
+        **kw,
+    )
+
+
+def serve_process(store, *extra, stderr=None):
+    """A ``footprints serve`` process on free ports: (process, address, metrics URL).
+    Its log (stderr, a line per call) goes to ``stderr`` (a file), else a temporary
+    file: a pipe nobody reads would fill and stall the server."""
+    exe = Path(sys.executable).with_name("footprints")
+    log = stderr if stderr is not None else tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(
+        # ONNX Runtime unless asked otherwise, as _config: tests compare against it exactly.
+        [str(exe), "serve", "--store", str(store), "--port", "0", "--metrics-port", "0", "--backend", "onnxruntime", *extra],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        cwd=REPO,
+    )
+    line = proc.stdout.readline()
+    match = re.search(r"on 127\.0\.0\.1:(\d+)(?: \([^)]*\))?, metrics on (http://\S+)", line)
+    if match is None:
+        proc.wait(30)
+        log.seek(0)
+        raise AssertionError(line + log.read())
+    return proc, f"127.0.0.1:{match.group(1)}", match.group(2)
