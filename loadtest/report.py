@@ -148,6 +148,7 @@ def _charts(out: Path, calls: list[Call], samples: list[Sample], steps: list[dic
         conc = [int(s["step"][2:]) for s in closed]
         fig, ax = plt.subplots(figsize=(7, 4.2))
         ax.plot(conc, [s["tiles_per_s"] for s in closed], "o-", color="C0", label="tiles/s")
+        ax.set_ylim(0, 1.2 * max(s["tiles_per_s"] for s in closed))  # from zero: a 5 % wiggle looks like one
         ax.set_xlabel("concurrent clients")
         ax.set_ylabel("tiles/s", color="C0")
         ax.set_xscale("log", base=2)
@@ -162,7 +163,9 @@ def _charts(out: Path, calls: list[Call], samples: list[Sample], steps: list[dic
             ax.annotate(
                 "saturation", (sat["concurrency"], sat["tiles_per_s"]), textcoords="offset points", xytext=(5, -15), fontsize=8
             )
-        right.legend(loc="upper left", fontsize=8)
+        right.set_ylim(0, None)
+        lines = ax.get_lines()[:1] + right.get_lines()
+        ax.legend(lines, [str(line.get_label()) for line in lines], loc="lower right", fontsize=8)
         ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(out / "throughput_vs_concurrency.png", dpi=110)
@@ -220,3 +223,21 @@ def _row(s: dict) -> list:
         *(f"{s['latency_s'][q]:.2f}" for q in ("p50", "p90", "p99", "max")), f"{s['first_row_s']['p50']:.2f}",
         "-" if srv["batch_size_mean"] is None else f"{srv['batch_size_mean']:.2f}", "-" if srv["rss_mb_max"] is None else f"{srv['rss_mb_max']:.0f}",
     ]  # fmt: skip
+
+
+def redraw(out: Path) -> Path:
+    """Charts and page again from ``out/report.json`` (after a change to the charts)."""
+    from .calls import Call
+    from .scrape import Sample
+
+    report = json.loads((out / "report.json").read_text())
+    calls = [Call(**c) for c in report["calls"]]
+    samples = [Sample(**x) for x in report["samples"]]
+    return write(out, report["meta"], calls, samples, report["steps"], report["soak"])
+
+
+if __name__ == "__main__":
+    import sys
+
+    for folder in sys.argv[1:]:
+        print(redraw(Path(folder)))

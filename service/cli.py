@@ -20,7 +20,7 @@ from .errors import InputError, NotFoundError
 from .memory import keep_freed_memory
 
 ENTRY_POINTS = "footprints.cli"
-BACKENDS = ("auto", "onnxruntime", "openvino", "torch")
+BACKENDS = ("auto", "onnxruntime", "openvino", "torch", "tensorrt")
 
 
 @dataclass
@@ -146,6 +146,21 @@ def _torchserve_stop(args: argparse.Namespace) -> int:
     from .torchserve.runner import stop_daemon
 
     print(f"torchserve stopped (pid {stop_daemon(args.store)})")
+    return 0
+
+
+def _build_engine(args: argparse.Namespace) -> int:
+    from .tensorrt.builder import build_engine
+
+    images = sorted(Path().glob(args.parity_images)) if args.parity_images else []
+    r = build_engine(args.store, args.model, args.precision, args.max_batch, args.max_window, images)
+    p = r["parity"]
+    profs = ", ".join(f"{x['name']} {x['sides'][0]}-{x['sides'][2]} px" for x in r["profiles"])
+    print(
+        f"engine {r['file']} ({r['gpu']}, TensorRT {r['tensorrt']}, {r['precision']}) built in {r['build_seconds']} s; "
+        f"profiles {profs}; "
+        f"parity against ONNX: max |diff| {p['max_abs_diff']:.2e}, mask agreement {p['mask_agreement']:.5f}"
+    )
     return 0
 
 
@@ -303,6 +318,15 @@ def build_parser(ext: Extensions | None = None) -> argparse.ArgumentParser:
         help="memory all windows in flight may take, every tile and model together (default: half the RAM)",
     )
     p.set_defaults(func=_serve)
+
+    p = sub.add_parser("build-engine", help="compile a store version's ONNX graph into a TensorRT engine for this GPU")
+    p.add_argument("--model", required=True, help="NAME or NAME:VERSION")
+    p.add_argument("--store", type=Path, default=Path("model_store"))
+    p.add_argument("--precision", choices=("fp16", "fp32"), default="fp16")
+    p.add_argument("--max-batch", type=int, default=4, help="largest batch of the small-window profile (large: half)")
+    p.add_argument("--max-window", type=int, default=2688, help="largest window side the engine takes, px")
+    p.add_argument("--parity-images", help="glob of GeoTIFF tiles whose centre windows check the engine against ONNX")
+    p.set_defaults(func=_build_engine)
 
     p = sub.add_parser("torchserve", help="our models on TorchServe: build archives, start and stop a TorchServe")
     ts = p.add_subparsers(dest="action", required=True)

@@ -33,6 +33,7 @@ from torch import nn
 from service.errors import InputError
 from service.geometry import WindowMemory
 from service.store import MANIFEST, ONNX, PROGRAM, file_sha256
+from service.triton import OUTPUT, input_names, onnx_config
 
 from .networks.model import SegmentationModel, checkpoint_meta, load_checkpoint, save_checkpoint
 from .precision import precision_checks, torch_reference
@@ -47,13 +48,6 @@ PARITY_ATOL = 1e-4
 ARGMAX_PARITY = {"max_abs_diff": 0.05, "mask_agreement": 0.999}
 
 OPSET = 17
-OUTPUT = "probability"
-
-
-def input_names(mode: str) -> list[str]:
-    return ["rgb", "context"] if mode == "dual" else ["rgb"]
-
-
 # Parity windows: a train city and a held-out test city, both rendered on the spot.
 # Random noise is no test for a trained network: it calls every noise pixel "not
 # building" with probabilities of ~1e-20, so any graph agrees with it (AMLL v3's
@@ -98,20 +92,6 @@ def _parity_inputs(
     ctx = np.stack(crops)
     full = ctx[:, :, lo : lo + side, lo : lo + side]
     return model_inputs([full, ctx] if model.mode == "dual" else [full]), names
-
-
-def triton_config(name: str, mode: str, max_batch_size: int = 8) -> str:
-    """Triton's ``config.pbtxt``: ONNX Runtime platform, variable batch/height/width,
-    and a dynamic batcher (the service's own batcher follows the same settings)."""
-    inputs = ",\n".join(f'  {{ name: "{n}" data_type: TYPE_FP32 dims: [ 3, -1, -1 ] }}' for n in input_names(mode))
-    return (
-        f'name: "{name}"\n'
-        'platform: "onnxruntime_onnx"\n'
-        f"max_batch_size: {max_batch_size}\n"
-        f"input [\n{inputs}\n]\n"
-        f'output [\n  {{ name: "{OUTPUT}" data_type: TYPE_FP32 dims: [ 1, -1, -1 ] }}\n]\n'
-        "dynamic_batching {\n  max_queue_delay_microseconds: 5000\n}\n"
-    )
 
 
 def export_onnx(model: SegmentationModel, path: Path) -> None:
@@ -294,7 +274,7 @@ def export(
         save_checkpoint(pt, model, half=True, **checkpoint_meta(meta))
     manifest["files"] = {p.name: file_sha256(p) for p in (onnx_path, program_path, pt)}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    (store / name / "config.pbtxt").write_text(triton_config(name, model.mode))
+    (store / name / "config.pbtxt").write_text(onnx_config(name, model.mode))
     return manifest
 
 

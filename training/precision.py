@@ -84,7 +84,9 @@ def torch_reference(model: torch.nn.Module) -> Callable[[list[np.ndarray]], np.n
 
 def check_store_version(store: Path, name: str, version: int | None, parity_data: Sequence[Path]) -> dict[str, Any]:
     """Measure and record ``precision_checks`` for a version already in the store."""
-    from .export import _parity_inputs, input_names
+    from service.triton import input_names
+
+    from .export import _parity_inputs
     from .networks.model import load_checkpoint
 
     entry = ModelStore(store).get(name, version)

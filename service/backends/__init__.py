@@ -6,16 +6,24 @@ from ..errors import InputError
 from ..store import ModelEntry
 from .base import Backend
 
-BACKENDS = ("auto", "onnxruntime", "openvino", "torch")  # TensorRT joins on GPU machines
+BACKENDS = ("auto", "onnxruntime", "openvino", "torch", "tensorrt")
 
 
 def open_backend(entry: ModelEntry, kind: str = "onnxruntime", device: str | None = None, precision: str = "auto") -> Backend:
     """Load a store entry with the named backend; ``auto``: the fastest measured on this
     machine (:mod:`service.tuning`). ``precision`` (auto, fp32, bf16) matters to OpenVINO."""
     if kind == "auto":
+        from ..gpu import why_no_gpu
+
+        if why_no_gpu() is None and (device is None or device.startswith("cuda")):
+            return _on_gpu(entry, precision)
         from ..tuning import open_fastest
 
         return open_fastest(entry, precision)
+    if kind == "tensorrt":
+        from .tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend.from_entry(entry, "fp32" if precision == "fp32" else "fp16")
     if kind == "openvino":
         try:
             from .openvino_backend import OpenVinoBackend
@@ -27,7 +35,7 @@ def open_backend(entry: ModelEntry, kind: str = "onnxruntime", device: str | Non
     if kind == "onnxruntime":
         from .onnxruntime_backend import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(entry)
+        return OnnxRuntimeBackend(entry, device=device or "cpu")
     if kind == "torch":
         try:
             from .torch_backend import TorchBackend
@@ -37,6 +45,24 @@ def open_backend(entry: ModelEntry, kind: str = "onnxruntime", device: str | Non
             ) from None
         return TorchBackend.from_entry(entry, device)
     raise InputError(f"unknown backend '{kind}'; known: {', '.join(BACKENDS)}")
+
+
+def _on_gpu(entry: ModelEntry, precision: str) -> Backend:
+    """On a GPU: the TensorRT engine built for it where there is one (fp16 unless fp32
+    is asked), else PyTorch on CUDA; the logs say which and why."""
+    import logging
+
+    try:
+        from .tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend.from_entry(entry, "fp32" if precision == "fp32" else "fp16")
+    except (ModuleNotFoundError, InputError) as e:
+        logging.getLogger("footprints").warning(
+            "%s v%d: no TensorRT engine here (%s); PyTorch on CUDA", entry.name, entry.version, e
+        )
+    from .torch_backend import TorchBackend
+
+    return TorchBackend.from_entry(entry, "cuda")
 
 
 __all__ = ["BACKENDS", "Backend", "open_backend"]

@@ -1,4 +1,4 @@
-"""ONNX Runtime on the CPU: the service's default backend."""
+"""ONNX Runtime: on the CPU, and on CUDA where onnxruntime-gpu is installed."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..cpu import available_cores
+from ..errors import InputError
 from ..store import ONNX, ModelEntry
 from .base import model_inputs
 
@@ -14,16 +15,23 @@ from .base import model_inputs
 class OnnxRuntimeBackend:
     """Runs ``model.onnx`` of a store entry (sha256-checked) with all graph optimisations."""
 
-    def __init__(self, entry: ModelEntry, threads: int | None = None) -> None:
+    def __init__(self, entry: ModelEntry, threads: int | None = None, device: str = "cpu") -> None:
         import onnxruntime as ort
+
+        providers = ["CPUExecutionProvider"]
+        if device.startswith("cuda"):
+            # The CUDA provider is in onnxruntime-gpu's build only (the GPU image's).
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise InputError(f"this ONNX Runtime ({ort.__version__}) has no CUDA provider; install onnxruntime-gpu")
+            providers.insert(0, "CUDAExecutionProvider")
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # ONNX Runtime would start a thread per core of the host, not of the container.
         options.intra_op_num_threads = threads or available_cores()
-        self.session: Any = ort.InferenceSession(str(entry.verify(ONNX)), options, providers=["CPUExecutionProvider"])
+        self.session: Any = ort.InferenceSession(str(entry.verify(ONNX)), options, providers=providers)
         self.name = f"{entry.name}/{entry.version}"
-        self.device = "cpu"
+        self.device = "cuda" if device.startswith("cuda") else "cpu"
         self.engine, self.precision = "onnxruntime", "fp32"
         self.window_seconds: dict[int, float] | None = None
         self.best_batch: int | None = None
