@@ -62,7 +62,6 @@ def main() -> None:
 
     from service.backends import open_backend
     from service.client import FootprintsClient
-    from service.errors import InputError
     from service.gpu import require_gpu
     from service.server import ServerConfig
     from service.store import ModelStore
@@ -86,8 +85,8 @@ def main() -> None:
     for label, (kind, precision) in engines.items():
         try:
             backend = open_backend(entry, kind, device="cuda", precision=precision)
-        except (InputError, ModuleNotFoundError, ImportError) as e:
-            rows.append({"measure": f"one {side}-px window, {label}", "value": None, "note": f"not run: {e}"})
+        except Exception as e:  # not installed, no engine for this GPU, or a program this PyTorch cannot load
+            rows.append({"measure": f"one {side}-px window, {label}", "value": None, "note": f"not run: {type(e).__name__}: {e}"})
             continue
         seconds = _time_window(backend, crops)
         backend.close()
@@ -110,13 +109,17 @@ def main() -> None:
         stop.set()
         server.stop()
     s = result.summary
-    cpu = TilingEngine(open_backend(entry, "onnxruntime"), EngineConfig(window=s.window)).probabilities(ArraySource(rgb)) >= 0.5
+    # The CPU fp32 reference: ONNX Runtime where the graph is at hand, else the same
+    # exported program on the CPU (a GPU machine may be sent the program alone).
+    reference = "onnxruntime" if entry.has("model.onnx") else "torch"
+    cpu_backend = open_backend(entry, reference, device="cpu")
+    cpu = TilingEngine(cpu_backend, EngineConfig(window=s.window)).probabilities(ArraySource(rgb)) >= 0.5
     agree = float(np.mean((mask > 0) == cpu))
     rows += [
         {"measure": f"{args.size}^2 tile through gRPC, {s.backend} {s.precision} (s)", "value": seconds},
         {"measure": "windows / window side (px)", "value": f"{s.windows} / {s.window}"},
         {"measure": "peak GPU memory in use (MiB, nvidia-smi)", "value": peak[0]},
-        {"measure": "share of pixels agreeing with the CPU fp32 mask (ONNX Runtime)", "value": agree},
+        {"measure": f"share of pixels agreeing with the CPU fp32 mask ({reference})", "value": agree},
     ]
     report = {"gpu": card.name, "compute_capability": card.cc, "torch": torch.__version__, "model": f"{entry.name} v{entry.version}", "rows": rows,
               "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
