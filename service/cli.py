@@ -29,6 +29,8 @@ class Extensions:
 
     # segment --checkpoint: a training checkpoint -> a backend (path, device)
     open_checkpoint: Callable[[Path, str | None], Any] | None = None
+    # batch --gt: {tile: (prediction, reference)} -> the benchmark's per-city table
+    evaluate_pairs: Callable[[dict[str, tuple[Path, Path]]], str] | None = None
 
 
 def add_client_security(p: argparse.ArgumentParser, prefix: str = "", whom: str = "the server") -> None:
@@ -162,6 +164,40 @@ def _build_engine(args: argparse.Namespace) -> int:
         f"parity against ONNX: max |diff| {p['max_abs_diff']:.2e}, mask agreement {p['mask_agreement']:.5f}"
     )
     return 0
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from .batch.run import Job, run_batch
+
+    ext: Extensions = args.extensions
+    if args.gt and ext.evaluate_pairs is None:
+        raise InputError("--gt needs the training package (its evaluation), which is not installed")
+    job = Job(
+        store=str(args.store),
+        model=args.model or "",
+        backend=args.backend,
+        precision=args.precision,
+        window=args.window,
+        memory_budget_bytes=int(args.memory_budget_gb * 2**30) if args.memory_budget_gb else None,
+        probabilities=args.probabilities,
+        min_area_m2=args.min_area,
+        simplify_m=args.simplify,
+    )
+    o = run_batch(args.input, args.out, job, args.workers, args.ray_address, args.dashboard)
+    rate = f", {o.megapixels / o.seconds:.1f} Mpx/s" if o.done else ""
+    print(f"{len(o.done)} tiles segmented, {len(o.skipped)} already done, {len(o.failed)} failed in {o.seconds:.1f} s{rate}")
+    for name, why in sorted(o.failed.items()):
+        print(f"  failed {name}: {why}")
+    if o.layer is not None:
+        print(f"city layer {o.layer}: {o.buildings} buildings")
+    if args.gt:
+        masks = args.out / "masks"
+        pairs = {p.name: (p, args.gt / p.name) for p in sorted(masks.glob("*.tif")) if (args.gt / p.name).is_file()}
+        if not pairs:
+            raise InputError(f"--gt {args.gt}: no reference mask shares a name with the tiles in {masks}")
+        assert ext.evaluate_pairs is not None  # checked before the run
+        print(ext.evaluate_pairs(pairs))
+    return 1 if o.failed else 0
 
 
 def _overlay(args: argparse.Namespace) -> int:
@@ -318,6 +354,24 @@ def build_parser(ext: Extensions | None = None) -> argparse.ArgumentParser:
         help="memory all windows in flight may take, every tile and model together (default: half the RAM)",
     )
     p.set_defaults(func=_serve)
+
+    p = sub.add_parser("batch", help="segment a city's tiles on Ray: masks, polygons, one buildings layer; resumable")
+    p.add_argument("--input", required=True, help="folder of tiles (or an Inria root's images/), a glob, or a file listing tiles")
+    p.add_argument("--out", type=Path, required=True, help="folder for masks/, polygons/, buildings.gpkg and the manifest")
+    p.add_argument("--model", help="NAME or NAME:VERSION (default: the store's default)")
+    p.add_argument("--store", type=Path, default=Path("model_store"))
+    p.add_argument("--backend", choices=BACKENDS, default="auto")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto")
+    p.add_argument("--window", type=int, help="as for segment (default: the measured best)")
+    p.add_argument("--workers", type=int, help="Ray workers, one model each (default: the cores here, or the cluster's CPUs)")
+    p.add_argument("--ray-address", help="a Ray cluster (ray://HOST:10001 or HOST:6379); default: Ray embedded here")
+    p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard (embedded Ray only)")
+    p.add_argument("--memory-budget-gb", type=float, help="window memory of all workers together (default: half the RAM)")
+    p.add_argument("--probabilities", action="store_true", help="also write probability GeoTIFFs")
+    p.add_argument("--min-area", type=float, default=4.0, help="smallest building kept, m^2")
+    p.add_argument("--simplify", type=float, default=0.5, help="outline simplification tolerance, m")
+    p.add_argument("--gt", type=Path, help="reference masks (same names): print the benchmark's per-city table")
+    p.set_defaults(func=_batch)
 
     p = sub.add_parser("build-engine", help="compile a store version's ONNX graph into a TensorRT engine for this GPU")
     p.add_argument("--model", required=True, help="NAME or NAME:VERSION")

@@ -100,15 +100,9 @@ def segment_file(
     return summary
 
 
-def mask_polygons(mask, min_area_m2: float = 4.0, simplify_m: float = 0.5) -> tuple[list[shapely.Geometry], str | None]:
-    """Building polygons of a 0/255 mask GeoTIFF (a path or an open dataset), in its
-    CRS, and that CRS as a string. Areas and tolerances are in the CRS's units
-    (metres for projected CRSs)."""
-    if isinstance(mask, (str, Path)):
-        with rasterio.open(mask) as src:
-            return mask_polygons(src, min_area_m2, simplify_m)
-    src = mask
-    crs = src.crs.to_string() if src.crs else None
+def traced_polygons(src) -> list[shapely.Geometry]:
+    """Every building outline of an open 0/255 mask dataset, in its CRS, as traced:
+    neither filtered by area nor simplified (a city layer joins tiles' pieces first)."""
     # Strips keep memory flat. Polygons are traced in pixel coordinates; only those
     # touching a strip edge can continue in the next strip, so only they are
     # unioned (a noisy mask has ~10^5 specks, and one union of all is very slow).
@@ -124,14 +118,24 @@ def mask_polygons(mask, min_area_m2: float = 4.0, simplify_m: float = 0.5) -> tu
         merged = shapely.union_all(edge)
         inner += list(getattr(merged, "geoms", [merged]))
     t = src.transform
-    pixel_area = abs(t.a * t.e - t.b * t.d)
-    out = []
-    for g in inner:
-        if g.area * pixel_area < min_area_m2:
-            continue
-        g = shapely.affinity.affine_transform(g, [t.a, t.b, t.d, t.e, t.c, t.f])
-        out.append(g.simplify(simplify_m, preserve_topology=True) if simplify_m > 0 else g)
-    return out, crs
+    return [shapely.affinity.affine_transform(g, [t.a, t.b, t.d, t.e, t.c, t.f]) for g in inner]
+
+
+def finish_polygons(polys: list[shapely.Geometry], min_area_m2: float = 4.0, simplify_m: float = 0.5) -> list[shapely.Geometry]:
+    """Drop specks under ``min_area_m2`` and simplify outlines (CRS units: metres for
+    projected CRSs)."""
+    kept = [g for g in polys if g.area >= min_area_m2]
+    return [g.simplify(simplify_m, preserve_topology=True) for g in kept] if simplify_m > 0 else kept
+
+
+def mask_polygons(mask, min_area_m2: float = 4.0, simplify_m: float = 0.5) -> tuple[list[shapely.Geometry], str | None]:
+    """Building polygons of a 0/255 mask GeoTIFF (a path or an open dataset), in its
+    CRS, and that CRS as a string."""
+    if isinstance(mask, (str, Path)):
+        with rasterio.open(mask) as src:
+            return mask_polygons(src, min_area_m2, simplify_m)
+    crs = mask.crs.to_string() if mask.crs else None
+    return finish_polygons(traced_polygons(mask), min_area_m2, simplify_m), crs
 
 
 def polygons_geojson(mask, min_area_m2: float = 4.0, simplify_m: float = 0.5) -> str:

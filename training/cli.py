@@ -14,6 +14,13 @@ from pathlib import Path
 from typing import Any
 
 
+def _evaluate_table(pairs: dict[str, tuple[Path, Path]]) -> str:
+    """``footprints batch --gt``: the table ``footprints evaluate`` prints."""
+    from .evaluate import evaluate_pairs
+
+    return evaluate_pairs(pairs).table("footprints batch")
+
+
 def _open_checkpoint(path: Path, device: str | None) -> Any:
     """A training checkpoint as a serving backend, run with PyTorch in-process."""
     from service.backends.torch_backend import TorchBackend
@@ -166,6 +173,7 @@ def register(sub: Any, extensions: Any) -> None:
     """Add the training subcommands to ``footprints``' parser (``sub``), and let
     ``segment --checkpoint`` open training checkpoints."""
     extensions.open_checkpoint = _open_checkpoint
+    extensions.evaluate_pairs = _evaluate_table
     p = sub.add_parser("synth", help="write synthetic Inria-like cities (train and test layout)")
     p.add_argument("--out", required=True, type=Path, help="output folder (gets train/ and test/)")
     p.add_argument("--size", type=int, default=5000, help="tile side in pixels (Inria: 5000)")

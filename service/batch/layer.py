@@ -1,0 +1,101 @@
+"""The city's buildings as one layer: each tile's finished polygons, and the pieces
+that touch tile edges joined across them first (a building cut by two tiles becomes
+one polygon), written as a GeoPackage through GDAL (pyogrio)."""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import shapely
+
+from ..outputs import finish_polygons
+
+JOIN_M = 0.01  # edges closer than this (1 cm: float rounding of shared tile edges) are one edge
+
+
+def join_edges(pieces: list[tuple[shapely.Geometry, str]]) -> list[tuple[shapely.Geometry, set[str]]]:
+    """Join the pieces of tiles that share a stretch of a tile edge with a piece of
+    another tile, as one building; pieces that only meet at a corner stay apart, as
+    GDAL's 4-connected tracing keeps them apart inside a tile."""
+    grown = [p.buffer(JOIN_M, join_style="mitre") for p, _ in pieces]
+    parent = list(range(len(pieces)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    tree = shapely.STRtree(grown)
+    for i, g in enumerate(grown):
+        for j in tree.query(g, predicate="intersects"):
+            # A shared stretch overlaps the grown pieces over 2 cm x its length; a shared
+            # corner over about (2 cm)^2: a stretch of 4 cm (less than any pixel) tells them apart.
+            if j > i and pieces[i][1] != pieces[int(j)][1] and g.intersection(grown[j]).area > 8 * JOIN_M**2:
+                parent[root(int(j))] = root(i)
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i in range(len(pieces)):
+        groups[root(i)].append(i)
+    joined = []
+    for members in groups.values():
+        tiles = {pieces[i][1] for i in members}
+        if len(members) == 1:
+            joined.append((pieces[members[0]][0], tiles))
+            continue
+        back = shapely.union_all([grown[i] for i in members]).buffer(-JOIN_M, join_style="mitre")
+        joined += [(p, tiles) for p in getattr(back, "geoms", [back]) if not p.is_empty]
+    return joined
+
+
+def city_layer(results: list[dict], min_area_m2: float, simplify_m: float) -> dict[str | None, tuple[list, list[str]]]:
+    """Per CRS: the buildings and, for each, the tiles it comes from."""
+    by_crs: dict[str | None, tuple[list, list[str]]] = defaultdict(lambda: ([], []))
+    edges: dict[str | None, list[tuple[shapely.Geometry, str]]] = defaultdict(list)
+    for r in results:
+        geoms, tiles = by_crs[r["crs"]]
+        for wkb in r["inner"]:
+            geoms.append(shapely.from_wkb(wkb))
+            tiles.append(r["name"])
+        edges[r["crs"]] += [(shapely.from_wkb(w), r["name"]) for w in r["edge"]]
+    for crs, pieces in edges.items():
+        geoms, tiles = by_crs[crs]
+        for building, names in join_edges(pieces):
+            for finished in finish_polygons([building], min_area_m2, simplify_m):
+                geoms.append(finished)
+                tiles.append(",".join(sorted(names)))
+    return dict(by_crs)
+
+
+def write_gpkg(path: Path, layers: dict[str | None, tuple[list, list[str]]]) -> int:
+    """One GeoPackage layer per CRS (``buildings``, or ``buildings_<crs>`` when tiles
+    differ), written to a temporary name and renamed; returns the building count."""
+    from pyogrio.raw import write
+
+    partial = path.with_name(f".{path.name}.partial")
+    partial.unlink(missing_ok=True)
+    count = 0
+    for i, (crs, (geoms, tiles)) in enumerate(sorted(layers.items(), key=lambda kv: str(kv[0]))):
+        name = "buildings" if len(layers) == 1 else f"buildings_{str(crs).replace(':', '_')}"
+        polys = [g for g in geoms if g.geom_type == "Polygon"] + [
+            p for g in geoms if g.geom_type == "MultiPolygon" for p in g.geoms
+        ]
+        owners = [t for g, t in zip(geoms, tiles) if g.geom_type == "Polygon"] + [
+            t for g, t in zip(geoms, tiles) if g.geom_type == "MultiPolygon" for _ in g.geoms
+        ]
+        write(
+            str(partial),
+            geometry=np.array([p.wkb for p in polys], dtype=object),
+            field_data=[np.array(owners, dtype=object), np.array([round(p.area, 2) for p in polys], dtype=np.float64)],
+            fields=["tiles", "area_m2"],
+            crs=crs,
+            geometry_type="Polygon",
+            driver="GPKG",
+            layer=name,
+            append=i > 0,
+        )
+        count += len(polys)
+    os.replace(partial, path)
+    return count

@@ -1,0 +1,152 @@
+"""The driver of ``footprints batch``: Ray actors (one model load each) take tiles as
+they come free; a worker that dies mid-tile is restarted by Ray and its tile sent
+again (to whichever worker is free first); finished tiles are recorded in the ledger
+as they come in; the city layer and, with ``--gt``, the benchmark's table at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..budget import half_the_ram
+from ..cpu import available_cores
+from ..errors import InputError
+from ..store import ModelStore
+from .inputs import TileInput, resolve
+from .layer import city_layer, write_gpkg
+from .ledger import Ledger
+from .worker import Job, tile_outlines
+
+ATTEMPTS = 3  # a tile whose worker died this many times is reported failed
+WORKERS_FILE = "workers.json"  # the workers' PIDs (for operators, and the tests that kill one)
+
+
+@dataclass
+class Outcome:
+    done: list[str]
+    skipped: list[str]
+    failed: dict[str, str]
+    buildings: int
+    seconds: float
+    megapixels: float
+    layer: Path | None
+
+
+def _ray():
+    try:
+        import ray
+    except ModuleNotFoundError:
+        raise InputError("footprints batch runs on Ray, which is not installed: pip install '.[batch]'") from None
+    return ray
+
+
+def run_batch(
+    spec: str,
+    out: Path,
+    job: Job,
+    workers: int | None = None,
+    address: str | None = None,
+    dashboard: bool = False,
+    progress: bool = True,
+    on_result: Callable[[dict], None] | None = None,
+) -> Outcome:
+    tiles = resolve(spec)
+    out.mkdir(parents=True, exist_ok=True)
+    ray = _ray()
+    from .worker import TileSegmenter
+
+    t0 = time.perf_counter()
+    local = address is None
+    if local:
+        workers = workers or available_cores()
+        ray.init(num_cpus=workers, include_dashboard=dashboard, log_to_driver=False, configure_logging=False)
+    else:
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+        workers = workers or int(ray.cluster_resources().get("CPU", 1))
+    try:
+        name, _, version = job.model.partition(":")
+        entry = ModelStore(job.store).get(name or None, int(version) if version else None)
+        model = f"{entry.name}:{entry.version}"  # what the ledger checks finished tiles against
+        ledger = Ledger(out)
+        todo = [t for t in tiles if not ledger.done(t.name, model, t.fingerprint(), out)]
+        skipped = [t.name for t in tiles if t not in todo]
+        for t in todo:
+            ledger.forget(t.name)  # stale or damaged: no longer counts as done
+        # Tiles done earlier join the city layer from their masks on disk.
+        results: list[dict] = [
+            {"name": n, **tile_outlines(out / "masks" / f"{n}.tif", job.min_area_m2, job.simplify_m)} for n in skipped
+        ]
+        failed: dict[str, str] = {}
+        done: list[str] = []
+        megapixels = 0.0
+        if todo:
+            actors = _start_workers(ray, TileSegmenter, job, workers, local)
+            pids = ray.get([a.pid.remote() for a in actors])
+            (out / WORKERS_FILE).write_text(json.dumps({"pids": pids}))
+            bar = tqdm(total=len(todo), desc="tiles", unit="tile", disable=not progress)
+            queue = list(todo)
+            attempts: dict[str, int] = {}
+            running: dict = {}  # object ref -> (actor index, tile)
+            idle = list(range(len(actors)))
+            t_start = time.perf_counter()
+            while queue or running:
+                while queue and idle:
+                    i, tile = idle.pop(), queue.pop(0)
+                    running[actors[i].segment.remote(tile, out)] = (i, tile)
+                ready, _ = ray.wait(list(running), num_returns=1)
+                i, tile = running.pop(ready[0])
+                idle.append(i)
+                try:
+                    r = ray.get(ready[0])
+                except ray.exceptions.RayActorError as e:  # the worker died mid-tile: Ray restarts it
+                    attempts[tile.name] = attempts.get(tile.name, 0) + 1
+                    if attempts[tile.name] < ATTEMPTS:
+                        queue.append(tile)
+                    else:
+                        failed[tile.name] = f"its worker died {ATTEMPTS} times ({e})"
+                    continue
+                if "error" in r:
+                    failed[tile.name] = r["error"]
+                else:
+                    ledger.record(tile.name, model, tile.fingerprint(), r["outputs"], {"seconds": round(r["seconds"], 2)})
+                    results.append(r)
+                    done.append(tile.name)
+                    megapixels += r["pixels"] / 1e6
+                    bar.set_postfix_str(f"{megapixels / (time.perf_counter() - t_start):.1f} Mpx/s")
+                if on_result is not None:
+                    on_result(r)
+                bar.update(1)
+            bar.close()
+        layer = None
+        buildings = 0
+        if results:
+            layer = out / "buildings.gpkg"
+            buildings = write_gpkg(layer, city_layer(results, job.min_area_m2, job.simplify_m))
+        return Outcome(done, skipped, failed, buildings, time.perf_counter() - t0, megapixels, layer)
+    finally:
+        ray.shutdown()
+
+
+def _start_workers(ray, cls, job: Job, workers: int, local: bool) -> list:
+    """``workers`` actors, each holding the model. Ray restarts one that dies
+    (``max_restarts``); its tile is resent by the driver. On one machine each is pinned
+    to its own cores and given its share of the memory budget."""
+    budget = job.memory_budget_bytes or half_the_ram()
+    share = budget // workers
+    cores = sorted(os.sched_getaffinity(0)) if local else []
+    actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=0)(cls)
+    actors = []
+    for i in range(workers):
+        mine = cores[i::workers] if local and workers <= len(cores) else None
+        actors.append(actor.remote(replace(job, memory_budget_bytes=share, cores=mine)))
+    return actors
+
+
+__all__ = ["Job", "Outcome", "TileInput", "run_batch"]

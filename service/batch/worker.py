@@ -1,0 +1,113 @@
+"""One tile of a batch, in a worker that loaded its model once: the mask (and
+probabilities) as georeferenced GeoTIFFs, the tile's building polygons as GeoJSON,
+and its outlines for the city layer (those touching the tile's edge unfinished, to be
+joined with their neighbours' pieces first)."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import rasterio
+import shapely
+
+from ..backends import open_backend
+from ..outputs import SegmentOptions, finish_polygons, polygons_geojson, segment_file, traced_polygons
+from ..store import ModelStore, file_sha256
+from ..tiler import EngineConfig, TilingEngine
+from .inputs import TileInput
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every tile of a run is done with."""
+
+    store: str
+    model: str  # NAME or NAME:VERSION ("": the store's default)
+    backend: str = "auto"
+    precision: str = "auto"
+    window: int | None = None
+    memory_budget_bytes: int | None = None  # this worker's share
+    probabilities: bool = False
+    min_area_m2: float = 4.0
+    simplify_m: float = 0.5
+    cores: list[int] | None = None  # pin the worker to these cores (one machine, workers <= cores)
+
+
+def tile_outlines(mask: Path, min_area_m2: float, simplify_m: float) -> dict:
+    """A mask's outlines for the city layer (WKB): finished where they lie inside the
+    tile, as traced where they touch its edge and may continue in a neighbour (the
+    layer joins those first, then finishes them)."""
+    with rasterio.open(mask) as src:
+        traced = traced_polygons(src)
+        crs = src.crs.to_string() if src.crs else None
+        left, bottom, right, top = src.bounds
+        px = abs(src.transform.a)
+    frame = shapely.box(left + px / 2, bottom + px / 2, right - px / 2, top - px / 2)
+    inner = finish_polygons([g for g in traced if frame.contains(g)], min_area_m2, simplify_m)
+    return {"crs": crs, "inner": [g.wkb for g in inner], "edge": [g.wkb for g in traced if not frame.contains(g)]}
+
+
+def _replace(partial: Path, final: Path) -> str:
+    os.replace(partial, final)
+    return file_sha256(final)
+
+
+class TileSegmenter:
+    """A worker's model and engine; :meth:`segment` does one tile."""
+
+    def __init__(self, job: Job) -> None:
+        if job.cores:
+            # Engines start a thread per core they see: pinned, each worker's engine
+            # sees its own cores and workers do not fight over them.
+            os.sched_setaffinity(0, job.cores)
+        name, _, version = job.model.partition(":")
+        self.entry = ModelStore(job.store).get(name or None, int(version) if version else None)
+        self.job = job
+        backend = open_backend(self.entry, job.backend, precision=job.precision)
+        self.engine = TilingEngine(backend, EngineConfig(window=job.window, memory_budget_bytes=job.memory_budget_bytes))
+        self.model = f"{self.entry.name}:{self.entry.version}"
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def segment(self, tile: TileInput, out: Path) -> dict:
+        """Outputs of ``tile`` under ``out`` (written whole or not at all); a tile that
+        cannot be read comes back as ``{"error": ...}``, not an exception."""
+        try:
+            return self._segment(tile, out)
+        except Exception as e:  # one bad tile is reported, the batch goes on
+            return {"name": tile.name, "error": f"{type(e).__name__}: {e}"}
+
+    def _segment(self, tile: TileInput, out: Path) -> dict:
+        t0 = time.perf_counter()
+        job = self.job
+        for sub in ("masks", "polygons", "probabilities"):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+        mask = out / "masks" / f"{tile.name}.tif"
+        pid = os.getpid()
+        partial = mask.with_name(f".{tile.name}.{pid}.partial.tif")
+        probs = out / "probabilities" / f"{tile.name}.tif"
+        probs_partial = probs.with_name(f".{tile.name}.{pid}.partial.tif") if job.probabilities else None
+        summary = segment_file(self.engine, tile.path, partial, SegmentOptions(probabilities=probs_partial), progress=False)
+        outlines = tile_outlines(partial, job.min_area_m2, job.simplify_m)
+        geojson = out / "polygons" / f"{tile.name}.geojson"
+        geojson_partial = geojson.with_name(f".{tile.name}.{pid}.partial.geojson")
+        geojson_partial.write_text(polygons_geojson(partial, job.min_area_m2, job.simplify_m))
+        outputs = {
+            f"masks/{tile.name}.tif": _replace(partial, mask),
+            f"polygons/{tile.name}.geojson": _replace(geojson_partial, geojson),
+        }
+        if probs_partial is not None:
+            outputs[f"probabilities/{tile.name}.tif"] = _replace(probs_partial, probs)
+        return {
+            "name": tile.name,
+            "outputs": outputs,
+            **outlines,
+            "pixels": summary["width"] * summary["height"],
+            "windows": summary["windows"],
+            "seconds": time.perf_counter() - t0,
+            "worker_pid": pid,
+        }

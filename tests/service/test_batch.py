@@ -1,0 +1,182 @@
+"""``footprints batch`` on a local Ray with 2 workers: masks equal to ``segment`` tile
+by tile, a worker killed mid-run, an interrupted run resumed, a building that straddles
+two tiles as one polygon of the city layer, and bad tiles reported per tile."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from pyogrio.raw import read
+from rasterio.transform import from_origin
+from scipy import ndimage
+
+from service.backends import open_backend
+from service.geoio import RGBRaster, write_geotiff
+from service.store import ModelStore
+from service.tiler import EngineConfig, TilingEngine
+
+from ..conftest import REPO, run_cli, wait_until
+
+pytest.importorskip("ray", reason="footprints batch runs on Ray: pip install '.[batch]'")
+
+CRS = "EPSG:32616"
+PX = 0.3
+SIDE = 400
+ARGS = ["--backend", "onnxruntime", "--window", "252", "--workers", "2"]
+
+
+def _blobs(h: int, w: int, seed: int) -> np.ndarray:
+    """Smooth RGB blobs: the test model's masks come out as large regions, so some
+    cross the seam between the two halves of the first image."""
+    rng = np.random.default_rng(seed)
+    low = rng.normal(0, 1, (3, h // 20 + 2, w // 20 + 2))
+    big = ndimage.zoom(low, (1, 20, 20), order=3)[:, :h, :w]
+    return np.clip(128 + 60 * big, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def city(tmp_path_factory):
+    """6 tiles: ``seam0`` and ``seam1`` are the two halves of one image side by side
+    (so buildings straddle them); four more elsewhere."""
+    folder = tmp_path_factory.mktemp("city")
+    x0, y0 = 500_000.0, 4_600_000.0
+    pair = _blobs(SIDE, 2 * SIDE, 1)
+    for i in range(2):
+        write_geotiff(
+            folder / f"seam{i}.tif",
+            pair[:, :, i * SIDE : (i + 1) * SIDE],
+            crs=CRS,
+            transform=from_origin(x0 + i * SIDE * PX, y0, PX, PX),
+        )
+    for i in range(4):
+        write_geotiff(
+            folder / f"town{i}.tif",
+            _blobs(SIDE, SIDE, 10 + i),
+            crs=CRS,
+            transform=from_origin(x0, y0 - (i + 2) * SIDE * PX, PX, PX),
+        )
+    return folder
+
+
+def _expected(store, image: Path) -> np.ndarray:
+    engine = TilingEngine(open_backend(ModelStore(store).get("amll"), "onnxruntime"), EngineConfig(window=252))
+    with RGBRaster(image) as src:
+        return np.where(engine.probabilities(src) >= 0.5, 255, 0).astype(np.uint8)
+
+
+def _mask(out: Path, name: str) -> np.ndarray:
+    with rasterio.open(out / "masks" / f"{name}.tif") as m:
+        return m.read(1)
+
+
+def _stop_ray() -> None:
+    subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"], capture_output=True, timeout=120)
+
+
+def test_a_city_gives_segments_masks_one_layer_and_the_seam_joined(store, city, tmp_path):
+    out = tmp_path / "out"
+    done = run_cli("batch", "--input", str(city), "--out", str(out), "--store", str(store), *ARGS)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "6 tiles segmented, 0 already done, 0 failed" in done.stdout
+    for image in sorted(city.glob("*.tif")):
+        assert np.array_equal(_mask(out, image.stem), _expected(store, image)), image.stem
+        with rasterio.open(out / "masks" / f"{image.stem}.tif") as m, rasterio.open(image) as src:
+            assert m.crs == src.crs and m.transform == src.transform  # georeferenced like its tile
+    ledger = json.loads((out / "batch-manifest.json").read_text())["tiles"]
+    assert set(ledger) == {p.stem for p in city.glob("*.tif")} and all(r["model"] == "amll:1" for r in ledger.values())
+
+    # The seam: every building of the two halves' mosaic that crosses it is one polygon
+    # of the layer, joined from both tiles.
+    mosaic = np.concatenate([_mask(out, "seam0"), _mask(out, "seam1")], axis=1) > 0
+    labels, _ = ndimage.label(mosaic)  # 4-connected, as GDAL traces
+    crossing = set(np.unique(labels[:, SIDE - 1])) & set(np.unique(labels[:, SIDE])) - {0}
+    crossing = {c for c in crossing if np.count_nonzero(labels == c) * PX * PX >= 10.0}  # well over the 4 m^2 kept
+    assert len(crossing) >= 2, "the fixture should put buildings across the seam"
+    _, _, geometry, fields = read(str(out / "buildings.gpkg"), layer="buildings")
+    polys = [shapely.from_wkb(g) for g in geometry]
+    tree = shapely.STRtree(polys)
+    for c in crossing:
+        core = ndimage.binary_erosion(labels == c)  # pixels away from the outline simplification moves
+        rows, cols = np.nonzero(core if core.any() else labels == c)
+        points = shapely.points(500_000.0 + (cols + 0.5) * PX, 4_600_000.0 - (rows + 0.5) * PX)
+        hits = {int(k) for k in tree.query(points, predicate="within")[1]}
+        assert len(hits) == 1, (c, len(hits))
+        assert fields[0][hits.pop()] == "seam0,seam1"
+
+
+def test_a_worker_killed_mid_run_and_the_run_completes(store, city, tmp_path):
+    out = tmp_path / "out"
+    exe = str(Path(sys.executable).with_name("footprints"))
+    proc = subprocess.Popen([exe, "batch", "--input", str(city), "--out", str(out), "--store", str(store), *ARGS],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
+    try:
+        pids = wait_until(
+            lambda: (out / "workers.json").is_file() and json.loads((out / "workers.json").read_text())["pids"],
+            120,
+            "the workers",
+        )
+        os.kill(pids[0], signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+        _stop_ray()
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "6 tiles segmented" in stdout and "0 failed" in stdout
+    for image in sorted(city.glob("*.tif")):
+        assert np.array_equal(_mask(out, image.stem), _expected(store, image)), image.stem
+
+
+def test_an_interrupted_run_resumes_with_only_what_is_missing_or_stale(store, city, tmp_path):
+    out = tmp_path / "out"
+    exe = str(Path(sys.executable).with_name("footprints"))
+    proc = subprocess.Popen([exe, "batch", "--input", str(city), "--out", str(out), "--store", str(store), *ARGS[:-1], "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO, start_new_session=True)  # fmt: skip
+    ledger = out / "batch-manifest.json"
+    try:
+        wait_until(lambda: ledger.is_file() and len(json.loads(ledger.read_text())["tiles"]) >= 2, 300, "two finished tiles")
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and its embedded Ray, mid-tile
+        proc.wait(30)
+    finally:
+        _stop_ray()
+    first = json.loads(ledger.read_text())["tiles"]
+    assert 2 <= len(first) < 6
+    stamps = {n: (out / "masks" / f"{n}.tif").stat().st_mtime_ns for n in first}
+    done = run_cli("batch", "--input", str(city), "--out", str(out), "--store", str(store), *ARGS)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"{6 - len(first)} tiles segmented, {len(first)} already done" in done.stdout
+    assert all((out / "masks" / f"{n}.tif").stat().st_mtime_ns == t for n, t in stamps.items())  # not redone
+    for image in sorted(city.glob("*.tif")):
+        assert np.array_equal(_mask(out, image.stem), _expected(store, image)), image.stem
+    # Stale: a changed input and a damaged output are redone, and nothing else.
+    os.utime(city / "town0.tif", ns=(time.time_ns(), time.time_ns()))
+    (out / "masks" / "town1.tif").write_bytes(b"half")
+    done = run_cli("batch", "--input", str(city), "--out", str(out), "--store", str(store), *ARGS)
+    assert "2 tiles segmented, 4 already done" in done.stdout, done.stdout
+    assert np.array_equal(_mask(out, "town1"), _expected(store, city / "town1.tif"))
+
+
+def test_bad_tiles_are_reported_and_do_not_stop_the_others(store, city, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for p in sorted(city.glob("town*.tif"))[:2]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "broken.tif").write_bytes(b"this is not a GeoTIFF")
+    write_geotiff(folder / "gray.tif", _blobs(SIDE, SIDE, 3)[:1], crs=CRS, transform=from_origin(0, 0, PX, PX))
+    out = tmp_path / "out"
+    done = run_cli("batch", "--input", str(folder), "--out", str(out), "--store", str(store), *ARGS)
+    assert done.returncode == 1  # some tiles failed: said, and the exit status says so
+    assert "2 tiles segmented, 0 already done, 2 failed" in done.stdout
+    lines = {line.split(":")[0].strip(): line for line in done.stdout.splitlines() if line.strip().startswith("failed")}
+    assert set(lines) == {"failed broken", "failed gray"} and "1 band" in lines["failed gray"]
+    assert "Traceback" not in done.stderr
+    assert sorted(p.stem for p in (out / "masks").glob("*.tif")) == ["town0", "town1"]
