@@ -74,7 +74,7 @@ def write_gpkg(path: Path, layers: dict[str | None, tuple[list, list[str]]]) -> 
     differ), written to a temporary name and renamed; returns the building count."""
     from pyogrio.raw import write
 
-    partial = path.with_name(f".{path.name}.partial")
+    partial = path.with_name(f".partial.{path.name}")  # GDAL picks the driver by extension
     partial.unlink(missing_ok=True)
     count = 0
     for i, (crs, (geoms, tiles)) in enumerate(sorted(layers.items(), key=lambda kv: str(kv[0]))):

@@ -46,21 +46,21 @@ def _blobs(h: int, w: int, seed: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def city(tmp_path_factory):
-    """6 tiles: ``seam0`` and ``seam1`` are the two halves of one image side by side
+    """6 tiles: ``seam1`` and ``seam2`` are the two halves of one image side by side
     (so buildings straddle them); four more elsewhere."""
     folder = tmp_path_factory.mktemp("city")
     x0, y0 = 500_000.0, 4_600_000.0
     pair = _blobs(SIDE, 2 * SIDE, 1)
     for i in range(2):
         write_geotiff(
-            folder / f"seam{i}.tif",
+            folder / f"seam{i + 1}.tif",
             pair[:, :, i * SIDE : (i + 1) * SIDE],
             crs=CRS,
             transform=from_origin(x0 + i * SIDE * PX, y0, PX, PX),
         )
     for i in range(4):
         write_geotiff(
-            folder / f"town{i}.tif",
+            folder / f"town{i + 1}.tif",
             _blobs(SIDE, SIDE, 10 + i),
             crs=CRS,
             transform=from_origin(x0, y0 - (i + 2) * SIDE * PX, PX, PX),
@@ -97,7 +97,7 @@ def test_a_city_gives_segments_masks_one_layer_and_the_seam_joined(store, city, 
 
     # The seam: every building of the two halves' mosaic that crosses it is one polygon
     # of the layer, joined from both tiles.
-    mosaic = np.concatenate([_mask(out, "seam0"), _mask(out, "seam1")], axis=1) > 0
+    mosaic = np.concatenate([_mask(out, "seam1"), _mask(out, "seam2")], axis=1) > 0
     labels, _ = ndimage.label(mosaic)  # 4-connected, as GDAL traces
     crossing = set(np.unique(labels[:, SIDE - 1])) & set(np.unique(labels[:, SIDE])) - {0}
     crossing = {c for c in crossing if np.count_nonzero(labels == c) * PX * PX >= 10.0}  # well over the 4 m^2 kept
@@ -111,7 +111,20 @@ def test_a_city_gives_segments_masks_one_layer_and_the_seam_joined(store, city, 
         points = shapely.points(500_000.0 + (cols + 0.5) * PX, 4_600_000.0 - (rows + 0.5) * PX)
         hits = {int(k) for k in tree.query(points, predicate="within")[1]}
         assert len(hits) == 1, (c, len(hits))
-        assert fields[0][hits.pop()] == "seam0,seam1"
+        assert fields[0][hits.pop()] == "seam1,seam2"
+
+    # Run again with references: nothing is redone, and the benchmark's table is printed
+    # (references equal to the masks but one flipped tile: IoU 100 for one city, not the other).
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    for image in city.glob("*.tif"):
+        mask = _mask(out, image.stem)
+        write_geotiff(gt / image.name, (255 - mask if image.stem == "town1" else mask)[None], crs=CRS, transform=from_origin(0, 0, PX, PX))
+    again = run_cli("batch", "--input", str(city), "--out", str(out), "--store", str(store), *ARGS, "--gt", str(gt))
+    assert again.returncode == 0 and "0 tiles segmented, 6 already done" in again.stdout, again.stderr[-2000:]
+    row = next(line for line in again.stdout.splitlines() if line.startswith("| footprints batch"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "100.00 / 100.00" and cells[2] != "100.00 / 100.00"  # seam, town
 
 
 def test_a_worker_killed_mid_run_and_the_run_completes(store, city, tmp_path):
@@ -158,11 +171,11 @@ def test_an_interrupted_run_resumes_with_only_what_is_missing_or_stale(store, ci
     for image in sorted(city.glob("*.tif")):
         assert np.array_equal(_mask(out, image.stem), _expected(store, image)), image.stem
     # Stale: a changed input and a damaged output are redone, and nothing else.
-    os.utime(city / "town0.tif", ns=(time.time_ns(), time.time_ns()))
-    (out / "masks" / "town1.tif").write_bytes(b"half")
+    os.utime(city / "town1.tif", ns=(time.time_ns(), time.time_ns()))
+    (out / "masks" / "town2.tif").write_bytes(b"half")
     done = run_cli("batch", "--input", str(city), "--out", str(out), "--store", str(store), *ARGS)
     assert "2 tiles segmented, 4 already done" in done.stdout, done.stdout
-    assert np.array_equal(_mask(out, "town1"), _expected(store, city / "town1.tif"))
+    assert np.array_equal(_mask(out, "town2"), _expected(store, city / "town2.tif"))
 
 
 def test_bad_tiles_are_reported_and_do_not_stop_the_others(store, city, tmp_path):
@@ -179,4 +192,4 @@ def test_bad_tiles_are_reported_and_do_not_stop_the_others(store, city, tmp_path
     lines = {line.split(":")[0].strip(): line for line in done.stdout.splitlines() if line.strip().startswith("failed")}
     assert set(lines) == {"failed broken", "failed gray"} and "1 band" in lines["failed gray"]
     assert "Traceback" not in done.stderr
-    assert sorted(p.stem for p in (out / "masks").glob("*.tif")) == ["town0", "town1"]
+    assert sorted(p.stem for p in (out / "masks").glob("*.tif")) == ["town1", "town2"]
