@@ -119,7 +119,9 @@ def test_a_city_gives_segments_masks_one_layer_and_the_seam_joined(store, city, 
     gt.mkdir()
     for image in city.glob("*.tif"):
         mask = _mask(out, image.stem)
-        write_geotiff(gt / image.name, (255 - mask if image.stem == "town1" else mask)[None], crs=CRS, transform=from_origin(0, 0, PX, PX))
+        write_geotiff(
+            gt / image.name, (255 - mask if image.stem == "town1" else mask)[None], crs=CRS, transform=from_origin(0, 0, PX, PX)
+        )
     again = run_cli("batch", "--input", str(city), "--out", str(out), "--store", str(store), *ARGS, "--gt", str(gt))
     assert again.returncode == 0 and "0 tiles segmented, 6 already done" in again.stdout, again.stderr[-2000:]
     row = next(line for line in again.stdout.splitlines() if line.startswith("| footprints batch"))
