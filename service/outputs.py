@@ -140,7 +140,11 @@ def mask_polygons(mask, min_area_m2: float = 4.0, simplify_m: float = 0.5) -> tu
 
 def polygons_geojson(mask, min_area_m2: float = 4.0, simplify_m: float = 0.5) -> str:
     """The mask's building polygons as a GeoJSON FeatureCollection string."""
-    polys, crs = mask_polygons(mask, min_area_m2, simplify_m)
+    return to_geojson(*mask_polygons(mask, min_area_m2, simplify_m))
+
+
+def to_geojson(polys: list[shapely.Geometry], crs: str | None) -> str:
+    """Polygons in ``crs`` as a GeoJSON FeatureCollection string, with their areas."""
     features = [
         {"type": "Feature", "properties": {"area_m2": round(p.area, 2)}, "geometry": shapely.geometry.mapping(p)} for p in polys
     ]

@@ -14,7 +14,7 @@ import rasterio
 import shapely
 
 from ..backends import open_backend
-from ..outputs import SegmentOptions, finish_polygons, polygons_geojson, segment_file, traced_polygons
+from ..outputs import SegmentOptions, finish_polygons, segment_file, to_geojson, traced_polygons
 from ..store import ModelStore, file_sha256
 from ..tiler import EngineConfig, TilingEngine
 from .inputs import TileInput
@@ -39,15 +39,19 @@ class Job:
 def tile_outlines(mask: Path, min_area_m2: float, simplify_m: float) -> dict:
     """A mask's outlines for the city layer (WKB): finished where they lie inside the
     tile, as traced where they touch its edge and may continue in a neighbour (the
-    layer joins those first, then finishes them)."""
+    layer joins those first, then finishes them); and the tile's own finished polygons
+    as GeoJSON. Traced once for both."""
     with rasterio.open(mask) as src:
         traced = traced_polygons(src)
         crs = src.crs.to_string() if src.crs else None
         left, bottom, right, top = src.bounds
         px = abs(src.transform.a)
     frame = shapely.box(left + px / 2, bottom + px / 2, right - px / 2, top - px / 2)
-    inner = finish_polygons([g for g in traced if frame.contains(g)], min_area_m2, simplify_m)
-    return {"crs": crs, "inner": [g.wkb for g in inner], "edge": [g.wkb for g in traced if not frame.contains(g)]}
+    inside = [frame.contains(g) for g in traced]
+    inner = finish_polygons([g for g, i in zip(traced, inside) if i], min_area_m2, simplify_m)
+    edge = [g for g, i in zip(traced, inside) if not i]
+    geojson = to_geojson(finish_polygons(traced, min_area_m2, simplify_m), crs)
+    return {"crs": crs, "inner": [g.wkb for g in inner], "edge": [g.wkb for g in edge], "geojson": geojson}
 
 
 def _replace(partial: Path, final: Path) -> str:
@@ -93,9 +97,10 @@ class TileSegmenter:
         probs_partial = probs.with_name(f".{tile.name}.{pid}.partial.tif") if job.probabilities else None
         summary = segment_file(self.engine, tile.path, partial, SegmentOptions(probabilities=probs_partial), progress=False)
         outlines = tile_outlines(partial, job.min_area_m2, job.simplify_m)
+        tile_geojson = outlines.pop("geojson")
         geojson = out / "polygons" / f"{tile.name}.geojson"
         geojson_partial = geojson.with_name(f".{tile.name}.{pid}.partial.geojson")
-        geojson_partial.write_text(polygons_geojson(partial, job.min_area_m2, job.simplify_m))
+        geojson_partial.write_text(tile_geojson)
         outputs = {
             f"masks/{tile.name}.tif": _replace(partial, mask),
             f"polygons/{tile.name}.geojson": _replace(geojson_partial, geojson),

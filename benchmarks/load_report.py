@@ -5,7 +5,7 @@ runs ``footprints loadtest`` in closed loop at 1, 2, 4 and 8 clients and in open
 then (``--soak SECONDS``) a soak at the saturation point it found. Reports land in
 benchmarks/results/loadtest/ and benchmarks/results/loadtest-soak/.
 
-    .venv/bin/python benchmarks/loadtest.py [--duration 90] [--soak 1800]
+    .venv/bin/python benchmarks/load_report.py [--duration 90] [--soak 1800]
 
 The server takes up to 8 tiles at once (``--max-tiles 8``) so that 8 clients measure
 queueing, not RESOURCE_EXHAUSTED answers.
