@@ -81,7 +81,8 @@ def run_batch(
             ledger.forget(t.name)  # stale or damaged: no longer counts as done
         # Tiles done earlier join the city layer from their masks on disk.
         results: list[dict] = [
-            {"name": n, **tile_outlines(out / "masks" / f"{n}.tif", job.min_area_m2, job.simplify_m), "geojson": None} for n in skipped
+            {"name": n, **tile_outlines(out / "masks" / f"{n}.tif", job.min_area_m2, job.simplify_m), "geojson": None}
+            for n in skipped
         ]
         failed: dict[str, str] = {}
         done: list[str] = []
