@@ -68,8 +68,9 @@ def test_serving_works_with_only_the_serving_dependencies(serving_venv, tmp_path
         cwd=tmp_path,
     )
     assert probe.stdout.split() == ["None", "None"], probe.stdout + probe.stderr  # neither torch nor training
-    commands = re.search(r"\{([a-z,]+)\}", _run(env, "--help", cwd=tmp_path).stdout)
-    assert commands and commands.group(1).split(",") == ["segment", "overlay", "serve", "torchserve"]  # no training commands
+    commands = re.search(r"\{([a-z,-]+)\}", _run(env, "--help", cwd=tmp_path).stdout)
+    serving = ["segment", "overlay", "serve", "batch", "build-engine", "torchserve"]
+    assert commands and commands.group(1).split(",") == serving  # no training (or load-test) commands
 
     image = _tile(tmp_path / "city")
     default = ModelStore(STORE).default_name()
