@@ -70,8 +70,7 @@ def _segment(args: argparse.Namespace) -> int:
         from .backends import open_backend
         from .store import ModelStore
 
-        name, _, version = (args.model or "").partition(":")
-        entry = ModelStore(args.store).get(name or None, int(version) if version else None)
+        entry = ModelStore(args.store).find(args.model)
         backend = open_backend(entry, args.backend, device=args.device, precision=args.precision)
     config = EngineConfig(
         window=args.window,
@@ -152,9 +151,11 @@ def _torchserve_stop(args: argparse.Namespace) -> int:
 
 
 def _build_engine(args: argparse.Namespace) -> int:
+    import glob
+
     from .tensorrt.builder import build_engine
 
-    images = sorted(Path().glob(args.parity_images)) if args.parity_images else []
+    images = sorted(Path(p) for p in glob.glob(args.parity_images)) if args.parity_images else []  # absolute patterns too
     r = build_engine(args.store, args.model, args.precision, args.max_batch, args.max_window, images)
     p = r["parity"]
     profs = ", ".join(f"{x['name']} {x['sides'][0]}-{x['sides'][2]} px" for x in r["profiles"])

@@ -40,7 +40,7 @@ def note_model(name: str, version: int) -> None:
         call.model, call.version = name, version
 
 
-def rpc_done(call: CallLog, code: str, message: str = "") -> None:
+def rpc_done(call: CallLog, code: str, message: str = "", error: BaseException | None = None) -> None:
     fields = {
         "event": "rpc",
         "request_id": call.request_id,
@@ -54,7 +54,8 @@ def rpc_done(call: CallLog, code: str, message: str = "") -> None:
         fields["message"] = message
     model = f" {call.model} v{call.version}" if call.model else ""
     text = f"{call.method}{model} [{call.request_id}] {code} in {fields['seconds']:.3f} s" + (f": {message}" if message else "")
-    LOG.log(logging.INFO if code == "OK" else logging.WARNING, "%s", text, extra={"fields": fields})
+    level = logging.INFO if code == "OK" else logging.ERROR if error is not None else logging.WARNING
+    LOG.log(level, "%s", text, extra={"fields": fields}, exc_info=error)
 
 
 class _Json(logging.Formatter):

@@ -91,12 +91,11 @@ async def answered(record: Record, servicer: Any, method: str, context: grpc.aio
         raise
     except Exception as e:
         code = status_of(e)
-        if code == grpc.StatusCode.INTERNAL:
-            logs.LOG.exception("%s [%s] failed", method, call.request_id)
         if isinstance(e, Cancelled):
             code = gone(deadline)  # the tile's windows stopped because the client left: say why it left
         record(servicer, method, code)
-        logs.rpc_done(call, code.name, str(e))
+        # An INTERNAL error is ours: its line carries the traceback.
+        logs.rpc_done(call, code.name, str(e), e if code == grpc.StatusCode.INTERNAL else None)
         await context.abort(code, str(e))
     else:
         record(servicer, method, grpc.StatusCode.OK)

@@ -111,6 +111,14 @@ class ModelStore:
         self.get(name)
         (self.root / DEFAULT_FILE).write_text(name + "\n")
 
+    def find(self, spec: str | None) -> ModelEntry:
+        """A version as the command line names it: ``NAME``, ``NAME:VERSION``, or
+        nothing (the default model); the newest version when none is given."""
+        name, _, version = (spec or "").partition(":")
+        if version and not version.isdigit():
+            raise InputError(f"model {spec!r}: the version after ':' must be a whole number")
+        return self.get(name or None, int(version) if version else None)
+
     def get(self, name: str | None = None, version: int | None = None) -> ModelEntry:
         """A version of a model, the newest when ``version`` is None or 0; the default
         model when ``name`` is empty."""

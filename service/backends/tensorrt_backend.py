@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..gpu import require_gpu
-from ..store import ModelEntry
+from ..store import ModelEntry, file_sha256
 from ..tensorrt.engines import pick_engine
 from ..tensorrt.profiles import Profile, pick
 from ..triton import OUTPUT, input_names
@@ -61,8 +61,6 @@ class TensorRTBackend:
             entry.manifest.get("tensorrt_engines", {}), gpu.sm, trt.__version__, precision, f"{entry.name}:{entry.version}"
         )
         plan = entry.folder / record["file"]
-        from ..store import file_sha256
-
         if not plan.is_file() or file_sha256(plan) != record["sha256"]:
             raise InputError(
                 f"{plan}: missing, or its sha256 does not match the manifest; rebuild it with footprints build-engine"

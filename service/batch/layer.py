@@ -79,12 +79,12 @@ def write_gpkg(path: Path, layers: dict[str | None, tuple[list, list[str]]]) -> 
     count = 0
     for i, (crs, (geoms, tiles)) in enumerate(sorted(layers.items(), key=lambda kv: str(kv[0]))):
         name = "buildings" if len(layers) == 1 else f"buildings_{str(crs).replace(':', '_')}"
-        polys = [g for g in geoms if g.geom_type == "Polygon"] + [
-            p for g in geoms if g.geom_type == "MultiPolygon" for p in g.geoms
-        ]
-        owners = [t for g, t in zip(geoms, tiles) if g.geom_type == "Polygon"] + [
-            t for g, t in zip(geoms, tiles) if g.geom_type == "MultiPolygon" for _ in g.geoms
-        ]
+        polys: list[shapely.Geometry] = []
+        owners: list[str] = []
+        for g, t in zip(geoms, tiles):  # a building simplified into several parts: each a polygon
+            parts = [g] if g.geom_type == "Polygon" else list(g.geoms) if g.geom_type == "MultiPolygon" else []
+            polys += parts
+            owners += [t] * len(parts)
         write(
             str(partial),
             geometry=np.array([p.wkb for p in polys], dtype=object),

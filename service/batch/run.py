@@ -22,7 +22,7 @@ from ..store import ModelStore
 from .inputs import TileInput, resolve
 from .layer import city_layer, write_gpkg
 from .ledger import Ledger
-from .worker import Job, tile_outlines
+from .worker import Job, tile_outlines, trace_mask
 
 ATTEMPTS = 3  # a tile whose worker died this many times is reported failed
 WORKERS_FILE = "workers.json"  # the workers' PIDs (for operators, and the tests that kill one)
@@ -71,17 +71,16 @@ def run_batch(
         ray.init(address=address, log_to_driver=False, configure_logging=False)
         workers = workers or int(ray.cluster_resources().get("CPU", 1))
     try:
-        name, _, version = job.model.partition(":")
-        entry = ModelStore(job.store).get(name or None, int(version) if version else None)
+        entry = ModelStore(job.store).find(job.model)
         model = f"{entry.name}:{entry.version}"  # what the ledger checks finished tiles against
         ledger = Ledger(out)
-        todo = [t for t in tiles if not ledger.done(t.name, model, t.fingerprint(), out)]
-        skipped = [t.name for t in tiles if t not in todo]
-        for t in todo:
-            ledger.forget(t.name)  # stale or damaged: no longer counts as done
+        finished = {t.name for t in tiles if ledger.done(t.name, model, t.fingerprint(), out)}
+        todo = [t for t in tiles if t.name not in finished]
+        skipped = [t.name for t in tiles if t.name in finished]
+        ledger.forget([t.name for t in todo])  # stale or damaged: no longer counts as done
         # Tiles done earlier join the city layer from their masks on disk.
         results: list[dict] = [
-            {"name": n, **tile_outlines(out / "masks" / f"{n}.tif", job.min_area_m2, job.simplify_m), "geojson": None}
+            {"name": n, **tile_outlines(*trace_mask(out / "masks" / f"{n}.tif"), job.min_area_m2, job.simplify_m)}
             for n in skipped
         ]
         failed: dict[str, str] = {}

@@ -36,22 +36,26 @@ class Job:
     cores: list[int] | None = None  # pin the worker to these cores (one machine, workers <= cores)
 
 
-def tile_outlines(mask: Path, min_area_m2: float, simplify_m: float) -> dict:
-    """A mask's outlines for the city layer (WKB): finished where they lie inside the
-    tile, as traced where they touch its edge and may continue in a neighbour (the
-    layer joins those first, then finishes them); and the tile's own finished polygons
-    as GeoJSON. Traced once for both."""
+def trace_mask(mask: Path) -> tuple[list[shapely.Geometry], str | None, shapely.Geometry]:
+    """A mask's outlines as traced, its CRS, and the frame inside which an outline
+    cannot continue in a neighbouring tile (half a pixel in from the tile's edge)."""
     with rasterio.open(mask) as src:
         traced = traced_polygons(src)
         crs = src.crs.to_string() if src.crs else None
         left, bottom, right, top = src.bounds
         px = abs(src.transform.a)
-    frame = shapely.box(left + px / 2, bottom + px / 2, right - px / 2, top - px / 2)
+    return traced, crs, shapely.box(left + px / 2, bottom + px / 2, right - px / 2, top - px / 2)
+
+
+def tile_outlines(
+    traced: list[shapely.Geometry], crs: str | None, frame: shapely.Geometry, min_area_m2: float, simplify_m: float
+) -> dict:
+    """A tile's outlines for the city layer (WKB): finished where they lie inside the
+    tile, as traced where they touch its edge and may continue in a neighbour (the
+    layer joins those first, then finishes them)."""
     inside = [frame.contains(g) for g in traced]
     inner = finish_polygons([g for g, i in zip(traced, inside) if i], min_area_m2, simplify_m)
-    edge = [g for g, i in zip(traced, inside) if not i]
-    geojson = to_geojson(finish_polygons(traced, min_area_m2, simplify_m), crs)
-    return {"crs": crs, "inner": [g.wkb for g in inner], "edge": [g.wkb for g in edge], "geojson": geojson}
+    return {"crs": crs, "inner": [g.wkb for g in inner], "edge": [g.wkb for g, i in zip(traced, inside) if not i]}
 
 
 def _replace(partial: Path, final: Path) -> str:
@@ -67,8 +71,7 @@ class TileSegmenter:
             # Engines start a thread per core they see: pinned, each worker's engine
             # sees its own cores and workers do not fight over them.
             os.sched_setaffinity(0, job.cores)
-        name, _, version = job.model.partition(":")
-        self.entry = ModelStore(job.store).get(name or None, int(version) if version else None)
+        self.entry = ModelStore(job.store).find(job.model)
         self.job = job
         backend = open_backend(self.entry, job.backend, precision=job.precision)
         self.engine = TilingEngine(backend, EngineConfig(window=job.window, memory_budget_bytes=job.memory_budget_bytes))
@@ -96,11 +99,11 @@ class TileSegmenter:
         probs = out / "probabilities" / f"{tile.name}.tif"
         probs_partial = probs.with_name(f".{tile.name}.{pid}.partial.tif") if job.probabilities else None
         summary = segment_file(self.engine, tile.path, partial, SegmentOptions(probabilities=probs_partial), progress=False)
-        outlines = tile_outlines(partial, job.min_area_m2, job.simplify_m)
-        tile_geojson = outlines.pop("geojson")
+        traced, crs, frame = trace_mask(partial)  # once, for the tile's GeoJSON and the city layer
+        outlines = tile_outlines(traced, crs, frame, job.min_area_m2, job.simplify_m)
         geojson = out / "polygons" / f"{tile.name}.geojson"
         geojson_partial = geojson.with_name(f".{tile.name}.{pid}.partial.geojson")
-        geojson_partial.write_text(tile_geojson)
+        geojson_partial.write_text(to_geojson(finish_polygons(traced, job.min_area_m2, job.simplify_m), crs))
         outputs = {
             f"masks/{tile.name}.tif": _replace(partial, mask),
             f"polygons/{tile.name}.geojson": _replace(geojson_partial, geojson),

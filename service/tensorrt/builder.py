@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import InputError
 from ..gpu import require_gpu
 from ..store import MANIFEST, ONNX, ModelEntry, ModelStore, file_sha256
-from ..triton import OUTPUT, TENSORRT_SUFFIX, input_names, tensorrt_config
+from ..triton import TENSORRT_SUFFIX, input_names, tensorrt_config
 from .engines import plan_name, tag
 from .profiles import Profile, profiles
 
@@ -68,9 +68,8 @@ def build_engine(
         raise InputError(f"precision {precision!r}: TensorRT engines are built in {' or '.join(PRECISIONS)}")
     gpu = require_gpu("building a TensorRT engine")
     trt = _tensorrt()
-    name, _, version = model.partition(":")
     store = ModelStore(store_root)
-    entry = store.get(name or None, int(version) if version else None)
+    entry = store.find(model)
     profs = profiles(entry.spec, max_batch, max_window)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -164,6 +163,3 @@ def _triton_folder(root: Path, entry: ModelEntry, records: dict[str, dict], max_
         if r["precision"] == "fp16" or r["compute_capability"] not in by_cc:
             by_cc[r["compute_capability"]] = r["file"]
     (folder / "config.pbtxt").write_text(tensorrt_config(entry.name, entry.mode, max_batch, by_cc))
-
-
-__all__ = ["OUTPUT", "PRECISIONS", "build_engine", "parity_windows"]

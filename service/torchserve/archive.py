@@ -48,8 +48,7 @@ def build_archive(
     response_timeout_s: int = 600,
 ) -> Path:
     """Write ``out/<name>-v<version>.mar`` for ``model`` (``NAME`` or ``NAME:VERSION``)."""
-    name, _, version = model.partition(":")
-    entry = ModelStore(store).get(name or None, int(version) if version else None)
+    entry = ModelStore(store).find(model)
     program = entry.verify(PROGRAM)  # refuses a graph that is not the one exported
     archiver = _tool("torch-model-archiver")
     if archiver is None:

@@ -68,3 +68,14 @@ def test_window_memory_is_the_recorded_quadratic_and_missing_records_are_named()
     del manifest["window_memory"]
     with pytest.raises(InputError, match="records no window memory; re-export it"):
         WindowMemory.from_manifest(manifest)
+
+
+def test_a_version_named_on_the_command_line_is_found_or_refused_clearly():
+    store = ModelStore(REPO / "model_store")
+    newest = store.get("amll")
+    assert store.find("amll") == newest and store.find("") == store.get() and store.find(None) == store.get()
+    assert store.find(f"amll:{newest.version}").version == newest.version
+    with pytest.raises(InputError, match="must be a whole number"):
+        store.find("amll:latest")
+    with pytest.raises(NotFoundError, match="no version 999"):
+        store.find("amll:999")
