@@ -80,11 +80,13 @@ async def answered(record: Record, servicer: Any, method: str, context: grpc.aio
     call = logs.CallLog(method)
     call.request_id = request_id(context) or call.request_id
     deadline = deadline_of(context)
-    token = logs.current.set(call)
+    # Each RPC runs in a task of its own, so the variable needs no reset: a streaming
+    # call's generator may even be closed from another context, where a reset fails.
+    logs.current.set(call)
     context.set_trailing_metadata((("x-request-id", call.request_id),))
     try:
         yield
-    except asyncio.CancelledError:
+    except (asyncio.CancelledError, GeneratorExit):  # cancelled, or its stream closed by gRPC
         code = gone(deadline)
         record(servicer, method, code)
         logs.rpc_done(call, code.name, "the client went away")
@@ -100,8 +102,6 @@ async def answered(record: Record, servicer: Any, method: str, context: grpc.aio
     else:
         record(servicer, method, grpc.StatusCode.OK)
         logs.rpc_done(call, "OK")
-    finally:
-        logs.current.reset(token)
 
 
 def unary(record: Record) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
