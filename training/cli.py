@@ -74,7 +74,7 @@ def _train(args: argparse.Namespace) -> int:
     from training.data.sources import parse_root
     from training.loop import train
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.set)
     if args.no_pretrained:
         cfg = dataclasses.replace(cfg, network=dataclasses.replace(cfg.network, pretrained=False))
     roots = [parse_root(d) for d in args.data]
@@ -206,6 +206,10 @@ def register(sub: Any, extensions: Any) -> None:
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     p.add_argument("--init", type=Path, help="start from this checkpoint's weights (same network; fine-tuning)")
     p.add_argument("--holdout", action="append", help="AREA[,AREA]: areas left out of training (leave-one-area-out)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override one config value (YAML), e.g. --set data.augment_scale=[0.5,2]; repeatable",
+    )  # fmt: skip
     p.add_argument(
         "--no-pretrained",
         action="store_true",

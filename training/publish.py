@@ -58,6 +58,13 @@ def _augmentation(data: dict[str, Any]) -> str:
         kinds.append(f"photometric jitter of strength {data['augment_photometric']}")
     if data.get("augment_roof_recolour"):
         kinds.append(f"roofs recoloured in {100 * data['augment_roof_recolour']:.0f} % of patches")
+    zoom = data.get("augment_scale") or [1.0, 1.0]
+    if list(zoom) != [1.0, 1.0]:
+        kinds.append(f"zoom x{zoom[0]:g}-{zoom[1]:g} (log-uniform)")
+    if data.get("augment_colour"):
+        kinds.append(f"contrast, saturation, hue and gamma jitter of strength {data['augment_colour']}")
+    if data.get("augment_degrade"):
+        kinds.append(f"blur or coarser capture, sensor noise and JPEG, each with chance {data['augment_degrade']}")
     return ", ".join(kinds) or "none"
 
 

