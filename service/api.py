@@ -184,13 +184,17 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
                 threshold = header.threshold if header.HasField("threshold") else 0.5
                 plane = np.zeros((raster.height, raster.width), np.uint8) if keep else None
                 building = 0
-                async for r0, r1, prob in stream_rows(engine, raster.source, plan, backend):
-                    mask = to_mask(prob, threshold)
-                    building += int(np.count_nonzero(mask))
-                    if plane is not None:
-                        plane[r0:r1] = mask
-                    for message in row_messages(r0, mask, to_prob_u8(prob) if header.outputs.probabilities else None):
-                        yield message
+                # aclosing: leaving early (a cancel, a closed stream) stops the tile's threads
+                # here, before the raster they read is closed (left to the garbage collector,
+                # the generator outlived the raster and its reader crashed the process).
+                async with contextlib.aclosing(stream_rows(engine, raster.source, plan, backend)) as rows:
+                    async for r0, r1, prob in rows:
+                        mask = to_mask(prob, threshold)
+                        building += int(np.count_nonzero(mask))
+                        if plane is not None:
+                            plane[r0:r1] = mask
+                        for message in row_messages(r0, mask, to_prob_u8(prob) if header.outputs.probabilities else None):
+                            yield message
                 t_done = time.perf_counter()
                 yield pb.SegmentTileResponse(
                     summary=pb.TileSummary(

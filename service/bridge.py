@@ -101,4 +101,20 @@ async def stream_rows(
     finally:
         if thread.is_alive():  # the caller left early: stop the engine's windows
             backend.cancel()
-        await asyncio.to_thread(thread.join)
+        # The caller closes the raster this thread (and its window reader) reads as soon
+        # as this returns, so return only once the thread has ended.
+        await join_thread(thread)
+
+
+async def join_thread(thread: threading.Thread) -> None:
+    """Wait for ``thread`` to end, even through cancels of the waiting task (gRPC may
+    cancel a call's task more than once); a cancel that arrived is raised afterwards."""
+    joined = asyncio.ensure_future(asyncio.to_thread(thread.join))
+    cancelled = False
+    while not joined.done():
+        try:
+            await asyncio.shield(joined)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError()

@@ -127,8 +127,11 @@ def streaming(record: Record) -> Callable[[Callable[..., AsyncIterator[Any]]], C
         @functools.wraps(handler)
         async def call(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             async with answered(record, self, handler.__name__, context):
-                async for reply in handler(self, request, context):
-                    yield reply
+                # aclosing: a stream closed early closes the handler's generator now, so its
+                # clean-up runs in order instead of whenever the garbage collector gets to it.
+                async with contextlib.aclosing(handler(self, request, context)) as replies:
+                    async for reply in replies:
+                        yield reply
 
         return call
 
