@@ -56,6 +56,8 @@ def serve(store: Path, *args: str) -> tuple[subprocess.Popen, str]:
         start_new_session=True,
     )
     line = proc.stdout.readline()  # type: ignore[union-attr]
+    if line.startswith("footprints listening"):  # at once; "serving" follows once the default model is
+        line = proc.stdout.readline()  # type: ignore[union-attr]
     found = re.search(r"127\.0\.0\.1:(\d+)", line)
     if found is None:
         proc.kill()

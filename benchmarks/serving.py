@@ -51,7 +51,7 @@ def main() -> None:
         big = synthesize_tile(tmp / "big", style("fairhaven"), 1, args.size, 1, seed=11).image
         small = synthesize_tile(tmp / "small", style("harbourside"), 1, args.throughput_size, 1, seed=12).image
         # ONNX Runtime on both sides, as this benchmark states (serve's default is now auto).
-        proc, address = _report.serve(args.store, "--max-tiles", "8", "--backend", "onnxruntime")
+        proc, address = _report.serve(args.store, "--max-tiles", "8", "--max-tiles-per-client", "8", "--backend", "onnxruntime")
         try:
             # 1. gRPC end to end vs in-process, same backend, same machine, back to back.
             engine = TilingEngine(open_backend(entry, "onnxruntime"), EngineConfig())

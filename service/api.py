@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -46,6 +47,8 @@ class Limits:
     # paper's 2636-px windows and then some.
     max_window: int = 2688
     upload_idle_s: float = 30.0  # an upload silent this long is given up
+    upload_s: float = 60.0  # an upload must be whole this long after its header (per 100 MB declared)
+    max_tiles_per_client: int = 2  # tiles in flight per client (its bearer token, else its address)
     tile_memory_bytes: int | None = None  # uploads and planes of all tiles (None: a quarter of the RAM)
 
     def receive_bytes(self) -> int:
@@ -60,6 +63,16 @@ class Limits:
         return max(infer, MAX_CHUNK_BYTES) + 64 * 2**10
 
 
+def client_of(context: grpc.aio.ServicerContext) -> str:
+    """Who a call is from, for per-client limits: its bearer token (named by a hash,
+    never itself), else its address without the port."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+            return "token " + hashlib.sha256(value[7:].strip().encode()).hexdigest()[:8]
+    peer = context.peer() or "unknown"
+    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
+
+
 def _record(servicer: SegmentationServicer, method: str, code: grpc.StatusCode) -> None:
     servicer.metrics.requests.labels(method, code.name).inc()
 
@@ -70,15 +83,37 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
         self.tile_memory = TileMemory(limits.tile_memory_bytes)
         self.metrics.tile_memory_budget.set(self.tile_memory.total)
         self.tiles_in_flight = 0
+        self.client_tiles: dict[str, int] = {}
+        self.cut_off = False  # the server's drain ran out of grace: calls ending now are its doing
 
     # ---- models -------------------------------------------------------------
     def _info(self, name: str, version: int) -> pb.ModelInfo:
         m = self.registry.get(name, version)
-        return model_info(m, self.registry.versions(m.entry.name), m.entry.name == self.registry.default)
+        info = model_info(m, self.registry.versions(m.entry.name), m.entry.name == self.registry.default)
+        info.skipped.extend(self._skipped(m.entry.name))
+        return info
+
+    def _skipped(self, name: str) -> list[pb.SkippedVersion]:
+        return [pb.SkippedVersion(version=v, reason=why) for v, why in sorted(self.registry.skipped.get(name, {}).items())]
 
     @unary(_record)
     async def ListModels(self, request, context):
-        return pb.ListModelsResponse(models=[self._info(m.entry.name, m.entry.version) for m in self.registry.newest()])
+        """Every model the server means to serve: the ready ones as they serve, and those
+        still loading or with no version that loads, with the versions skipped and why."""
+        out = []
+        for name in sorted(set(self.registry.states) | set(self.registry.latest)):
+            if name in self.registry.latest:
+                out.append(self._info(name, 0))
+            else:
+                out.append(
+                    pb.ModelInfo(
+                        name=name,
+                        state=self.registry.states[name],
+                        is_default=name == self.registry.default,
+                        skipped=self._skipped(name),
+                    )
+                )
+        return pb.ListModelsResponse(models=out)
 
     @unary(_record)
     async def GetModel(self, request, context):
@@ -115,18 +150,33 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
 
     # ---- tiles --------------------------------------------------------------
     @contextlib.contextmanager
-    def _tile_slot(self) -> Iterator[None]:
-        if self.tiles_in_flight >= self.limits.max_tiles_in_flight:
+    def _tile_slot(self, client: str) -> Iterator[None]:
+        """A tile slot, taken once a valid header has arrived: one of the server's
+        ``max_tiles_in_flight``, and one of this client's ``max_tiles_per_client`` (so a few
+        connections cannot hold them all)."""
+        limits = self.limits
+        if self.tiles_in_flight >= limits.max_tiles_in_flight:
             raise RequestError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{self.tiles_in_flight} tiles in flight (limit {self.limits.max_tiles_in_flight}); retry later",
+                f"{self.tiles_in_flight} tiles in flight (limit {limits.max_tiles_in_flight}); retry later",
+            )
+        mine = self.client_tiles.get(client, 0)
+        if mine >= limits.max_tiles_per_client:
+            raise RequestError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this client ({client}) has {mine} tiles in flight (limit {limits.max_tiles_per_client} "
+                "per client, --max-tiles-per-client); retry when one is done",
             )
         self.tiles_in_flight += 1
+        self.client_tiles[client] = mine + 1
         self.metrics.tiles_in_flight.set(self.tiles_in_flight)
         try:
             yield
         finally:
             self.tiles_in_flight -= 1
+            left = self.client_tiles.pop(client) - 1
+            if left:
+                self.client_tiles[client] = left
             self.metrics.tiles_in_flight.set(self.tiles_in_flight)
 
     @contextlib.contextmanager
@@ -147,9 +197,10 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
             self.metrics.tile_memory.set(self.tile_memory.used)
 
     @streaming(_record)
-    async def SegmentTile(self, request_iterator, context) -> AsyncIterator[pb.SegmentTileResponse]:
+    async def SegmentTile(self, request_iterator, context) -> AsyncGenerator[pb.SegmentTileResponse, None]:
         t0 = time.perf_counter()
-        with self._tile_slot(), self._tile_memory() as take, contextlib.ExitStack() as held:
+        started = asyncio.get_running_loop().time()  # its windows' priority: older tiles first
+        with self._tile_memory() as take, contextlib.ExitStack() as held:
             pinned: list[LoadedModel] = []
 
             def check(header: pb.TileHeader) -> int:
@@ -157,10 +208,11 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
                 # to the end, even if a newer one is loaded meanwhile.
                 pinned.append(held.enter_context(self.registry.use(header.model, header.model_version)))
                 declared = check_header(header, self.limits.max_raster_side)
+                held.enter_context(self._tile_slot(client_of(context)))  # a slot only for a valid header
                 take(declared, f"an upload of {declared} bytes")
                 return declared
 
-            header, data = await receive(request_iterator, check, self.limits.upload_idle_s)
+            header, data = await receive(request_iterator, check, self.limits.upload_idle_s, self.limits.upload_s)
             t_received = time.perf_counter()
             model = pinned[0]
             note_model(model.entry.name, model.entry.version)
@@ -169,12 +221,12 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
                 keep = header.outputs.geotiff or header.outputs.polygons
                 # The float32 probability plane, and the mask plane and GeoTIFF when kept.
                 take(raster.width * raster.height * (6 if keep else 4), f"a {raster.width}x{raster.height} tile")
-                backend = BatchedBackend(model.batcher, asyncio.get_running_loop(), model.backend)
+                backend = BatchedBackend(model.batcher, asyncio.get_running_loop(), model.backend, started)
                 engine = TilingEngine(
                     backend,
                     EngineConfig(
                         window=header.window or None,
-                        batch_size=min(self.limits.max_batch, model.backend.best_batch or self.limits.max_batch),
+                        batch_size=self.limits.max_batch,
                         tta=header.tta if header.HasField("tta") else None,
                         memory_budget_bytes=self.budget.total,
                     ),

@@ -9,6 +9,13 @@ one call in flight per model server). The queue is bounded too: past
 letting memory grow. A window whose caller has gone away (cancelled) is dropped
 before it runs.
 
+Order: the oldest tile first. Each window carries its request's priority (when its
+tile started); a batch takes the windows of the oldest request queued, so concurrent
+tiles finish one after another (the first after one tile's time, the second after
+two...) instead of all together at the end, for the same throughput. The bound that
+keeps a long tile from starving the others: every ``fair_every``-th batch takes the
+windows that have waited longest, whoever they belong to.
+
 Memory: with a :class:`~service.budget.MemoryBudget`, a batch takes its windows'
 bytes from the server-wide budget before it runs, and is cut to what the budget
 holds. A batch that fails is run again window by window, so a bad window fails
@@ -19,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +43,8 @@ class QueueFull(Exception):
 class _Pending:
     crops: list[np.ndarray]  # one window: (3, n, n) uint8, and (3, 2n, 2n) context for dual
     future: asyncio.Future
+    priority: float  # its request's start (lower: older, served first)
+    order: int  # arrival order (ties, and the longest-waiting batch)
 
 
 class Batcher:
@@ -50,11 +58,15 @@ class Batcher:
         label: str = "",
         threads: int = 1,
         budget: MemoryBudget | None = None,
+        fair_every: int = 4,
     ) -> None:
         self.backend, self.max_batch, self.max_delay_s, self.max_queued = backend, max_batch, max_delay_s, max_queued
         self.metrics, self.label, self.budget = metrics, label or backend.name, budget
-        self._queues: OrderedDict[tuple, list[_Pending]] = OrderedDict()
+        self._queues: dict[tuple, list[_Pending]] = {}
         self._queued = 0
+        self._arrivals = 0
+        self._batches = 0
+        self.fair_every = fair_every
         self._wake = asyncio.Event()
         self._executor = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix=f"model-{self.label}")
         self._slots = asyncio.Semaphore(threads)
@@ -65,20 +77,23 @@ class Batcher:
     def queued(self) -> int:
         return self._queued
 
-    async def infer(self, crops: list[np.ndarray]) -> np.ndarray:
+    async def infer(self, crops: list[np.ndarray], priority: float | None = None) -> np.ndarray:
         """Probabilities ``(h, w)`` of one window; waits for its batch to run."""
-        return await self.submit([crops])[0]
+        return await self.submit([crops], priority)[0]
 
-    def submit(self, windows: list[list[np.ndarray]]) -> list[asyncio.Future]:
-        """Queue windows all or none: a call the queue cannot take runs nothing."""
+    def submit(self, windows: list[list[np.ndarray]], priority: float | None = None) -> list[asyncio.Future]:
+        """Queue windows all or none: a call the queue cannot take runs nothing.
+        ``priority``: when the request started (None: now)."""
         if self._queued + len(windows) > self.max_queued:
             raise QueueFull(
                 f"{self._queued} windows already queued for model {self.label}; {len(windows)} more exceed the limit of {self.max_queued}"
             )
         loop = asyncio.get_running_loop()
+        when = loop.time() if priority is None else priority
         futures = []
         for crops in windows:
-            item = _Pending(crops, loop.create_future())
+            self._arrivals += 1
+            item = _Pending(crops, loop.create_future(), when, self._arrivals)
             self._queues.setdefault(tuple(c.shape for c in crops), []).append(item)
             futures.append(item.future)
         self._count(len(windows))
@@ -98,9 +113,23 @@ class Batcher:
         per_window = self.backend.window_bytes(side)
         return max(1, min(self.max_batch, self.budget.windows_that_fit(per_window))), per_window
 
-    def _take(self, limit: int) -> list[_Pending]:
-        """Up to ``limit`` live windows of the oldest shape."""
-        shape, queue = next(iter(self._queues.items()))
+    def _next_shape(self) -> tuple:
+        """The shape of the next batch: that of the oldest request's windows, or, every
+        ``fair_every``-th batch, of the window that has waited longest."""
+        fair = self.fair_every > 0 and self._batches % self.fair_every == self.fair_every - 1
+
+        def rank(item: _Pending) -> tuple:
+            return (item.order,) if fair else (item.priority, item.order)
+
+        return min(self._queues, key=lambda shape: min(rank(i) for i in self._queues[shape]))
+
+    def _take(self, shape: tuple, limit: int) -> list[_Pending]:
+        """Up to ``limit`` live windows of ``shape``, the oldest request's first (every
+        ``fair_every``-th batch: the longest-waiting first)."""
+        fair = self.fair_every > 0 and self._batches % self.fair_every == self.fair_every - 1
+        self._batches += 1
+        queue = self._queues[shape]
+        queue.sort(key=(lambda i: i.order) if fair else (lambda i: (i.priority, i.order)))
         batch: list[_Pending] = []
         while queue and len(batch) < limit:
             item = queue.pop(0)
@@ -118,13 +147,15 @@ class Batcher:
                 await self._wake.wait()
                 continue
             # Give concurrent requests a moment to fill the batch.
-            shape = next(iter(self._queues))
+            shape = self._next_shape()
             limit, per_window = self._batch_limit(shape)
             if len(self._queues[shape]) < limit:
                 await asyncio.sleep(self.max_delay_s)
             if not self._queues:
                 continue
-            batch = self._take(limit)
+            shape = self._next_shape()  # windows of an older request may have come meanwhile
+            limit, per_window = self._batch_limit(shape)
+            batch = self._take(shape, limit)
             if not batch:
                 continue
             await self._slots.acquire()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Future
 
 import numpy as np
@@ -26,37 +26,47 @@ class Cancelled(Exception):
 
 
 class BatchedBackend:
-    """A tile's view of a shared model: the engine thread calls :meth:`infer`, the
-    windows run in the batcher on the event loop."""
+    """A tile's view of a shared model: the engine thread calls :meth:`submit` (or
+    :meth:`infer`), the windows run in the batcher on the event loop, ahead of younger
+    tiles' (``priority``: when the tile started; see :class:`~service.batcher.Batcher`)."""
 
-    def __init__(self, batcher: Batcher, loop: asyncio.AbstractEventLoop, base: Backend) -> None:
-        self.batcher, self.loop = batcher, loop
+    def __init__(self, batcher: Batcher, loop: asyncio.AbstractEventLoop, base: Backend, priority: float = 0.0) -> None:
+        self.batcher, self.loop, self.priority = batcher, loop, priority
         self.spec, self.device, self.name = base.spec, base.device, base.name
         self.window_bytes = base.window_bytes
         self.engine, self.precision, self.window_seconds = base.engine, base.precision, base.window_seconds
-        self.best_batch = base.best_batch
         self._cancelled = threading.Event()
         self._lock = threading.Lock()
         self._outstanding: set[Future] = set()
 
-    def infer(self, inputs: list[np.ndarray]) -> np.ndarray:
+    def submit(self, inputs: list[np.ndarray]) -> Callable[[], np.ndarray]:
+        """Queue a batch of windows now; the returned call waits for their probabilities.
+        The engine keeps a second batch queued while the first runs, so the batcher
+        always finds this tile's next windows waiting."""
         futures = []
         with self._lock:
             if self._cancelled.is_set():
                 raise Cancelled()
             for i in range(len(inputs[0])):
-                f = asyncio.run_coroutine_threadsafe(self.batcher.infer([x[i] for x in inputs]), self.loop)
+                f = asyncio.run_coroutine_threadsafe(self.batcher.infer([x[i] for x in inputs], self.priority), self.loop)
                 futures.append(f)
                 self._outstanding.add(f)
-        try:
-            return np.stack([f.result() for f in futures])
-        except Exception:
-            if self._cancelled.is_set():
-                raise Cancelled() from None
-            raise
-        finally:
-            with self._lock:
-                self._outstanding.difference_update(futures)
+
+        def wait() -> np.ndarray:
+            try:
+                return np.stack([f.result() for f in futures])
+            except Exception:
+                if self._cancelled.is_set():
+                    raise Cancelled() from None
+                raise
+            finally:
+                with self._lock:
+                    self._outstanding.difference_update(futures)
+
+        return wait
+
+    def infer(self, inputs: list[np.ndarray]) -> np.ndarray:
+        return self.submit(inputs)()
 
     def cancel(self) -> None:
         """Stop: windows not yet run are dropped, the engine thread raises Cancelled."""
@@ -71,7 +81,7 @@ class BatchedBackend:
 
 async def stream_rows(
     engine: TilingEngine, source: RasterSource, plan: TilePlan, backend: BatchedBackend
-) -> AsyncIterator[tuple[int, int, np.ndarray]]:
+) -> AsyncGenerator[tuple[int, int, np.ndarray], None]:
     """Run ``engine`` over ``source`` in a worker thread; yield its ``(r0, r1, rows)``
     blocks on the event loop as they become final. If the consumer stops early
     (cancelled, failed), the tile's remaining windows are dropped."""

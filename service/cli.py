@@ -201,6 +201,34 @@ def _batch(args: argparse.Namespace) -> int:
     return 1 if o.failed else 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    """Ahead of time (a Docker build, a new machine): measure the window speeds of the
+    large-window models and compile every model's windows for a 5000 x 5000 tile into the
+    engines' caches, so a server started later measures and compiles nothing."""
+    from .backends import open_backend
+    from .store import ModelStore
+    from .tiler import EngineConfig, TilingEngine
+    from .tuning import TUNED_TILE, measure, needs_measuring, seconds_per_window
+
+    store = ModelStore(args.store)
+    names = args.models.split(",") if args.models else store.names()
+    for name in names:
+        entry = store.get(name)
+        backend = open_backend(entry, "auto", precision=args.precision)
+        what = f"{entry.name} v{entry.version} ({backend.engine} {backend.precision})"
+        if needs_measuring(entry):
+            seconds = measure(backend, entry)
+            print(f"{what}: " + ", ".join(f"{side} px {t:.3f} s" for side, t in sorted(seconds.items())), flush=True)
+        else:
+            plan = TilingEngine(backend, EngineConfig()).plan(TUNED_TILE, TUNED_TILE)
+            t = seconds_per_window(backend, plan.window)  # compiles the plan's window into the cache
+            print(
+                f"{what}: plan fixed by its manifest, {len(plan.windows)} windows of {plan.window} px, {t:.3f} s each", flush=True
+            )
+        backend.close()
+    return 0
+
+
 def _overlay(args: argparse.Namespace) -> int:
     from .overlay import write_overlay
 
@@ -225,6 +253,7 @@ def _serve(args: argparse.Namespace) -> int:
         models=args.models.split(",") if args.models else None,
         backend=args.backend,
         precision=args.precision,
+        tune=args.tune,
         max_batch=args.max_batch,
         max_queue_delay_ms=args.max_queue_delay_ms,
         max_queued_windows=args.max_queued_windows,
@@ -234,6 +263,8 @@ def _serve(args: argparse.Namespace) -> int:
             max_batch=args.max_batch,
             max_window=args.max_window,
             upload_idle_s=args.upload_idle_timeout,
+            upload_s=args.upload_timeout,
+            max_tiles_per_client=args.max_tiles_per_client,
             tile_memory_bytes=int(args.tile_memory_gb * 2**30) if args.tile_memory_gb else None,
         ),
         grace_s=args.grace,
@@ -285,7 +316,9 @@ def build_parser(ext: Extensions | None = None) -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=600.0, help="with --server: the tile's deadline, s")
     add_client_security(p)
     p.add_argument("--store", type=Path, default=Path("model_store"), help="model store folder (in-process)")
-    p.add_argument("--backend", choices=BACKENDS, default="auto", help="with --model; auto: the fastest measured here")
+    p.add_argument(
+        "--backend", choices=BACKENDS, default="auto", help="with --model; auto: the engine this machine's facts predict"
+    )
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto: bf16 where the CPU has it (OpenVINO)")
     p.add_argument(
         "--window", type=int, help="large: input side (2636 on GPU, the measured CPU default); dual: output side (384)"
@@ -325,8 +358,12 @@ def build_parser(ext: Extensions | None = None) -> argparse.ArgumentParser:
         "--models",
         help="comma-separated model names (default: all in the store, newest versions; the store's DEFAULT answers requests that name none)",
     )
-    p.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: the fastest engine measured on this machine")
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: the engine this machine's facts predict")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto: bf16 where the CPU has it (OpenVINO)")
+    p.add_argument(
+        "--tune", choices=("background", "off"), default="background",
+        help="measure large-window models' window speeds in a child process if not yet measured here",
+    )  # fmt: skip
     p.add_argument("--max-batch", type=int, default=4, help="windows per model call, across requests")
     p.add_argument("--max-queue-delay-ms", type=float, default=5.0, help="how long a batch waits to fill")
     p.add_argument("--max-queued-windows", type=int, default=64, help="past this, RESOURCE_EXHAUSTED")
@@ -335,6 +372,11 @@ def build_parser(ext: Extensions | None = None) -> argparse.ArgumentParser:
     p.add_argument("--grace", type=float, default=30.0, help="seconds in-flight tiles get to finish on SIGTERM")
     p.add_argument("--max-window", type=int, default=2688, help="largest window side InferWindows takes, px (dual: the context)")
     p.add_argument("--upload-idle-timeout", type=float, default=30.0, help="an upload silent this long is given up, s")
+    p.add_argument(
+        "--upload-timeout", type=float, default=60.0,
+        help="an upload not whole this long after its header is given up, s per 100 MB declared",
+    )  # fmt: skip
+    p.add_argument("--max-tiles-per-client", type=int, default=2, help="tiles in flight per client (token, else address)")
     p.add_argument("--tile-memory-gb", type=float, help="memory the tiles in flight may hold (default: a quarter of the RAM)")
     p.add_argument(
         "--model-servers", help="HOST:PORT,... or torchserve://HOST:PORT: run windows there (health-checked, with failover)"
@@ -355,6 +397,12 @@ def build_parser(ext: Extensions | None = None) -> argparse.ArgumentParser:
         help="memory all windows in flight may take, every tile and model together (default: half the RAM)",
     )
     p.set_defaults(func=_serve)
+
+    p = sub.add_parser("tune", help="measure window speeds and compile engines ahead of time (a Docker build, a new machine)")
+    p.add_argument("--store", type=Path, default=Path("model_store"))
+    p.add_argument("--models", help="comma-separated model names (default: every model in the store, newest versions)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto")
+    p.set_defaults(func=_tune)
 
     p = sub.add_parser("batch", help="segment a city's tiles on Ray: masks, polygons, one buildings layer; resumable")
     p.add_argument("--input", required=True, help="folder of tiles (or an Inria root's images/), a glob, or a file listing tiles")

@@ -4,6 +4,7 @@ rows, tile summaries and the arrays of ``InferWindows``. No I/O, no state."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -26,8 +27,19 @@ def georef_to_pb(crs: CRS | None, transform: Affine) -> pb.Georeference:
 
 
 def georef_from_pb(g: pb.Georeference) -> tuple[CRS | None, Affine]:
+    """The CRS and transform of a raw upload, refused unless the transform places pixels:
+    six finite coefficients whose pixel axes span an area (an all-zero transform would
+    drop the georeference of every output without a word)."""
     if len(g.transform) != 6:
         raise InputError(f"georeference transform needs 6 GDAL coefficients, got {len(g.transform)}")
+    if not all(math.isfinite(v) for v in g.transform):
+        raise InputError(f"georeference transform {list(g.transform)} has a coefficient that is not a finite number")
+    _, dx, rx, _, ry, dy = g.transform
+    if dx * dy - rx * ry == 0:
+        raise InputError(
+            f"georeference transform {list(g.transform)} is degenerate (its pixel size is 0); "
+            "send GDAL's (x0, dx, rx, y0, ry, dy), e.g. (500000, 0.3, 0, 4600000, 0, -0.3)"
+        )
     try:
         crs = CRS.from_user_input(g.crs) if g.crs else None
     except rasterio.errors.CRSError as e:
@@ -50,6 +62,7 @@ def model_info(m: LoadedModel, versions: list[int], default: bool) -> pb.ModelIn
         backend=m.backend_kind,
         precision=m.backend.precision,
         loaded=True,
+        state="ready",
         margin=valid.margin if valid else spec.margin,
         stride=valid.stride if valid else spec.multiple if spec.mode == "overlap" else 0,
         default_window=window,

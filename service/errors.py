@@ -19,3 +19,8 @@ class UploadStalled(TimeoutError):
 
 class Undecodable(ValueError):
     """Request bytes that do not parse as the method's message (gRPC: INVALID_ARGUMENT)."""
+
+
+class NotReady(RuntimeError):
+    """A model that is still loading, or a server that is shutting down (gRPC: UNAVAILABLE,
+    which clients retry)."""

@@ -7,8 +7,9 @@ georeferencing and padding rules live in one place.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,37 +34,6 @@ _GTIFF_OPTIONS: dict[str, Any] = {
     "num_threads": "ALL_CPUS",
     "BIGTIFF": "IF_SAFER",
 }
-
-
-@dataclass(frozen=True)
-class RasterInfo:
-    """What a reader needs to know about a raster before reading pixels."""
-
-    path: Path
-    width: int
-    height: int
-    count: int
-    dtype: str
-    crs: CRS | None
-    transform: Affine
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.height, self.width)
-
-
-def raster_info(path: str | Path) -> RasterInfo:
-    """Read the header of a raster (no pixels)."""
-    with rasterio.open(path) as src:
-        return RasterInfo(
-            path=Path(path),
-            width=src.width,
-            height=src.height,
-            count=src.count,
-            dtype=src.dtypes[0],
-            crs=src.crs,
-            transform=src.transform,
-        )
 
 
 def mirror_indices(start: int, length: int, size: int) -> np.ndarray:
@@ -226,15 +196,28 @@ class RGBRaster:
 
     def read(self, row: int, col: int, size: int) -> np.ndarray:
         """``(3, size, size)`` uint8 RGB at ``(row, col)``, mirror padded off the raster."""
-        with self._lock:
+        with self._lock, self._decoding(row, size):
             return read_window(self.src, row, col, size, size, bands=[1, 2, 3])
 
     def valid_rows(self, r0: int, r1: int) -> np.ndarray | None:
         """Boolean validity of rows ``r0:r1`` (None when every pixel is valid)."""
         if not self.has_mask:
             return None
-        with self._lock:
+        with self._lock, self._decoding(r0, r1 - r0):
             return self.src.dataset_mask(window=Window(0, r0, self.width, r1 - r0)) > 0
+
+    @contextlib.contextmanager
+    def _decoding(self, row: int, rows: int) -> Iterator[None]:
+        """GDAL opens a GeoTIFF from its header and decodes blocks only when read: a file
+        damaged or cut short past its header fails here, which is the input's fault."""
+        try:
+            yield
+        except rasterio.errors.RasterioError as e:
+            first = max(0, row)
+            raise InputError(
+                f"{self.path}: pixels of rows {first}-{min(self.height, row + rows) - 1} cannot be decoded "
+                f"({' '.join(str(e).split())}); the GeoTIFF is damaged or truncated"
+            ) from None
 
     def close(self) -> None:
         self.src.close()

@@ -135,11 +135,22 @@ class WindowSpec:
         elif self.mode == "overlap" and side <= 2 * self.margin:
             raise InputError(f"window side {side} leaves nothing inside the {self.margin}-px margins of this model")
 
+    @property
+    def plan_fixed(self) -> bool:
+        """Whether the window plan decides the mask: blended windows (overlap, dual) give
+        other last bits for other plans, so their plan is fixed; valid-convolution windows
+        stitch exactly whatever their size, so theirs may follow measured speed."""
+        return self.mode != "large"
+
     def default_window(self, device: str) -> int:
-        """The default window for a device (``"cpu"``, ``"cuda:0"``...): large, the input
-        side; dual, the output side. Devices the manifest does not name get the CPU's."""
-        kind = device.split(":")[0]
+        """The default window (large: the input side; dual: the output side). For models
+        whose plan is fixed it is the manifest's ``plan`` window on every device and
+        every path, so a tile gets one mask; for large windows it is the device's
+        (devices the manifest does not name get the CPU's)."""
         px = self.default_window_px
+        if self.plan_fixed and "plan" in px:
+            return int(px["plan"])
+        kind = device.split(":")[0]
         return int(px.get(kind, px.get("cpu", 0)))
 
     @classmethod

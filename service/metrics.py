@@ -32,6 +32,12 @@ class Metrics:
             "footprints_model_server_up", "1 while a model server passes its health checks", ["address"], registry=r
         )
         self.tiles_in_flight = Gauge("footprints_tiles_in_flight", "SegmentTile calls being served", registry=r)
+        self.versions_skipped = Counter(
+            "footprints_model_versions_skipped",
+            "model versions left out because a file failed to read, load or verify",
+            ["model"],
+            registry=r,
+        )
         self.model_loaded = Gauge(
             "footprints_model_loaded", "1 for each model version loaded", ["model", "version", "backend", "mode"], registry=r
         )

@@ -14,9 +14,12 @@ import numpy as np
 import rasterio
 import shapely
 import shapely.affinity
+from rasterio.crs import CRS
 from rasterio.features import shapes
 from rasterio.io import MemoryFile
 from rasterio.transform import Affine
+from rasterio.warp import transform as warp_points
+from rasterio.warp import transform_geom
 from rasterio.windows import Window
 
 from .geoio import RGBRaster, geotiff_profile, row_strips
@@ -121,11 +124,45 @@ def traced_polygons(src) -> list[shapely.Geometry]:
     return [shapely.affinity.affine_transform(g, [t.a, t.b, t.d, t.e, t.c, t.f]) for g in inner]
 
 
-def finish_polygons(polys: list[shapely.Geometry], min_area_m2: float = 4.0, simplify_m: float = 0.5) -> list[shapely.Geometry]:
-    """Drop specks under ``min_area_m2`` and simplify outlines (CRS units: metres for
-    projected CRSs)."""
-    kept = [g for g in polys if g.area >= min_area_m2]
-    return [g.simplify(simplify_m, preserve_topology=True) for g in kept] if simplify_m > 0 else kept
+def ground_crs(polys: list[shapely.Geometry], crs: str | None) -> str | None:
+    """A CRS in which ``polys`` (in ``crs``) measure in metres on the ground: None when
+    ``crs`` already does (projected, in metres, not Web Mercator, whose metres stretch
+    with latitude) or is unknown; else the UTM zone of their centre."""
+    if not crs or not polys:
+        return None
+    c = CRS.from_user_input(crs)
+    if c.is_projected and c.linear_units.lower().startswith("met") and c.to_epsg() != 3857:
+        return None
+    x0, y0, x1, y1 = shapely.total_bounds(polys)
+    [lon], [lat] = warp_points(c, "EPSG:4326", [(x0 + x1) / 2], [(y0 + y1) / 2])
+    zone = min(60, max(1, int((lon + 180) // 6) + 1))
+    return f"EPSG:{32600 + zone if lat >= 0 else 32700 + zone}"
+
+
+def _moved(polys: list[shapely.Geometry], src: str, dst: str) -> list[shapely.Geometry]:
+    moved = transform_geom(src, dst, [shapely.geometry.mapping(g) for g in polys])
+    return [shapely.geometry.shape(g) for g in moved]
+
+
+def finish_polygons(
+    polys: list[shapely.Geometry], min_area_m2: float = 4.0, simplify_m: float = 0.5, crs: str | None = None
+) -> list[shapely.Geometry]:
+    """Drop specks under ``min_area_m2`` and simplify outlines by ``simplify_m``, both in
+    metres on the ground whatever ``crs`` (geographic and Web Mercator polygons are
+    measured in their local UTM zone); the result stays in ``crs``."""
+    local = ground_crs(polys, crs)
+    metric = _moved(polys, crs, local) if local and crs else polys
+    keep = [i for i, g in enumerate(metric) if g.area >= min_area_m2]
+    if simplify_m <= 0:
+        return [polys[i] for i in keep]
+    done = [metric[i].simplify(simplify_m, preserve_topology=True) for i in keep]
+    return _moved(done, local, crs) if local and crs and done else done
+
+
+def ground_areas(polys: list[shapely.Geometry], crs: str | None) -> list[float]:
+    """Each polygon's area in m^2 on the ground (see :func:`ground_crs`)."""
+    local = ground_crs(polys, crs)
+    return [g.area for g in (_moved(polys, crs, local) if local and crs else polys)]
 
 
 def mask_polygons(mask, min_area_m2: float = 4.0, simplify_m: float = 0.5) -> tuple[list[shapely.Geometry], str | None]:
@@ -135,7 +172,7 @@ def mask_polygons(mask, min_area_m2: float = 4.0, simplify_m: float = 0.5) -> tu
         with rasterio.open(mask) as src:
             return mask_polygons(src, min_area_m2, simplify_m)
     crs = mask.crs.to_string() if mask.crs else None
-    return finish_polygons(traced_polygons(mask), min_area_m2, simplify_m), crs
+    return finish_polygons(traced_polygons(mask), min_area_m2, simplify_m, crs), crs
 
 
 def polygons_geojson(mask, min_area_m2: float = 4.0, simplify_m: float = 0.5) -> str:
@@ -144,9 +181,11 @@ def polygons_geojson(mask, min_area_m2: float = 4.0, simplify_m: float = 0.5) ->
 
 
 def to_geojson(polys: list[shapely.Geometry], crs: str | None) -> str:
-    """Polygons in ``crs`` as a GeoJSON FeatureCollection string, with their areas."""
+    """Polygons in ``crs`` as a GeoJSON FeatureCollection string, with their areas (m^2
+    on the ground)."""
     features = [
-        {"type": "Feature", "properties": {"area_m2": round(p.area, 2)}, "geometry": shapely.geometry.mapping(p)} for p in polys
+        {"type": "Feature", "properties": {"area_m2": round(a, 2)}, "geometry": shapely.geometry.mapping(p)}
+        for p, a in zip(polys, ground_areas(polys, crs))
     ]
     collection: dict[str, object] = {"type": "FeatureCollection", "features": features}
     if crs:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from .backends.base import Backend
 from .batcher import Batcher
-from .errors import NotFoundError
+from .errors import NotFoundError, NotReady
 from .store import ModelEntry
 
 
@@ -25,13 +25,17 @@ class LoadedModel:
 
 
 class ModelRegistry:
-    """Loaded versions by ``(name, version)``, the newest of each, and the default model."""
+    """Loaded versions by ``(name, version)``, the newest of each, and the default model;
+    and, for every model the server means to serve, its state (``loading``, ``ready``,
+    ``failed``) and the versions skipped with their reasons."""
 
     def __init__(self, default: str | None = None, close: Callable[[LoadedModel], None] | None = None) -> None:
         self.models: dict[tuple[str, int], LoadedModel] = {}
         self.latest: dict[str, int] = {}
         self.default = default
         self.close = close  # called for a retired model once no RPC uses it
+        self.states: dict[str, str] = {}
+        self.skipped: dict[str, dict[int, str]] = {}
 
     def add(self, model: LoadedModel) -> None:
         e = model.entry
@@ -71,6 +75,11 @@ class ModelRegistry:
                 )
             name = self.default
         if name not in self.latest:
+            if self.states.get(name) == "loading":
+                raise NotReady(f"model '{name}' is still loading; retry in a few seconds")
+            if self.states.get(name) == "failed":
+                reasons = "; ".join(f"v{v}: {why}" for v, why in sorted(self.skipped.get(name, {}).items()))
+                raise NotFoundError(f"model '{name}' has no version that loads ({reasons or 'none in the store'})")
             raise NotFoundError(f"no model '{name}' loaded; have: {', '.join(sorted(self.latest)) or 'none'}")
         key = (name, version or self.latest[name])
         if key not in self.models:

@@ -204,7 +204,6 @@ class RemoteBackend:
         # What the model server runs the windows on.
         self.engine, self.precision = f"remote {info.backend}", info.precision or "fp32"
         self.window_seconds: dict[int, float] | None = None
-        self.best_batch: int | None = None
 
     def _endpoint(self, address: str, model: str, version: int):
         if address.startswith(TORCHSERVE):

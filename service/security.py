@@ -83,9 +83,9 @@ class ClientSecurity:
 class TokenCheck(grpc.aio.ServerInterceptor):
     """Refuses calls without a known bearer token (UNAUTHENTICATED)."""
 
-    def __init__(self, tokens: list[str], refused: Callable[[str], None]) -> None:
+    def __init__(self, tokens: list[str], refused: Callable[[str, Any], str]) -> None:
         self._tokens = [t.encode() for t in tokens]
-        self._refused = refused  # (method) -> None: counts the refusal
+        self._refused = refused  # (method, metadata) -> request id: counts and logs the refusal
 
     def _known(self, metadata: Any) -> bool:
         for key, value in metadata or ():
@@ -102,19 +102,22 @@ class TokenCheck(grpc.aio.ServerInterceptor):
         method = details.method
         if method.startswith(OPEN_SERVICES) or self._known(details.invocation_metadata):
             return await continuation(details)
-        self._refused(method)
+        rid = self._refused(method, details.invocation_metadata)
         handler = await continuation(details)
-        return _refusal(handler)
+        return _refusal(handler, rid)
 
 
-def _refusal(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
-    message = "missing or unknown bearer token: send 'authorization: Bearer <token>' metadata"
+REFUSAL = "missing or unknown bearer token: send 'authorization: Bearer <token>' metadata"
 
+
+def _refusal(handler: grpc.RpcMethodHandler | None, request_id: str) -> grpc.RpcMethodHandler:
     async def unary(request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        context.set_trailing_metadata((("x-request-id", request_id),))
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, REFUSAL)
 
     async def stream(request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        context.set_trailing_metadata((("x-request-id", request_id),))
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, REFUSAL)
 
     if handler is None or not handler.request_streaming and not handler.response_streaming:
         return grpc.unary_unary_rpc_method_handler(unary)

@@ -14,25 +14,19 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from . import handlers
-from ._pb import footprints_pb2 as pb
-from ._pb import footprints_pb2_grpc as pb_grpc
+from . import handlers, logs
 from .api import Limits, SegmentationServicer
-from .backends import open_backend
-from .backends.base import Backend
-from .batcher import Batcher
 from .budget import MemoryBudget
-from .errors import InputError, NotFoundError
+from .errors import InputError
+from .manager import ModelManager
 from .metrics import Metrics
 from .registry import LoadedModel, ModelRegistry
-from .remote import MAX_MESSAGE_BYTES, TORCHSERVE, Link, ModelServers, RemoteBackend
-from .security import TokenCheck, read_tokens, server_credentials
-from .store import ModelEntry, ModelStore
+from .remote import MAX_MESSAGE_BYTES, Link, ModelServers
+from .security import REFUSAL, TokenCheck, read_tokens, server_credentials
+from .status import request_id
+from .store import ModelStore
 
 LOG = logging.getLogger("footprints")
-
-# A version ready to serve: its entry, backend, engine name, model-call threads and window budget.
-Opened = tuple[ModelEntry, Backend, str, int, MemoryBudget | None]
 
 
 @dataclass
@@ -42,7 +36,8 @@ class ServerConfig:
     port: int = 50051  # 0: any free port
     metrics_port: int | None = 9100  # 0: any free port, None: no endpoint
     models: list[str] | None = None  # None: every model in the store, newest version
-    backend: str = "auto"  # the fastest engine measured on this machine (service.tuning)
+    backend: str = "auto"  # the engine this machine's facts predict (service.tuning)
+    tune: str = "background"  # measure unmeasured large-window models in a child process ("off": never)
     precision: str = "auto"  # bf16 where the CPU has it and the model passed its check
     max_batch: int = 4
     max_queue_delay_ms: float = 5.0
@@ -120,149 +115,96 @@ class Server:
         ]
         self.grpc = grpc.aio.server(options=options, interceptors=interceptors)
         self.registry = ModelRegistry(close=self._close_later)
+        self.manager: ModelManager
+        self.servicer: SegmentationServicer
+        self._children: list = []  # background measurements
         self.budget = MemoryBudget(cfg.memory_budget_bytes)
         self.metrics.memory_budget.set(self.budget.total)
         self.servers: ModelServers | None = None
         self.port = 0
         self.metrics_port: int | None = None
         self._stopped = asyncio.Event()
-        self._reloading = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
 
     @property
     def models(self) -> dict[tuple[str, int], LoadedModel]:
         return self.registry.models
 
-    def _refused(self, method: str) -> None:
+    def _refused(self, method: str, metadata) -> str:
+        """Count and log a call refused for its token, in the line every call gets
+        (request id, method, code); returns the request id sent back."""
         name = method.rsplit("/", 1)[-1]
         self.metrics.requests.labels(name, "UNAUTHENTICATED").inc()
-        LOG.warning("%s refused: UNAUTHENTICATED (no known bearer token)", name)
-
-    # ---- models -------------------------------------------------------------
-    def _wanted(self) -> tuple[dict[str, int], str | None]:
-        """The newest version of each model to serve, and the default model."""
-        store = ModelStore(self.cfg.store)
-        names = self.cfg.models or store.names()
-        newest = {n: store.get(n).version for n in names}
-        try:
-            default: str | None = store.default_name()
-        except NotFoundError:
-            default = None
-        # A server without the store's default serves its only model, or asks for names.
-        return newest, default if default in names else (names[0] if len(names) == 1 else None)
-
-    def _open(self, name: str, version: int) -> Opened:
-        """A version's backend (blocking: engines are measured and compiled here)."""
-        cfg = self.cfg
-        entry = ModelStore(cfg.store).get(name, version)
-        if self.servers is not None:
-            # Memory of remote windows is the model servers' business (their own budgets).
-            info = self._remote_info(name)
-            remote = RemoteBackend(self.servers, name, entry.version, info, entry.spec, entry.memory.bytes)
-            return entry, remote, "remote", len(self.servers.addresses), None
-        backend = open_backend(entry, cfg.backend, precision=cfg.precision)
-        return entry, backend, backend.engine, 1, self.budget
-
-    def _add(self, opened: Opened) -> None:
-        """Put an opened version in service (on the event loop: the batcher lives there)."""
-        entry, backend, kind, threads, budget = opened
-        cfg = self.cfg
-        batcher = Batcher(
-            backend,
-            min(cfg.max_batch, backend.best_batch or cfg.max_batch),
-            cfg.max_queue_delay_ms / 1000,
-            cfg.max_queued_windows,
-            self.metrics,
-            label=f"{entry.name}/{entry.version}",
-            threads=threads,
-            budget=budget,
-        )
-        self.registry.add(LoadedModel(entry, backend, batcher, kind))
-        self.metrics.model_loaded.labels(entry.name, str(entry.version), kind, entry.mode).set(1)
+        call = logs.CallLog(name)
+        call.request_id = request_id(metadata) or call.request_id
+        logs.rpc_done(call, "UNAUTHENTICATED", REFUSAL)
+        return call.request_id
 
     def _close_later(self, model: LoadedModel) -> None:
-        task = asyncio.get_running_loop().create_task(self._close(model))
+        task = asyncio.get_running_loop().create_task(self.manager.close(model))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _close(self, model: LoadedModel) -> None:
-        await model.batcher.close()
-        model.backend.close()
-        e = model.entry
-        self.metrics.model_loaded.remove(e.name, str(e.version), model.backend_kind, e.mode)
-        LOG.warning("model %s v%d unloaded", e.name, e.version)
-
-    def _remote_info(self, name: str) -> pb.ModelInfo:
-        """What the first of our own model servers to answer says of the model; with
-        TorchServe alone, the store's manifest (TorchServe runs the exported program, in fp32)."""
-        ours = [a for a in self.cfg.model_servers if not a.startswith(TORCHSERVE)]
-        if not ours:
-            entry = ModelStore(self.cfg.store).get(name)
-            return pb.ModelInfo(name=name, version=entry.version, backend="torchserve", precision="fp32",
-                                default_window=entry.spec.default_window("cpu"))  # fmt: skip
-        assert self.servers is not None
-        problems = []
-        for address in ours:
-            try:
-                stub = pb_grpc.SegmentationStub(self.servers.channels[address])
-                # A short deadline: an unreachable model server is said at once.
-                return stub.GetModel(pb.GetModelRequest(name=name), timeout=10, metadata=self.cfg.link.security.metadata())
-            except grpc.RpcError as e:
-                problems.append(f"{address}: {e.code().name} ({e.details()})")
-        raise InputError(f"no model server answered for {name}: {'; '.join(problems)}")
-
-    def _load(self) -> None:
-        newest, self.registry.default = self._wanted()
-        for name, version in newest.items():
-            self._add(self._open(name, version))
+    async def _set_health(self, service: str, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self.health.set(service, status)
 
     async def reload(self) -> None:
-        """Serve what the store holds now: a version folder added is loaded (and takes
-        the requests that name no version), one removed is retired (tiles running on it
-        finish there). A version that fails to load is logged and the old one kept."""
-        async with self._reloading:
-            try:
-                newest, default = await asyncio.to_thread(self._wanted)
-            except Exception as e:  # a store caught mid-copy: try again next time
-                LOG.warning("store reload skipped: %s", e)
-                return
-            have = {n: v for n, v in self.registry.latest.items()}
-            for name, version in newest.items():
-                if have.get(name) == version:
-                    continue
-                try:
-                    opened = await asyncio.to_thread(self._open, name, version)
-                except Exception as e:
-                    LOG.warning("model %s v%d not loaded: %s", name, version, e)
-                    continue
-                self._add(opened)
-                LOG.warning("model %s v%d loaded", name, version)
-            for key in [k for k in self.registry.models if newest.get(k[0]) != k[1]]:
-                self.registry.retire(key)
-            self.registry.default = default
+        """Serve what the store holds now (:meth:`ModelManager.reload`)."""
+        await self.manager.reload()
 
     async def _watch_store(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.watch_store_s)
             await self.reload()
 
+    async def _load(self) -> None:
+        """The first pass over the store, then the background measurements it may need."""
+        await self.manager.reload()
+        if self.cfg.tune == "background" and self.cfg.backend == "auto" and self.servers is None:
+            await self._tune_in_background()
+
+    async def _tune_in_background(self) -> None:
+        """Measure the window speeds of the loaded large-window models this machine has
+        not measured yet, in a child process at the lowest priority (the server serves
+        meanwhile; the memory the measuring takes goes back when the child ends), then
+        let their plans follow the measurements."""
+        from .tuning import cached_seconds, measure_in_child, needs_measuring
+
+        def unmeasured() -> list[LoadedModel]:
+            return [
+                m
+                for m in self.registry.newest()
+                if needs_measuring(m.entry) and cached_seconds(m.entry, m.backend.engine, m.backend.precision) is None
+            ]
+
+        todo = unmeasured()
+        if not todo:
+            return
+        names = [m.entry.name for m in todo]
+        LOG.warning("measuring window speeds of %s in the background", ", ".join(names))
+        child = measure_in_child(self.cfg.store, names, self.cfg.precision)
+        self._children.append(child)
+        code = await asyncio.to_thread(child.wait)
+        for m in todo:
+            m.backend.window_seconds = cached_seconds(m.entry, m.backend.engine, m.backend.precision)
+        LOG.warning("window speeds of %s measured (exit %d); their tiles are cut by them now", ", ".join(names), code)
+
     # ---- lifecycle ----------------------------------------------------------
     @classmethod
     async def start(cls, cfg: ServerConfig) -> Server:
+        """Listen at once (health NOT_SERVING) and load the models in the background;
+        :attr:`manager` says when the default model is ready (``manager.ready``)."""
+        ModelStore(cfg.store)  # a missing store folder is refused before anything listens
         self = cls(cfg)
         if cfg.model_servers:
             self.servers = ModelServers(
                 cfg.model_servers, cfg.link, lambda a, up: self.metrics.model_servers_up.labels(a).set(int(up))
             )
             await asyncio.to_thread(self.servers.check_all)
-        try:
-            self._load()
-        except BaseException:
-            if self.servers is not None:
-                self.servers.close()
-            raise
-        servicer = SegmentationServicer(self.registry, cfg.limits, self.metrics, self.budget)
-        handlers.register(servicer, self.grpc)
+        self.manager = ModelManager(cfg, self.registry, self.metrics, self.budget, self._set_health, self.servers)
+        self.servicer = SegmentationServicer(self.registry, cfg.limits, self.metrics, self.budget)
+        handlers.register(self.servicer, self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         names = (handlers.SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, self.grpc)
@@ -277,34 +219,64 @@ class Server:
             else:
                 self.port = self.grpc.add_insecure_port(address)
         except RuntimeError as e:  # grpc's bind failure
+            self._close_servers()
             raise InputError(f"cannot listen on {address} ({e}); is another server using that port?") from None
-        await self.grpc.start()
+        except BaseException:
+            self._close_servers()
+            raise
         for service in ("", handlers.SERVICE):
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.grpc.start()
         if cfg.metrics_port is not None:
             try:
                 self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.host).server_port
             except OSError as e:
                 await self.grpc.stop(0)
+                self._close_servers()
                 raise InputError(
                     f"cannot serve metrics on {cfg.host}:{cfg.metrics_port} ({e.strerror}); use --metrics-port 0 or -1"
                 ) from None
+        self._tasks.add(asyncio.get_running_loop().create_task(self._load()))
         if cfg.watch_store_s > 0:
             self._tasks.add(asyncio.get_running_loop().create_task(self._watch_store()))
         return self
+
+    def _close_servers(self) -> None:
+        if self.servers is not None:
+            self.servers.close()
+
+    async def ready(self, timeout: float | None = None) -> None:
+        """Wait until the default model serves, or the first pass over the store ended
+        with nothing servable (:class:`InputError`, naming every skipped version)."""
+        async with asyncio.timeout(timeout):
+            ready = asyncio.ensure_future(self.manager.ready.wait())
+            settled = asyncio.ensure_future(self.manager.settled.wait())
+            try:
+                await asyncio.wait({ready, settled}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                ready.cancel()
+                settled.cancel()
+        if not self.manager.ready.is_set() and not self.manager.servable():
+            raise InputError(f"nothing in {self.cfg.store} can be served: {self.manager.problems()}")
 
     async def stop(self) -> None:
         """Drain: health goes NOT_SERVING and Watch streams end, new calls are refused,
         in-flight tiles get up to ``grace_s`` to finish, then the server stops."""
         for task in list(self._tasks):
             task.cancel()
+        for child in self._children:
+            if child.poll() is None:
+                child.kill()
         await self.health.close()
+        # Calls still running when the grace period ends are cancelled by gRPC: they are
+        # logged and counted as cut off by the server (UNAVAILABLE), not as clients leaving.
+        timer = asyncio.get_running_loop().call_later(max(0.0, self.cfg.grace_s - 0.05), setattr, self.servicer, "cut_off", True)
         await self.grpc.stop(self.cfg.grace_s)
+        timer.cancel()
         for m in self.registry:
             await m.batcher.close()
             m.backend.close()
-        if self.servers is not None:
-            self.servers.close()
+        self._close_servers()
         self._stopped.set()
 
     async def wait(self) -> None:
@@ -312,8 +284,18 @@ class Server:
 
 
 async def serve_forever(cfg: ServerConfig) -> None:
-    """``footprints serve``: run until SIGTERM or SIGINT, then drain; SIGHUP reloads the store."""
+    """``footprints serve``: listen at once, serve each model as it loads, run until
+    SIGTERM or SIGINT, then drain; SIGHUP reloads the store. With nothing servable in the
+    store, one line (:class:`InputError`) and exit 2."""
     server = await Server.start(cfg)
+    tls = " (mutual TLS)" if cfg.tls_client_ca else " (TLS)" if cfg.tls_cert else ""
+    metrics = f", metrics on http://{cfg.host}:{server.metrics_port}/metrics" if server.metrics_port else ""
+    print(f"footprints listening on {cfg.host}:{server.port}{tls}{metrics}; loading models", flush=True)
+    try:
+        await server.ready()
+    except InputError:
+        await server.stop()
+        raise
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -327,8 +309,8 @@ async def serve_forever(cfg: ServerConfig) -> None:
 
     loop.add_signal_handler(signal.SIGHUP, hangup)
     models = ", ".join(f"{n} v{v}" + (" (default)" if n == server.registry.default else "") for n, v in server.models)
-    metrics = f", metrics on http://{cfg.host}:{server.metrics_port}/metrics" if server.metrics_port else ""
-    tls = " (mutual TLS)" if cfg.tls_client_ca else " (TLS)" if cfg.tls_cert else ""
-    print(f"footprints serving {models} on {cfg.host}:{server.port}{tls}{metrics}", flush=True)
+    loading = [n for n, state in server.registry.states.items() if state == "loading"]
+    more = f"; loading {', '.join(loading)}" if loading else ""
+    print(f"footprints serving {models} on {cfg.host}:{server.port}{tls}{metrics}{more}", flush=True)
     await server.wait()
     print("footprints server stopped", flush=True)

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -16,7 +16,7 @@ from . import logs
 from .batcher import QueueFull
 from .bridge import Cancelled
 from .budget import OverBudget
-from .errors import InputError, NotFoundError, Undecodable, UploadStalled
+from .errors import InputError, NotFoundError, NotReady, Undecodable, UploadStalled
 
 
 class RequestError(Exception):
@@ -35,6 +35,7 @@ STATUS: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (OverBudget, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Cancelled, grpc.StatusCode.CANCELLED),
     (UploadStalled, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (NotReady, grpc.StatusCode.UNAVAILABLE),
     # A model server (ours or TorchServe) that died or refused: the client may retry.
     (ConnectionError, grpc.StatusCode.UNAVAILABLE),
 ]
@@ -62,8 +63,9 @@ def gone(deadline: float | None) -> grpc.StatusCode:
     return grpc.StatusCode.DEADLINE_EXCEEDED if passed else grpc.StatusCode.CANCELLED
 
 
-def request_id(context: grpc.aio.ServicerContext) -> str | None:
-    for key, value in context.invocation_metadata() or ():
+def request_id(metadata: Any) -> str | None:
+    """The client's ``x-request-id`` (call metadata), if it sent a usable one."""
+    for key, value in metadata or ():
         if key == "x-request-id" and isinstance(value, str) and 0 < len(value) <= 128:
             return value
     return None
@@ -78,7 +80,7 @@ async def answered(record: Record, servicer: Any, method: str, context: grpc.aio
     a client that went away counts as CANCELLED or DEADLINE_EXCEEDED, and the outcome
     is counted and logged once (with the request id, sent back as trailing metadata)."""
     call = logs.CallLog(method)
-    call.request_id = request_id(context) or call.request_id
+    call.request_id = request_id(context.invocation_metadata()) or call.request_id
     deadline = deadline_of(context)
     # Each RPC runs in a task of its own, so the variable needs no reset: a streaming
     # call's generator may even be closed from another context, where a reset fails.
@@ -87,9 +89,12 @@ async def answered(record: Record, servicer: Any, method: str, context: grpc.aio
     try:
         yield
     except (asyncio.CancelledError, GeneratorExit):  # cancelled, or its stream closed by gRPC
-        code = gone(deadline)
+        if getattr(servicer, "cut_off", False):  # the server's shutdown cut it off after its grace period
+            code, why = grpc.StatusCode.UNAVAILABLE, "cut off by the server's shutdown (its --grace period ended)"
+        else:
+            code, why = gone(deadline), "the client went away"
         record(servicer, method, code)
-        logs.rpc_done(call, code.name, "the client went away")
+        logs.rpc_done(call, code.name, why)
         raise
     except Exception as e:
         code = status_of(e)
@@ -120,10 +125,10 @@ def unary(record: Record) -> Callable[[Callable[..., Awaitable[Any]]], Callable[
     return wrap
 
 
-def streaming(record: Record) -> Callable[[Callable[..., AsyncIterator[Any]]], Callable[..., AsyncIterator[Any]]]:
+def streaming(record: Record) -> Callable[[Callable[..., AsyncGenerator[Any, None]]], Callable[..., AsyncIterator[Any]]]:
     """Decorate a handler that streams its replies with :func:`answered`."""
 
-    def wrap(handler: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    def wrap(handler: Callable[..., AsyncGenerator[Any, None]]) -> Callable[..., AsyncIterator[Any]]:
         @functools.wraps(handler)
         async def call(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             async with answered(record, self, handler.__name__, context):

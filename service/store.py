@@ -71,20 +71,56 @@ class ModelEntry:
         return path
 
 
+@dataclass(frozen=True)
+class Unreadable:
+    """A version folder whose manifest cannot be used: which file, and why."""
+
+    name: str
+    version: int
+    path: Path
+    reason: str
+
+
+def read_entry(name: str, folder: Path) -> ModelEntry:
+    """A version folder's entry, its manifest parsed and its window records checked
+    (an :class:`InputError` naming the file and what is wrong with it)."""
+    manifest = folder / MANIFEST
+    try:
+        data = json.loads(manifest.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{manifest}: not a readable JSON manifest ({e})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{manifest}: the manifest is not a JSON object")
+    entry = ModelEntry(name, int(folder.name), folder, data)
+    try:
+        _ = (entry.spec, entry.memory)  # parsed here, so a broken record is refused now
+        missing = [k for k in ("mode", "network", "files", "inputs") if k not in data]
+        if missing:
+            raise InputError(f"lacks {', '.join(repr(k) for k in missing)}")
+    except (InputError, KeyError, TypeError, ValueError) as e:
+        raise InputError(f"{manifest}: {e}") from None
+    return entry
+
+
 class ModelStore:
-    """All models and versions under ``root``."""
+    """All models and versions under ``root``. A version whose manifest cannot be used
+    is left out and listed in ``unreadable``, so one damaged folder costs only itself."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise NotFoundError(f"{self.root}: model store folder does not exist")
         self.entries: dict[str, dict[int, ModelEntry]] = {}
+        self.unreadable: list[Unreadable] = []
         for manifest in sorted(self.root.glob(f"*/*/{MANIFEST}")):
             folder = manifest.parent
             if not folder.name.isdigit():
                 continue
-            data = json.loads(manifest.read_text())
-            entry = ModelEntry(folder.parent.name, int(folder.name), folder, data)
+            try:
+                entry = read_entry(folder.parent.name, folder)
+            except InputError as e:
+                self.unreadable.append(Unreadable(folder.parent.name, int(folder.name), manifest, str(e)))
+                continue
             self.entries.setdefault(entry.name, {})[entry.version] = entry
 
     def names(self) -> list[str]:

@@ -9,7 +9,8 @@ manifest records it, see :class:`service.geometry.WindowMemory`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -113,12 +114,14 @@ class TilingEngine:
     def plan(self, height: int, width: int) -> TilePlan:
         """Windows for a raster, the blending plan (dual and overlap) and the model input side.
 
-        With no window asked for and the backend's measured seconds per window size at
-        hand (:mod:`service.tuning`), the fastest plan the memory budget allows; else the
-        model's default window, fitted to the raster."""
+        Blended models (overlap, dual) get their manifest's plan window, fitted to the
+        raster: a pure function of the model version and the raster's size, so every
+        path and machine gives one mask. Valid-convolution models, whose windows stitch
+        exactly whatever their size, get the fastest plan the memory budget allows when
+        the backend's seconds per window size were measured (:mod:`service.tuning`)."""
         cfg = self.config
         seconds = getattr(self.backend, "window_seconds", None)
-        if cfg.window is None and cfg.fit_window and seconds:
+        if cfg.window is None and cfg.fit_window and seconds and not self.backend.spec.plan_fixed:
             return self._fastest_plan(height, width, seconds)
         return self._plan_for(height, width, cfg.window or self.backend.spec.default_window(self.backend.device))
 
@@ -205,24 +208,33 @@ class TilingEngine:
         return max(1, min(self.config.batch_size, budget // need))
 
     # ---- running ------------------------------------------------------------
-    def _infer(self, inputs: list[np.ndarray], in_flight: int) -> np.ndarray:
-        """Probabilities for a batch, in chunks of ``in_flight``, averaged over TTA."""
+    def _submit(self, inputs: list[np.ndarray], in_flight: int) -> Callable[[], np.ndarray]:
+        """Start a batch (in chunks of ``in_flight``, and its 7 other dihedral passes under
+        TTA); the returned call gives its probabilities, averaged over TTA. Backends that
+        queue (``submit``: the server's shared batcher) run it meanwhile; the others have
+        run it already."""
+        submit = getattr(self.backend, "submit", None)
 
-        def run(xs: list[np.ndarray]) -> np.ndarray:
-            return np.concatenate(
-                [
-                    self.backend.infer([np.ascontiguousarray(x[i : i + in_flight]) for x in xs])
-                    for i in range(0, len(xs[0]), in_flight)
-                ]
-            )
+        def start(xs: list[np.ndarray]) -> Callable[[], np.ndarray]:
+            chunks = [[np.ascontiguousarray(x[i : i + in_flight]) for x in xs] for i in range(0, len(xs[0]), in_flight)]
+            if submit is None:
+                done = np.concatenate([self.backend.infer(c) for c in chunks])
+                return lambda: done
+            waits = [submit(c) for c in chunks]
+            return lambda: np.concatenate([w() for w in waits])
 
         tta = self.backend.spec.tta if self.config.tta is None else self.config.tta
         if not tta:
-            return run(inputs)
-        total = undo_dihedral(run(inputs), 0)
-        for t in range(1, 8):
-            total = total + undo_dihedral(run([dihedral(x, t) for x in inputs]), t)
-        return total / 8
+            return start(inputs)
+        passes = [start([dihedral(x, t) for x in inputs] if t else inputs) for t in range(8)]
+
+        def averaged() -> np.ndarray:
+            total = undo_dihedral(passes[0](), 0)
+            for t in range(1, 8):
+                total = total + undo_dihedral(passes[t](), t)
+            return total / 8
+
+        return averaged
 
     def _read(self, source: RasterSource, win: Window) -> list[np.ndarray]:
         """The window's crops as read (uint8): what backends, local or remote, take."""
@@ -248,20 +260,25 @@ class TilingEngine:
             return [np.stack([r[k] for r in reads]) for k in range(len(reads[0]))]
 
         # The next batch is read (and decoded) while this one runs: the engines release
-        # the GIL, so the reader takes only the time the model leaves idle.
+        # the GIL, so the reader takes only the time the model leaves idle. A queueing
+        # backend gets the next batch before this one is waited for.
+        depth = 2 if hasattr(self.backend, "submit") else 1
         reader = ThreadPoolExecutor(1, thread_name_prefix="window-reader")
+        running: deque[tuple[list[Window], Callable[[], np.ndarray]]] = deque()
         try:
             upcoming = reader.submit(read, batches[0]) if batches else None
             for i, batch in enumerate(batches):
                 assert upcoming is not None
                 inputs = upcoming.result()
                 upcoming = reader.submit(read, batches[i + 1]) if i + 1 < len(batches) else None
-                probs = self._infer(inputs, in_flight)
-                for w, p in zip(batch, probs):
-                    stitcher.add(w, p)
-                bar.update(len(batch))
-                while (ready := stitcher.take_ready()) is not None:
-                    yield self._masked(source, *ready)
+                running.append((batch, self._submit(inputs, in_flight)))
+                while running and (len(running) >= depth or i + 1 == len(batches)):
+                    done, wait = running.popleft()
+                    for w, p in zip(done, wait()):
+                        stitcher.add(w, p)
+                    bar.update(len(done))
+                    while (ready := stitcher.take_ready()) is not None:
+                        yield self._masked(source, *ready)
         finally:
             reader.shutdown(wait=True, cancel_futures=True)
             bar.close()

@@ -48,27 +48,53 @@ def check_header(h: pb.TileHeader, max_side: int) -> int:
     raise InputError("the header names no raster: set geotiff or raw")
 
 
+# An upload's whole time is --upload-timeout per this many declared bytes (a 5000 x 5000
+# RGB tile is 75 MB uncompressed), and never less than --upload-timeout.
+UPLOAD_TIMEOUT_PER_BYTES = 100 * 10**6
+
+
+def upload_seconds(timeout_s: float | None, declared: int) -> float | None:
+    """How long an upload of ``declared`` bytes may take in all (None: no limit)."""
+    return None if timeout_s is None else timeout_s * max(1.0, declared / UPLOAD_TIMEOUT_PER_BYTES)
+
+
 async def receive(
-    requests: AsyncIterator[pb.SegmentTileRequest], check: Callable[[pb.TileHeader], int], idle_s: float | None = None
+    requests: AsyncIterator[pb.SegmentTileRequest],
+    check: Callable[[pb.TileHeader], int],
+    idle_s: float | None = None,
+    total_s: float | None = None,
 ) -> tuple[pb.TileHeader, bytes]:
     """The header and the raster bytes of a ``SegmentTile`` stream. ``check`` vets the
     header (and returns the bytes it declares) before any chunk is accepted. An upload
-    with no message for ``idle_s`` seconds is given up (:class:`UploadStalled`), so a
-    client that stops sending cannot hold a tile slot."""
+    with no message for ``idle_s`` seconds, or not complete :func:`upload_seconds` after
+    its header, is given up (:class:`UploadStalled`): a client that stops sending, or
+    drips a byte now and then, cannot hold a tile slot."""
     header = None
     buf = bytearray()
     expected = 0
+    deadline: float | None = None  # on the loop's clock, from the header on
+    loop = asyncio.get_running_loop()
     messages = aiter(requests)
     while True:
+        wait = idle_s
+        if deadline is not None:
+            left = max(0.0, deadline - loop.time())
+            wait = left if wait is None else min(wait, left)
         try:
             # asyncio.timeout, not wait_for: the read stays in this task, so a client's
             # cancel cancels the RPC (counted CANCELLED) instead of ending the stream early.
-            async with asyncio.timeout(idle_s):
+            async with asyncio.timeout(wait):
                 msg = await anext(messages)
         except StopAsyncIteration:
             break
         except TimeoutError:
             got = "no header" if header is None else f"{len(buf)} of {expected} bytes"
+            if deadline is not None and loop.time() >= deadline:
+                allowed = upload_seconds(total_s, expected)
+                raise UploadStalled(
+                    f"upload too slow: not complete {allowed:g} s after its header ({got} received; "
+                    f"--upload-timeout {total_s:g} s per {UPLOAD_TIMEOUT_PER_BYTES // 10**6} MB); the tile slot is freed"
+                ) from None
             raise UploadStalled(f"upload stalled: no message for {idle_s:g} s ({got} received); the tile slot is freed") from None
         if isinstance(msg, Undecodable):
             raise msg
@@ -78,6 +104,8 @@ async def receive(
                 raise InputError("a second header arrived; send the header once, first")
             header = msg.header
             expected = check(header)
+            allowed = upload_seconds(total_s, expected)
+            deadline = None if allowed is None else loop.time() + allowed
         elif part == "chunk":
             if header is None:
                 raise InputError("raster bytes arrived before the header; send the header first")

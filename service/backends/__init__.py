@@ -10,16 +10,20 @@ BACKENDS = ("auto", "onnxruntime", "openvino", "torch", "tensorrt")
 
 
 def open_backend(entry: ModelEntry, kind: str = "onnxruntime", device: str | None = None, precision: str = "auto") -> Backend:
-    """Load a store entry with the named backend; ``auto``: the fastest measured on this
-    machine (:mod:`service.tuning`). ``precision`` (auto, fp32, bf16) matters to OpenVINO."""
+    """Load a store entry with the named backend; ``auto``: the engine this machine's
+    facts predict (:mod:`service.tuning`). ``precision`` (auto, fp32, bf16) matters to OpenVINO."""
     if kind == "auto":
         from ..gpu import why_no_gpu
 
         if why_no_gpu() is None and (device is None or device.startswith("cuda")):
             return _on_gpu(entry, precision)
-        from ..tuning import open_fastest
+        from ..tuning import cached_seconds, needs_measuring, predicted_engine
 
-        return open_fastest(entry, precision)
+        choice = predicted_engine(entry, precision)
+        backend = open_backend(entry, choice.engine, precision=choice.precision)
+        if needs_measuring(entry):
+            backend.window_seconds = cached_seconds(entry, backend.engine, backend.precision)
+        return backend
     if kind == "tensorrt":
         from .tensorrt_backend import TensorRTBackend
 

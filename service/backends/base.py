@@ -43,8 +43,6 @@ class Backend(Protocol):
     # Measured seconds per window by side on this machine (service.tuning), which the
     # tiler cuts tiles by; None: the model's default window.
     window_seconds: dict[int, float] | None
-    # Windows per model call that ran fastest here (service.tuning); None: not measured.
-    best_batch: int | None
 
     def infer(self, inputs: list[np.ndarray]) -> np.ndarray: ...
 

@@ -34,7 +34,6 @@ class OnnxRuntimeBackend:
         self.device = "cuda" if device.startswith("cuda") else "cpu"
         self.engine, self.precision = "onnxruntime", "fp32"
         self.window_seconds: dict[int, float] | None = None
-        self.best_batch: int | None = None
         self.spec = entry.spec
         # The network's activation bound, recorded at export. ONNX Runtime's peak at
         # 2636 px (11 GB, shared/perf-notes.md) sits at this bound, above eager PyTorch's.
@@ -43,9 +42,16 @@ class OnnxRuntimeBackend:
         self._output = entry.manifest["outputs"][0]["name"]
 
     def infer(self, inputs: list[np.ndarray]) -> np.ndarray:
-        feed = dict(zip(self._inputs, model_inputs(inputs)))
-        out: np.ndarray = self.session.run([self._output], feed)[0]
-        return out[:, 0]
+        xs = model_inputs(inputs)
+        if self.device != "cpu":
+            out: np.ndarray = self.session.run([self._output], dict(zip(self._inputs, xs)))[0]
+            return out[:, 0]
+        # One window per run on the CPU, as OpenVINO does: a window's numbers never
+        # depend on the batch it shared (and a CPU gains nothing from batches here).
+        runs = [
+            self.session.run([self._output], {n: x[i : i + 1] for n, x in zip(self._inputs, xs)})[0] for i in range(len(xs[0]))
+        ]
+        return np.concatenate(runs)[:, 0]
 
     def close(self) -> None:
         self.session = None

@@ -46,7 +46,6 @@ class TensorRTBackend:
         self.spec = entry.spec
         self.window_bytes = entry.memory.bytes
         self.window_seconds: dict[int, float] | None = None
-        self.best_batch: int | None = None
 
     @classmethod
     def from_entry(cls, entry: ModelEntry, precision: str = "fp16") -> TensorRTBackend:

@@ -45,7 +45,6 @@ class TorchBackend:
         self.name = name
         self.engine, self.precision = "torch", "fp32"
         self.window_seconds: dict[int, float] | None = None
-        self.best_batch: int | None = None
 
     @classmethod
     def from_entry(cls, entry: ModelEntry, device: str | None = None) -> TorchBackend:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import shapely
 
-from ..outputs import finish_polygons
+from ..outputs import finish_polygons, ground_areas
 
 JOIN_M = 0.01  # edges closer than this (1 cm: float rounding of shared tile edges) are one edge
 
@@ -63,7 +63,7 @@ def city_layer(results: list[dict], min_area_m2: float, simplify_m: float) -> di
     for crs, pieces in edges.items():
         geoms, tiles = by_crs[crs]
         for building, names in join_edges(pieces):
-            for finished in finish_polygons([building], min_area_m2, simplify_m):
+            for finished in finish_polygons([building], min_area_m2, simplify_m, crs):
                 geoms.append(finished)
                 tiles.append(",".join(sorted(names)))
     return dict(by_crs)
@@ -88,7 +88,7 @@ def write_gpkg(path: Path, layers: dict[str | None, tuple[list, list[str]]]) -> 
         write(
             str(partial),
             geometry=np.array([p.wkb for p in polys], dtype=object),
-            field_data=[np.array(owners, dtype=object), np.array([round(p.area, 2) for p in polys], dtype=np.float64)],
+            field_data=[np.array(owners, dtype=object), np.round(np.array(ground_areas(polys, crs), dtype=np.float64), 2)],
             fields=["tiles", "area_m2"],
             crs=crs,
             geometry_type="Polygon",

@@ -39,6 +39,19 @@ class Outcome:
     layer: Path | None
 
 
+OUTPUT_FOLDERS = ("masks", "polygons", "probabilities")
+
+
+def remove_partials(out: Path) -> int:
+    """Delete the ``.NAME.PID.partial.*`` files a killed worker or run left behind (the
+    driver calls this before its workers start and after they end, when no worker of
+    this output folder is writing); returns how many."""
+    stale = [p for sub in OUTPUT_FOLDERS for p in (out / sub).glob(".*.partial.*") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
 def _ray():
     try:
         import ray
@@ -59,6 +72,7 @@ def run_batch(
 ) -> Outcome:
     tiles = resolve(spec)
     out.mkdir(parents=True, exist_ok=True)
+    remove_partials(out)
     ray = _ray()
     from .worker import TileSegmenter
 
@@ -66,7 +80,16 @@ def run_batch(
     local = address is None
     if local:
         workers = workers or available_cores()
-        ray.init(num_cpus=workers, include_dashboard=dashboard, log_to_driver=False, configure_logging=False)
+        # Loopback only: Ray's job and dashboard APIs run code for whoever reaches them,
+        # so an embedded run listens on no other interface, and has no dashboard unless asked.
+        ray.init(
+            num_cpus=workers,
+            include_dashboard=dashboard,
+            dashboard_host="127.0.0.1",
+            _node_ip_address="127.0.0.1",
+            log_to_driver=False,
+            configure_logging=False,
+        )
     else:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
         workers = workers or int(ray.cluster_resources().get("CPU", 1))
@@ -124,6 +147,7 @@ def run_batch(
                     on_result(r)
                 bar.update(1)
             bar.close()
+            remove_partials(out)  # the attempts of workers that died mid-tile
         layer = None
         buildings = 0
         if results:

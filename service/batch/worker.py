@@ -54,7 +54,7 @@ def tile_outlines(
     tile, as traced where they touch its edge and may continue in a neighbour (the
     layer joins those first, then finishes them)."""
     inside = [frame.contains(g) for g in traced]
-    inner = finish_polygons([g for g, i in zip(traced, inside) if i], min_area_m2, simplify_m)
+    inner = finish_polygons([g for g, i in zip(traced, inside) if i], min_area_m2, simplify_m, crs)
     return {"crs": crs, "inner": [g.wkb for g in inner], "edge": [g.wkb for g, i in zip(traced, inside) if not i]}
 
 
@@ -103,7 +103,7 @@ class TileSegmenter:
         outlines = tile_outlines(traced, crs, frame, job.min_area_m2, job.simplify_m)
         geojson = out / "polygons" / f"{tile.name}.geojson"
         geojson_partial = geojson.with_name(f".{tile.name}.{pid}.partial.geojson")
-        geojson_partial.write_text(to_geojson(finish_polygons(traced, job.min_area_m2, job.simplify_m), crs))
+        geojson_partial.write_text(to_geojson(finish_polygons(traced, job.min_area_m2, job.simplify_m, crs), crs))
         outputs = {
             f"masks/{tile.name}.tif": _replace(partial, mask),
             f"polygons/{tile.name}.geojson": _replace(geojson_partial, geojson),

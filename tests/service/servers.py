@@ -32,11 +32,13 @@ TRANSFORM = from_origin(500_000.0, 4_600_000.0, 0.3, 0.3)
 class RunningServer:
     """A footprints server in this process, on its own event loop thread."""
 
-    def __init__(self, cfg: ServerConfig) -> None:
+    def __init__(self, cfg: ServerConfig, ready: bool = True) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.server = asyncio.run_coroutine_threadsafe(Server.start(cfg), self.loop).result(120)
+        if ready:  # listening is at once; most tests want the models loaded too
+            asyncio.run_coroutine_threadsafe(self.server.ready(), self.loop).result(120)
         self.address = f"127.0.0.1:{self.server.port}"
         self.metrics_url = f"http://127.0.0.1:{self.server.metrics_port}/metrics"
 
@@ -47,7 +49,7 @@ class RunningServer:
 
 
 def config(store, **kw) -> ServerConfig:
-    limits = kw.pop("limits", Limits(max_tiles_in_flight=4, max_raster_side=6000, max_batch=4))
+    limits = kw.pop("limits", Limits(max_tiles_in_flight=4, max_raster_side=6000, max_batch=4, max_tiles_per_client=4))
     # ONNX Runtime unless a test says otherwise: these tests compare against it exactly.
     kw.setdefault("backend", "onnxruntime")
     return ServerConfig(store=store, port=0, metrics_port=0, limits=limits, grace_s=60, **kw)
@@ -100,8 +102,10 @@ def serve_process(store, *extra, stderr=None):
         text=True,
         cwd=REPO,
     )
-    line = proc.stdout.readline()
-    match = re.search(r"on 127\.0\.0\.1:(\d+)(?: \([^)]*\))?, metrics on (http://\S+)", line)
+    line = proc.stdout.readline()  # "listening", at once; then "serving" once the default model is
+    if line.startswith("footprints listening"):
+        line = proc.stdout.readline()
+    match = re.search(r"serving .* on 127\.0\.0\.1:(\d+)(?: \([^)]*\))?, metrics on (http://\S+)", line)
     if match is None:
         proc.wait(30)
         log.seek(0)

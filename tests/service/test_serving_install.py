@@ -98,6 +98,8 @@ def test_serving_works_with_only_the_serving_dependencies(serving_venv, tmp_path
     )
     try:
         line = server.stdout.readline()
+        if line.startswith("footprints listening"):  # at once; "serving" follows once the default model is
+            line = server.stdout.readline()
         match = re.search(r"on (127\.0\.0\.1:\d+)", line)
         assert match and f"{default} v" in line, line + server.stderr.read()
         remote = _run(env, "segment", str(image), "-o", str(tmp_path / "remote.tif"), "--server", match.group(1), cwd=tmp_path)

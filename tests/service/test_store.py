@@ -53,7 +53,9 @@ def test_window_spec_reads_what_export_writes():
     assert spec.default_window("remote") == 1180  # devices the manifest does not name get the CPU's
     assert spec.to_manifest() == amll["geometry"]
     nus = WindowSpec.from_manifest(json.loads((STORE / "nus/1/manifest.json").read_text()))
-    assert nus.valid is None and nus.default_window("cpu") == 384 and nus.multiple == 16
+    assert nus.valid is None and nus.multiple == 16
+    # A blended model's plan decides its mask, so it is the manifest's on every device and path.
+    assert nus.plan_fixed and nus.default_window("cpu") == nus.default_window("cuda:0") == nus.default_window("remote") == 1056
     with pytest.raises(InputError, match="window geometry 'hexagons'"):
         WindowSpec.from_manifest({"name": "x", "geometry": {"kind": "hexagons"}})
 

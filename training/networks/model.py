@@ -27,10 +27,12 @@ CHECKPOINT_FORMAT = "footprints.checkpoint/1"
 # (benchmarks/results/tiling.json). Dual windows: the paper's 384 output side.
 DEFAULT_WINDOW = {"cuda": 2636, "cpu": 1180}
 DUAL_WINDOW = 384
-# Same-padding networks (overlap windows): input sides per device, the margin dropped
-# per side (the encoder's border effects fade within a few of its 32-px cells) and
-# the blended overlap of the kept cores.
-OVERLAP_WINDOW = {"cpu": 512, "cuda": 1024, "parity": 384}
+# Same-padding networks (overlap windows): the input side of every plan on every
+# device (blended windows give other last bits for other plans, so a model's plan is
+# fixed: 4 x 4 windows on a 5000-px tile, the fastest count measured on AMX CPUs), the
+# side parity checks use, the margin dropped per side (the encoder's border effects
+# fade within a few of its 32-px cells) and the blended overlap of the kept cores.
+OVERLAP_WINDOW = {"plan": 1376, "parity": 384}
 OVERLAP_MARGIN, OVERLAP_BLEND = 32, 64
 # ImageNet statistics (RGB, 0-255) for encoders pretrained on ImageNet.
 IMAGENET_MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
@@ -95,7 +97,7 @@ class SegmentationModel(nn.Module):
             return WindowSpec(
                 "overlap", OVERLAP_WINDOW, multiple=self.net.multiple, margin=OVERLAP_MARGIN, overlap=OVERLAP_BLEND, tta=self.tta
             )
-        return WindowSpec("dual", {"cpu": DUAL_WINDOW, "cuda": DUAL_WINDOW, "parity": DUAL_WINDOW}, multiple=self.net.multiple)
+        return WindowSpec("dual", {"plan": DUAL_WINDOW, "parity": DUAL_WINDOW}, multiple=self.net.multiple)
 
     def window_bytes(self, window: int) -> int:
         """Activation bound of one window of side ``window`` (input side; dual: output side)."""
