@@ -41,7 +41,9 @@ def main() -> None:
     args = ap.parse_args()
 
     metrics_port = _free_port()
-    proc, address = _report.serve(args.store, "--max-tiles", "8", "--max-tiles-per-client", "8", "--metrics-port", str(metrics_port))
+    proc, address = _report.serve(
+        args.store, "--max-tiles", "8", "--max-tiles-per-client", "8", "--metrics-port", str(metrics_port)
+    )
     footprints = str(Path(sys.executable).with_name("footprints"))
     common = [
         footprints,

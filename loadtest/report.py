@@ -36,7 +36,7 @@ def step_summary(step: str, calls: list[Call], samples: list[Sample]) -> dict:
         "mpx_per_s": sum(c.pixels for c in ok) / wall / 1e6,
         "windows_per_s": sum(c.windows for c in ok) / wall,
         "latency_s": {q: float(np.percentile(lat, p)) for q, p in (("p50", 50), ("p90", 90), ("p99", 99))}
-        | {"max": float(lat.max())},
+        | {"max": float(lat.max()), "mean": float(lat.mean())},
         "first_row_s": {"p50": float(np.percentile(first, 50)), "p99": float(np.percentile(first, 99))},
         "server": {
             "queued_windows_mean": float(np.mean([s.queued_windows for s in during])) if during else None,

@@ -34,6 +34,9 @@ from .backends.base import Backend
 from .budget import MemoryBudget
 from .metrics import Metrics
 
+# Every this many batches take the longest-waiting windows instead of the oldest tile's.
+FAIR_EVERY = 4
+
 
 class QueueFull(Exception):
     """More windows are queued for this model than the server accepts."""
@@ -58,7 +61,7 @@ class Batcher:
         label: str = "",
         threads: int = 1,
         budget: MemoryBudget | None = None,
-        fair_every: int = 4,
+        fair_every: int = FAIR_EVERY,
     ) -> None:
         self.backend, self.max_batch, self.max_delay_s, self.max_queued = backend, max_batch, max_delay_s, max_queued
         self.metrics, self.label, self.budget = metrics, label or backend.name, budget

@@ -257,6 +257,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         max_queue_delay_ms=args.max_queue_delay_ms,
         max_queued_windows=args.max_queued_windows,
+        window_order=args.window_order,
         limits=Limits(
             max_tiles_in_flight=args.max_tiles,
             max_raster_side=args.max_side,
@@ -367,6 +368,10 @@ def build_parser(ext: Extensions | None = None) -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=4, help="windows per model call, across requests")
     p.add_argument("--max-queue-delay-ms", type=float, default=5.0, help="how long a batch waits to fill")
     p.add_argument("--max-queued-windows", type=int, default=64, help="past this, RESOURCE_EXHAUSTED")
+    p.add_argument(
+        "--window-order", choices=("oldest-tile", "arrival"), default="oldest-tile",
+        help="which windows a batch takes: the oldest tile's (every 4th batch the longest-waiting), or first come first served",
+    )  # fmt: skip
     p.add_argument("--max-tiles", type=int, default=4, help="tiles in flight at once; past this, RESOURCE_EXHAUSTED")
     p.add_argument("--max-side", type=int, default=10000, help="largest raster side accepted, px")
     p.add_argument("--grace", type=float, default=30.0, help="seconds in-flight tiles get to finish on SIGTERM")

@@ -32,7 +32,7 @@ from ._pb import footprints_pb2 as pb
 from ._pb import footprints_pb2_grpc as pb_grpc
 from .backends import open_backend
 from .backends.base import Backend
-from .batcher import Batcher
+from .batcher import FAIR_EVERY, Batcher
 from .budget import MemoryBudget
 from .errors import InputError, NotFoundError
 from .metrics import Metrics
@@ -122,6 +122,7 @@ class ModelManager:
             label=f"{entry.name}/{entry.version}",
             threads=threads,
             budget=budget,
+            fair_every=1 if cfg.window_order == "arrival" else FAIR_EVERY,
         )
         self.registry.add(LoadedModel(entry, backend, batcher, kind))
         self.metrics.model_loaded.labels(entry.name, str(entry.version), kind, entry.mode).set(1)

@@ -42,6 +42,7 @@ class ServerConfig:
     max_batch: int = 4
     max_queue_delay_ms: float = 5.0
     max_queued_windows: int = 64
+    window_order: str = "oldest-tile"  # or "arrival": first come, first served across tiles
     limits: Limits = field(default_factory=Limits)
     grace_s: float = 30.0
     model_servers: list[str] = field(default_factory=list)  # remote InferWindows servers
@@ -245,10 +246,13 @@ class Server:
         if self.servers is not None:
             self.servers.close()
 
-    async def ready(self, timeout: float | None = None) -> None:
-        """Wait until the default model serves, or the first pass over the store ended
-        with nothing servable (:class:`InputError`, naming every skipped version)."""
+    async def ready(self, timeout: float | None = None, every_model: bool = False) -> None:
+        """Wait until the default model serves (``every_model``: until the first pass over
+        the store has loaded or skipped them all), or that pass ended with nothing
+        servable (:class:`InputError`, naming every skipped version)."""
         async with asyncio.timeout(timeout):
+            if every_model:
+                await self.manager.settled.wait()
             ready = asyncio.ensure_future(self.manager.ready.wait())
             settled = asyncio.ensure_future(self.manager.settled.wait())
             try:

@@ -52,7 +52,12 @@ def remove_partials(out: Path) -> int:
     return len(stale)
 
 
-def _ray():
+def _ray(local: bool):
+    if local:
+        # Loopback only: Ray's job and dashboard APIs run code for whoever reaches them.
+        # Ray binds its servers to the node's address, which it takes to be the host's
+        # network one unless it runs as on a laptop (this switch, read when ray is imported).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
     except ModuleNotFoundError:
@@ -73,15 +78,14 @@ def run_batch(
     tiles = resolve(spec)
     out.mkdir(parents=True, exist_ok=True)
     remove_partials(out)
-    ray = _ray()
+    local = address is None
+    ray = _ray(local)
     from .worker import TileSegmenter
 
     t0 = time.perf_counter()
-    local = address is None
     if local:
         workers = workers or available_cores()
-        # Loopback only: Ray's job and dashboard APIs run code for whoever reaches them,
-        # so an embedded run listens on no other interface, and has no dashboard unless asked.
+        # An embedded run listens on no other interface, and has no dashboard unless asked.
         ray.init(
             num_cpus=workers,
             include_dashboard=dashboard,
@@ -117,24 +121,36 @@ def run_batch(
             queue = list(todo)
             attempts: dict[str, int] = {}
             running: dict = {}  # object ref -> (actor index, tile)
+            # Workers that died: Ray restarts them where resources allow (on a lost node's
+            # share, perhaps never); each gets tiles again once it answers a ping.
+            restarting: dict = {}  # ping ref -> actor index
             idle = list(range(len(actors)))
             t_start = time.perf_counter()
             while queue or running:
                 while queue and idle:
                     i, tile = idle.pop(), queue.pop(0)
                     running[actors[i].segment.remote(tile, out)] = (i, tile)
-                ready, _ = ray.wait(list(running), num_returns=1)
+                ready, _ = ray.wait([*running, *restarting], num_returns=1)
+                if ready[0] in restarting:
+                    j = restarting.pop(ready[0])
+                    try:
+                        ray.get(ready[0])
+                        idle.append(j)  # back: it takes tiles again
+                    except ray.exceptions.RayActorError:
+                        restarting[actors[j].pid.remote()] = j
+                    continue
                 i, tile = running.pop(ready[0])
-                idle.append(i)
                 try:
                     r = ray.get(ready[0])
-                except ray.exceptions.RayActorError as e:  # the worker died mid-tile: Ray restarts it
+                except ray.exceptions.RayActorError as e:  # the worker died mid-tile, its node perhaps
+                    restarting[actors[i].pid.remote()] = i
                     attempts[tile.name] = attempts.get(tile.name, 0) + 1
                     if attempts[tile.name] < ATTEMPTS:
-                        queue.append(tile)
+                        queue.insert(0, tile)  # to whichever worker is free first
                     else:
                         failed[tile.name] = f"its worker died {ATTEMPTS} times ({e})"
                     continue
+                idle.append(i)
                 if "error" in r:
                     failed[tile.name] = r["error"]
                 else:

@@ -23,7 +23,7 @@ from service.server import Server, ServerConfig
 from service.store import ModelStore
 from service.tiler import EngineConfig, TilingEngine
 
-from ..conftest import REPO
+from ..conftest import REPO, wait_until
 
 CRS = "EPSG:32616"
 TRANSFORM = from_origin(500_000.0, 4_600_000.0, 0.3, 0.3)
@@ -37,8 +37,8 @@ class RunningServer:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.server = asyncio.run_coroutine_threadsafe(Server.start(cfg), self.loop).result(120)
-        if ready:  # listening is at once; most tests want the models loaded too
-            asyncio.run_coroutine_threadsafe(self.server.ready(), self.loop).result(120)
+        if ready:  # listening is at once; most tests want every model loaded too
+            asyncio.run_coroutine_threadsafe(self.server.ready(every_model=True), self.loop).result(120)
         self.address = f"127.0.0.1:{self.server.port}"
         self.metrics_url = f"http://127.0.0.1:{self.server.metrics_port}/metrics"
 
@@ -110,4 +110,16 @@ def serve_process(store, *extra, stderr=None):
         proc.wait(30)
         log.seek(0)
         raise AssertionError(line + log.read())
-    return proc, f"127.0.0.1:{match.group(1)}", match.group(2)
+    address = f"127.0.0.1:{match.group(1)}"
+    wait_until(lambda: _settled(address), 120, f"every model of {store} to load")  # the default serves first
+    return proc, address, match.group(2)
+
+
+def _settled(address: str) -> bool:
+    import grpc
+
+    from service._pb import footprints_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        models = pb_grpc.SegmentationStub(channel).ListModels(pb.ListModelsRequest(), timeout=10).models
+    return all(m.state != "loading" for m in models)

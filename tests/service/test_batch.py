@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -129,7 +132,31 @@ def test_a_city_gives_segments_masks_one_layer_and_the_seam_joined(store, city, 
     assert cells[1] == "100.00 / 100.00" and cells[2] != "100.00 / 100.00"  # seam, town
 
 
+def _descendants(pid: int) -> set[int]:
+    """``pid`` and every process below it (from /proc)."""
+    parents: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    found, grew = {pid}, True
+    while grew:
+        more = {p for p, parent in parents.items() if parent in found} - found
+        found |= more
+        grew = bool(more)
+    return found
+
+
+def _listening(pids: set[int]) -> list[str]:
+    """The addresses the processes ``pids`` listen on (TCP)."""
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, timeout=30).stdout
+    return [line.split()[3] for line in out.splitlines() if {int(p) for p in re.findall(r"pid=(\d+)", line)} & pids]
+
+
 def test_a_worker_killed_mid_run_and_the_run_completes(store, city, tmp_path):
+    """And the embedded Ray listens on loopback only, with no dashboard."""
     out = tmp_path / "out"
     exe = str(Path(sys.executable).with_name("footprints"))
     proc = subprocess.Popen([exe, "batch", "--input", str(city), "--out", str(out), "--store", str(store), *ARGS],
@@ -140,6 +167,10 @@ def test_a_worker_killed_mid_run_and_the_run_completes(store, city, tmp_path):
             120,
             "the workers",
         )
+        if shutil.which("ss"):
+            addresses = _listening(_descendants(proc.pid))
+            assert addresses and all(a.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:")) for a in addresses), addresses
+            assert not any(a.endswith(":8265") for a in addresses)  # no dashboard
         os.kill(pids[0], signal.SIGKILL)
         stdout, stderr = proc.communicate(timeout=600)
     finally:
@@ -166,7 +197,9 @@ def test_an_interrupted_run_resumes_with_only_what_is_missing_or_stale(store, ci
     first = json.loads(ledger.read_text())["tiles"]
     assert 2 <= len(first) < 6
     stamps = {n: (out / "masks" / f"{n}.tif").stat().st_mtime_ns for n in first}
+    (out / "masks" / ".town9.4242.partial.tif").write_bytes(b"left by a killed worker")
     done = run_cli("batch", "--input", str(city), "--out", str(out), "--store", str(store), *ARGS)
+    assert not [p.name for sub in ("masks", "polygons", "probabilities") for p in (out / sub).glob(".*.partial.*")]
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"{6 - len(first)} tiles segmented, {len(first)} already done" in done.stdout
     assert all((out / "masks" / f"{n}.tif").stat().st_mtime_ns == t for n, t in stamps.items())  # not redone
@@ -195,3 +228,63 @@ def test_bad_tiles_are_reported_and_do_not_stop_the_others(store, city, tmp_path
     assert set(lines) == {"failed broken", "failed gray"} and "1 band" in lines["failed gray"]
     assert "Traceback" not in done.stderr
     assert sorted(p.stem for p in (out / "masks").glob("*.tif")) == ["town1", "town2"]
+
+
+def test_a_two_node_ray_cluster_loses_a_node_mid_run_and_the_run_completes(store, city, tmp_path):
+    """A real cluster on this machine: a head (``ray start --head``) and a second node with
+    its own CPU, ``footprints batch --ray-address`` with a worker on each; the second
+    node is killed mid-run, its tile goes to the survivor, and every mask equals segment."""
+    ray = str(Path(sys.executable).with_name("ray"))
+    port = "6391"
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(16),  # the cluster's token: every node and driver needs it
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats", "--block"]
+    head = subprocess.Popen([ray, "start", "--head", "--port", port, "--include-dashboard", "false", *common],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    node = None
+    out = tmp_path / "out"
+    try:
+        status = [ray, "status", "--address", f"127.0.0.1:{port}"]
+        wait_until(lambda: subprocess.run(status, env=env, capture_output=True, timeout=60).returncode == 0, 120, "the head")
+        node = subprocess.Popen([ray, "start", "--address", f"127.0.0.1:{port}", *common], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        wait_until(
+            lambda: (
+                "2.0 CPU"
+                in subprocess.run(status, env=env, capture_output=True, text=True, timeout=60).stdout.replace("0.0/", "")
+            ),
+            120,
+            "the second node to join",
+        )
+        node_pids = _descendants(node.pid)
+        exe = str(Path(sys.executable).with_name("footprints"))
+        args = ["--backend", "onnxruntime", "--window", "252", "--ray-address", f"127.0.0.1:{port}"]
+        batch = subprocess.Popen([exe, "batch", "--input", str(city), "--out", str(out), "--store", str(store), *args],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)  # fmt: skip
+        pids = wait_until(
+            lambda: (out / "workers.json").is_file() and json.loads((out / "workers.json").read_text())["pids"],
+            180,
+            "the workers",
+        )
+        assert len(pids) == 2 and len(set(pids) & _descendants(node.pid)) == 1  # one worker on each node
+        wait_until(lambda: any((out / "masks").glob("*.tif")) if (out / "masks").is_dir() else False, 180, "a first tile")
+        os.killpg(node.pid, signal.SIGKILL)  # the second node goes away, its worker with it
+        for pid in node_pids | _descendants(node.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        stdout, stderr = batch.communicate(timeout=600)
+        assert batch.returncode == 0, stderr[-3000:]
+        assert "6 tiles segmented" in stdout and "0 failed" in stdout
+    finally:
+        for proc in (node, head):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    for image in sorted(city.glob("*.tif")):
+        assert np.array_equal(_mask(out, image.stem), _expected(store, image)), image.stem

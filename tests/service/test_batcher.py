@@ -159,3 +159,37 @@ def test_a_failing_window_fails_only_its_own_caller():
     assert isinstance(results[2], ValueError) and "poisoned" in str(results[2])
     assert [float(r[0, 0]) for i, r in enumerate(results) if i != 2] == [11, 12, 14]
     assert backend.calls[0] == 4  # they did share a batch, which failed, then ran one by one
+
+
+def test_the_oldest_request_goes_first_and_every_fourth_batch_to_the_longest_waiting():
+    """Windows of three tiles queued while the model is busy: the oldest tile's run
+    first, batch after batch, except that every 4th batch takes the windows that have
+    waited longest (here the newest tile's, queued first), so no tile starves."""
+
+    async def go() -> list[int]:
+        gate = threading.Event()
+        backend = Recorder(gate=gate)
+        order: list[int] = []
+        original = backend.infer
+
+        def infer(inputs):
+            order.extend(int(v) for v in inputs[0][:, 0, 0, 0])
+            return original(inputs)
+
+        backend.infer = infer
+        b = Batcher(backend, max_batch=2, max_delay_s=0.001, max_queued=64, fair_every=4)
+        blocker = asyncio.ensure_future(b.infer(_window(0), priority=0.0))  # holds the model
+        await asyncio.sleep(0.05)
+        # Tile 3 (started last) queues first, then tile 1 (oldest), then tile 2.
+        futures = []
+        for tile, started in ((3, 3.0), (1, 1.0), (2, 2.0)):
+            futures += b.submit([_window(tile) for _ in range(4)], priority=started)
+        gate.set()
+        await asyncio.gather(blocker, *futures)
+        await b.close()
+        return order[1:]
+
+    order = run(go())
+    # Batches of 2 (the blocker was the 1st): tile 1, tile 1, then the 4th batch the fair one
+    # (longest waiting: tile 3's first two), then tile 2 twice and the rest of tile 3.
+    assert order == [1, 1, 1, 1, 3, 3, 2, 2, 2, 2, 3, 3]

@@ -98,6 +98,35 @@ def test_polygons_are_exact_in_the_crs_and_rejoined_across_strips(tmp_path):
     assert max(p.area for p in polys) == pytest.approx(100 * 20 * 0.09)
 
 
+@pytest.mark.parametrize("crs", ["EPSG:4326", "EPSG:3857"])
+def test_minimum_area_simplification_and_areas_are_metres_on_the_ground_in_any_crs(tmp_path, crs):
+    """A geographic (or Web Mercator) mask: a 6 x 9 m house is kept and measured in m^2,
+    a 1 m^2 speck is dropped, as in a UTM mask; the polygons stay in the mask's CRS."""
+    import json
+
+    from rasterio.transform import from_origin
+
+    from service.outputs import mask_polygons, polygons_geojson
+
+    lat = 40.0  # where degrees of longitude and Web Mercator metres are far from ground metres
+    if crs == "EPSG:4326":
+        px_x, px_y, x0, y0 = 0.3 / (111_320 * np.cos(np.radians(lat))), 0.3 / 110_950, 30.0, lat
+    else:  # Web Mercator's metres are ground metres / cos(latitude)
+        px_x = px_y = 0.3 / np.cos(np.radians(lat))
+        x0, y0 = 3_339_584.7, 4_865_942.3
+    mask = np.zeros((200, 200), np.uint8)
+    mask[20:50, 20:40] = 255  # 30 x 20 px of 0.3 m: 9 m x 6 m = 54 m^2
+    mask[100:103, 100:103] = 255  # 0.9 m x 0.9 m: under 4 m^2
+    path = tmp_path / "m.tif"
+    write_geotiff(path, mask, crs=crs, transform=from_origin(x0, y0, px_x, px_y))
+    polys, got_crs = mask_polygons(path)
+    assert got_crs == crs and len(polys) == 1
+    (feature,) = json.loads(polygons_geojson(path))["features"]
+    assert feature["properties"]["area_m2"] == pytest.approx(54.0, rel=0.02)
+    with rasterio.open(path) as src:
+        assert shapely.box(*src.bounds).contains(polys[0])  # still in the mask's own CRS
+
+
 def test_segment_dual_resolution_checkpoint(tmp_path, checkpoints):
     img = _image(tmp_path / "in.tif", h=260, w=230)
     done = run_cli(

@@ -362,3 +362,65 @@ def test_an_unreachable_model_server_among_several_does_not_stop_start_up(store)
         front.stop()
         live.kill()
         live.wait(30)
+
+
+# ---- small defects (issue 25) --------------------------------------------------
+
+
+def test_corrupt_or_truncated_geotiff_bytes_are_invalid_argument(server, tmp_path):
+    """GDAL opens a GeoTIFF from its header and decodes blocks only when read: bytes
+    damaged past the header are the input's fault, said as such, and the server serves on."""
+    image = tile(tmp_path / "t.tif", 700, 700, seed=12)
+    data = image.read_bytes()
+    broken = bytearray(data)
+    broken[len(data) // 3 :] = b"\x5a" * (len(data) - len(data) // 3)  # blocks overwritten, header intact
+    with FootprintsClient(server.address) as client:
+        header = pb.TileHeader(model="amll", window=252, geotiff=pb.GeoTiffInput(size_bytes=len(broken)))
+        with pytest.raises(grpc.RpcError) as err:
+            client.stream(header, iter([bytes(broken)]), lambda rows: None, timeout=60)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "cannot be decoded" in err.value.details() and "damaged or truncated" in err.value.details()
+        mask, _ = client.segment_array(np.zeros((3, 300, 300), np.uint8), CRS, TRANSFORM, model="amll", window=252)
+    assert mask.shape == (300, 300)
+
+
+@pytest.mark.parametrize(
+    ("transform", "words"),
+    [
+        ([float("nan"), 0.3, 0.0, 4_600_000.0, 0.0, -0.3], "not a finite number"),
+        ([0.0] * 6, "degenerate"),
+    ],
+)
+def test_a_transform_that_places_no_pixel_is_refused_before_any_row(server, transform, words):
+    header = raw_header(300, 300)
+    header.raw.georeference.transform[:] = transform
+    rows: list = []
+    with FootprintsClient(server.address) as client:
+        with pytest.raises(grpc.RpcError) as err:
+            client.stream(header, iter([b"\0" * 300 * 300 * 3]), rows.append, timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and words in err.value.details() and not rows
+
+
+def test_a_tile_cut_off_by_the_grace_period_is_logged_as_the_servers_doing(store, tmp_path):
+    log = open(tmp_path / "serve.log", "w+")
+    proc, address, metrics = serve_process(store, "--grace", "1", "--max-batch", "1", "--log-format", "json", stderr=log)
+    image = tile(tmp_path / "long.tif", 3000, 3000, seed=9)
+    outcome: dict = {}
+
+    def long_tile() -> None:
+        try:
+            with FootprintsClient(address) as client:
+                client.segment_file(image, tmp_path / "m.tif", model="amll", window=252, progress=False, timeout=120)
+        except grpc.RpcError as e:
+            outcome["code"] = e.code()
+
+    t = threading.Thread(target=long_tile)
+    t.start()
+    wait_until(lambda: _windows(metrics) > 0, 60, "the tile to run")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
+    t.join(60)
+    lines = [json.loads(x) for x in open(tmp_path / "serve.log") if x.startswith("{")]
+    (cut,) = [x for x in lines if x.get("method") == "SegmentTile"]
+    assert cut["code"] == "UNAVAILABLE" and "cut off by the server's shutdown" in cut["message"]
+    assert outcome["code"] in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)

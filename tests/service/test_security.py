@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from service._pb import footprints_pb2 as pb
 from service.client import FootprintsClient
 from service.remote import Link
 from service.security import ClientSecurity
@@ -80,6 +81,15 @@ def test_bearer_tokens_refuse_calls_without_one_and_health_stays_open(store, tmp
         m = scrape(s.metrics_url)
         assert m['footprints_requests_total{code="UNAUTHENTICATED",method="SegmentTile"}'] == 2
         assert "secret" not in caplog.text and "wrong" not in caplog.text  # tokens are never logged
+        # Each refusal is one call line like any other: request id, method, code.
+        refusals = [r.fields for r in caplog.records if getattr(r, "fields", None) and r.fields["code"] == "UNAUTHENTICATED"]
+        assert [f["method"] for f in refusals] == ["SegmentTile", "SegmentTile", "ListModels"]
+        assert all(len(f["request_id"]) == 16 for f in refusals)
+        with pytest.raises(grpc.RpcError) as err:
+            with FootprintsClient(s.address) as client:
+                client.stub.ListModels(pb.ListModelsRequest(), metadata=(("x-request-id", "req-7"),), timeout=10)
+        assert dict(err.value.trailing_metadata())["x-request-id"] == "req-7"
+        assert any(getattr(r, "fields", {}).get("request_id") == "req-7" for r in caplog.records)
     finally:
         s.stop()
 
