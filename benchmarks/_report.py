@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from service.memory import STARTUP_ENV
+from service.allocator import STARTUP_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -43,7 +43,7 @@ def gemm_rates(n: int = 4096, repeats: int = 5) -> dict[str, float]:
     import openvino as ov
     from openvino import opset13 as ops
 
-    from service.cpu import available_cores
+    from service.machine import available_cores
 
     core = ov.Core()
     rng = np.random.default_rng(0)
@@ -65,23 +65,23 @@ def gemm_rates(n: int = 4096, repeats: int = 5) -> dict[str, float]:
 
 
 def _open(entry, engine: str):
-    from service.backends import open_backend
+    from service.engines import open_engine
 
     if engine.startswith("torch"):
-        backend = open_backend(entry, "torch", device="cpu")
+        backend = open_engine(entry, "torch", device="cpu")
         if engine == "torch-compile":
             import torch
 
             backend.module = torch.compile(backend.module)
         return backend
     kind, precision = engine.split("-")
-    return open_backend(entry, kind, precision=precision)
+    return open_engine(entry, kind, precision=precision)
 
 
 def _window_job(store: str, name: str, engine: str, side: int, crops: list[np.ndarray], repeats: int, q) -> None:
     """In a fresh process, so the peak RSS is this engine's alone."""
     try:
-        from service.store import ModelStore
+        from service.store.repository import ModelStore
 
         entry = ModelStore(Path(store)).get(name)
         t0 = time.perf_counter()
@@ -108,16 +108,15 @@ def _in_child(target, *args) -> dict[str, Any]:
     return out
 
 
-def _crops(image: Path, side: int, dual: bool) -> list[np.ndarray]:
-    """A window of a synthetic city tile (real pixels: noise hides precision effects)."""
-    from service.geoio import RGBRaster
+def _crops(image: Path, side: int, geometry) -> list[np.ndarray]:
+    """A window of a synthetic city tile (real pixels: noise hides precision effects),
+    cut as the model's geometry reads one."""
+    from service.rasters import RGBRaster
 
     with RGBRaster(image) as src:
-        r = c = max(0, (min(src.height, src.width) - 2 * side) // 2)
-        crops = [src.read(r + (side // 2 if dual else 0), c + (side // 2 if dual else 0), side)[None]]
-        if dual:
-            crops.append(src.read(r, c, 2 * side)[None])
-    return crops
+        n = 2 * side
+        r = c = max(0, (min(src.height, src.width) - n) // 2)
+        return geometry.split(src.read(r, c, n)[None], side)
 
 
 def _macs(entry, side: int) -> int:
@@ -125,30 +124,25 @@ def _macs(entry, side: int) -> int:
     from training.networks.model import load_checkpoint
 
     model, _ = load_checkpoint(entry.verify("model.pt"))
-    shape = (1, 3, side, side)
-    return int(window_cost(model, (shape, shape) if entry.mode == "dual" else (shape,))["macs"])
+    return int(window_cost(model, tuple((1, 3, s, s) for s in entry.geometry.input_sides(side)))["macs"])
 
 
 def _kept(entry, side: int) -> int:
-    """Output pixels a window of ``side`` contributes to a tile (margins dropped)."""
-    spec = entry.spec
-    if spec.mode == "large":
-        assert spec.valid is not None
-        return spec.valid.output_size(side)
-    return side - 2 * spec.margin if spec.mode == "overlap" else side
+    """Output pixels along an axis a window of ``side`` contributes to a tile (margins dropped)."""
+    return entry.geometry.kept_side(side)
 
 
 def window_rows(store: Path, names: list[str], engines: list[str], image: Path, rates: dict[str, float]) -> list[dict]:
-    from service.backends import open_backend
-    from service.store import ModelStore
-    from service.tiler import EngineConfig, TilingEngine
+    from service.engines import open_engine
+    from service.store.repository import ModelStore
+    from service.tiling.engine import EngineConfig, TilingEngine
 
     rows = []
     for name in names:
         entry = ModelStore(store).get(name)
-        tuned = TilingEngine(open_backend(entry, "auto"), EngineConfig()).plan(5000, 5000).window
-        for side in sorted({entry.spec.default_window("cpu"), tuned}):
-            crops = _crops(image, side, entry.mode == "dual")
+        tuned = TilingEngine(open_engine(entry, "auto"), EngineConfig()).plan(5000, 5000).window
+        for side in sorted({entry.geometry.default_window("cpu"), tuned}):
+            crops = _crops(image, side, entry.geometry)
             macs = _macs(entry, side)
             reference = None
             for engine in engines:
@@ -183,14 +177,14 @@ def _tile_job(store: str, name: str, image: str, backend_kind: str, q) -> None:
     try:
         import rasterio
 
-        from service.backends import open_backend
-        from service.geoio import RGBRaster
-        from service.outputs import segment_file
-        from service.store import ModelStore
-        from service.tiler import EngineConfig, TilingEngine
+        from service.engines import open_engine
+        from service.outputs.segment import segment_file
+        from service.rasters import RGBRaster
+        from service.store.repository import ModelStore
+        from service.tiling.engine import EngineConfig, TilingEngine
 
         entry = ModelStore(Path(store)).get(name)
-        backend = open_backend(entry, backend_kind, device="cpu")
+        backend = open_engine(entry, backend_kind, device="cpu")
         engine = TilingEngine(backend, EngineConfig())
         with RGBRaster(image) as src:
             plan = engine.plan(src.height, src.width)
@@ -250,7 +244,7 @@ def _grpc_tile(store: Path, name: str, image: Path) -> dict[str, Any]:
 
 
 def tile_rows(store: Path, names: list[str], image: Path, rates: dict[str, float]) -> list[dict]:
-    from service.store import ModelStore
+    from service.store.repository import ModelStore
 
     rows = []
     for name in names:
@@ -258,7 +252,7 @@ def tile_rows(store: Path, names: list[str], image: Path, rates: dict[str, float
         reference = _in_child(_tile_job, str(store), name, str(image), "torch")
         local = _in_child(_tile_job, str(store), name, str(image), "auto")
         remote = _grpc_tile(store, name, image)
-        passes = 8 if entry.spec.tta else 1
+        passes = 8 if entry.geometry.tta else 1
         floor = 0.0
         for where, r in (("torch eager fp32 (reference)", reference), ("in-process", local), ("gRPC", remote)):
             macs = _macs(entry, r["window"]) * r["windows"] * passes  # what this path's plan computes
@@ -323,7 +317,7 @@ def chart(windows: list[dict], tiles: list[dict], png: Path) -> None:
 
 def main() -> None:
     _report.with_startup_env()
-    from service.store import ModelStore
+    from service.store.repository import ModelStore
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--store", type=Path, default=_report.ROOT / "model_store")
@@ -346,7 +340,7 @@ def main() -> None:
         image = synthesize_tile(Path(tmp), style("fairhaven"), 1, args.size, 1, seed=3).image
         windows = window_rows(args.store, names, args.engines.split(","), image, rates)
         tiles = tile_rows(args.store, tile_names, image, rates) if tile_names else []
-    from service.cpu import this_cpu
+    from service.machine import this_cpu
 
     extra = {"gemm_gflops": rates, "cpu": this_cpu().key, "tile_px": args.size, "tiles": tiles}
     _report.write("engines", windows or [{"model": "(no window runs)"}], extra, out=args.out)

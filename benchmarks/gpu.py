@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import threading
@@ -40,14 +39,10 @@ def _gpu_memory_sampler(stop: threading.Event, peak: list[int]) -> None:
             return
 
 
-def _time_window(backend, crops: list[np.ndarray], runs: int = 5) -> float:
-    backend.infer(crops)  # warm: kernels chosen, memory allocated
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        backend.infer(crops)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+def _time_window(engine, crops: list[np.ndarray], runs: int = 5) -> float:
+    from service.engines.timings import median_seconds
+
+    return median_seconds(lambda: engine.infer(crops), runs)
 
 
 def main() -> None:
@@ -60,21 +55,18 @@ def main() -> None:
 
     import torch
 
-    from service.backends import open_backend
+    from service.api.server import ServerConfig
     from service.client import FootprintsClient
-    from service.gpu import require_gpu
-    from service.server import ServerConfig
-    from service.store import ModelStore
-    from service.tiler import ArraySource, EngineConfig, TilingEngine
+    from service.engines import open_engine
+    from service.engines.gpu import require_gpu
+    from service.store.repository import ModelStore
+    from service.tiling.engine import ArraySource, EngineConfig, TilingEngine
     from tests.service.servers import CRS, TRANSFORM, RunningServer
 
     card = require_gpu("benchmarks/gpu.py")
     entry = ModelStore(args.store).get(args.model)
-    side = entry.spec.default_window("cuda")
-    ctx = 2 * side if entry.mode == "dual" else side
-    crops = [np.random.default_rng(0).integers(0, 256, (1, 3, ctx, ctx), dtype=np.uint8)]
-    if entry.mode == "dual":
-        crops = [np.ascontiguousarray(crops[0][:, :, side // 2 : side // 2 + side, side // 2 : side // 2 + side]), crops[0]]
+    side = entry.geometry.default_window("cuda")
+    crops = entry.geometry.random_crops(1, side)
     rows: list[dict] = []
     engines = {
         "tensorrt fp16": ("tensorrt", "fp16"),
@@ -84,7 +76,7 @@ def main() -> None:
     }
     for label, (kind, precision) in engines.items():
         try:
-            backend = open_backend(entry, kind, device="cuda", precision=precision)
+            backend = open_engine(entry, kind, device="cuda", precision=precision)
         except Exception as e:  # not installed, no engine for this GPU, or a program this PyTorch cannot load
             rows.append({"measure": f"one {side}-px window, {label}", "value": None, "note": f"not run: {type(e).__name__}: {e}"})
             continue
@@ -112,7 +104,7 @@ def main() -> None:
     # The CPU fp32 reference: ONNX Runtime where the graph is at hand, else the same
     # exported program on the CPU (a GPU machine may be sent the program alone).
     reference = "onnxruntime" if entry.has("model.onnx") else "torch"
-    cpu_backend = open_backend(entry, reference, device="cpu")
+    cpu_backend = open_engine(entry, reference, device="cpu")
     cpu = TilingEngine(cpu_backend, EngineConfig(window=s.window)).probabilities(ArraySource(rgb)) >= 0.5
     agree = float(np.mean((mask > 0) == cpu))
     rows += [

@@ -37,11 +37,11 @@ def main() -> None:
     ap.add_argument("--tiles", type=int, default=2, help="tiles per client in the throughput runs")
     args = ap.parse_args()
 
-    from service.backends import open_backend
     from service.client import FootprintsClient
-    from service.outputs import SegmentOptions, segment_file
-    from service.store import ModelStore
-    from service.tiler import EngineConfig, TilingEngine
+    from service.engines import open_engine
+    from service.outputs.segment import SegmentOptions, segment_file
+    from service.store.repository import ModelStore
+    from service.tiling.engine import EngineConfig, TilingEngine
     from training.synthetic import style, synthesize_tile
 
     entry = ModelStore(args.store).get(args.model)
@@ -54,7 +54,7 @@ def main() -> None:
         proc, address = _report.serve(args.store, "--max-tiles", "8", "--max-tiles-per-client", "8", "--backend", "onnxruntime")
         try:
             # 1. gRPC end to end vs in-process, same backend, same machine, back to back.
-            engine = TilingEngine(open_backend(entry, "onnxruntime"), EngineConfig())
+            engine = TilingEngine(open_engine(entry, "onnxruntime"), EngineConfig())
             t = time.perf_counter()
             segment_file(engine, big, tmp / "inproc.tif", SegmentOptions(), progress=False)
             inproc = time.perf_counter() - t
@@ -77,7 +77,7 @@ def main() -> None:
             crops = [np.random.default_rng(0).integers(0, 256, (1, 3, window, window), dtype=np.uint8)]
             per = {}
             for kind in ("onnxruntime", "torch"):
-                backend = open_backend(entry, kind, "cpu")
+                backend = open_engine(entry, kind, "cpu")
                 backend.infer(crops)
                 times = []
                 for _ in range(3):
@@ -111,7 +111,7 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(60)
-    _report.write("service", rows, {"model": f"{entry.name}/{entry.version}", "network_args": entry.manifest["network_args"]})
+    _report.write("service", rows, {"model": f"{entry.name}/{entry.version}", "network_args": dict(entry.manifest.network_args)})
 
 
 if __name__ == "__main__":

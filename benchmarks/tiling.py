@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from service.memory import STARTUP_ENV
+from service.allocator import STARTUP_ENV
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _report  # noqa: E402
@@ -42,15 +42,15 @@ def child(name: str, image: str) -> None:
     """Run one configuration; print its row as JSON on the last line."""
     import torch
 
-    from service.backends.torch_backend import TorchBackend
-    from service.geoio import RGBRaster
-    from service.tiler import EngineConfig, TilingEngine
+    from service.engines.pytorch import TorchEngine
+    from service.rasters import RGBRaster
+    from service.tiling.engine import EngineConfig, TilingEngine
     from training.networks.model import SegmentationModel
 
     network, window, fit = CONFIGS[name]
     torch.manual_seed(0)
     model = SegmentationModel(network, {}, [110.0, 110.0, 110.0])
-    engine = TilingEngine(TorchBackend(model, "cpu"), EngineConfig(window=window, fit_window=fit))
+    engine = TilingEngine(TorchEngine(model, "cpu"), EngineConfig(window=window, fit_window=fit))
     with RGBRaster(image) as src:
         windows, _, used = engine.plan(src.height, src.width)
         t = time.perf_counter()
@@ -68,7 +68,7 @@ def child(name: str, image: str) -> None:
         "seconds": seconds,
         "out_mpx_per_s": mpx / seconds,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "est_window_gb": engine.backend.window_bytes(used) / 2**30,
+        "est_window_gb": engine.model.window_bytes(used) / 2**30,
     }
     print(json.dumps(row))
 

@@ -83,7 +83,7 @@ def _side(image: Path) -> int:
 
 def main() -> None:
     _report.with_startup_env()
-    from service.store import ModelStore
+    from service.store.repository import ModelStore
     from service.torchserve.archive import archive_name, build_archive
     from service.torchserve.runner import TorchServe, TorchServeConfig
     from training.synthetic import style, synthesize_tile

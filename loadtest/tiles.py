@@ -14,7 +14,7 @@ import rasterio
 from rasterio.transform import from_origin
 
 from service.errors import InputError
-from service.geoio import geotiff_profile
+from service.rasters import geotiff_profile
 
 
 @dataclass(frozen=True)

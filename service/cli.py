@@ -15,9 +15,9 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from .cpu import PRECISIONS  # leaf modules: no heavy imports
-from .errors import InputError, NotFoundError
-from .memory import keep_freed_memory
+from service.allocator import keep_freed_memory
+from service.engines.precision import PRECISIONS  # leaf modules: no heavy imports
+from service.errors import InputError, NotFoundError
 
 ENTRY_POINTS = "footprints.cli"
 BACKENDS = ("auto", "onnxruntime", "openvino", "torch", "tensorrt")
@@ -43,7 +43,7 @@ def add_client_security(p: argparse.ArgumentParser, prefix: str = "", whom: str 
 
 def client_security(args: argparse.Namespace, prefix: str = ""):
     """The :class:`~service.security.ClientSecurity` the flags of :func:`add_client_security` ask for."""
-    from .security import ClientSecurity, read_token
+    from service.transport import ClientSecurity, read_token
 
     p = prefix.replace("-", "_")
     token_file = getattr(args, f"{p}token_file")
@@ -58,8 +58,8 @@ def client_security(args: argparse.Namespace, prefix: str = ""):
 def _segment(args: argparse.Namespace) -> int:
     if args.server:
         return _segment_remote(args)
-    from .outputs import SegmentOptions, segment_file
-    from .tiler import EngineConfig, TilingEngine
+    from service.outputs.segment import SegmentOptions, segment_file
+    from service.tiling.engine import EngineConfig, TilingEngine
 
     if args.checkpoint:
         ext: Extensions = args.extensions
@@ -67,11 +67,11 @@ def _segment(args: argparse.Namespace) -> int:
             raise InputError("--checkpoint needs the training package, which is not installed; serve a store model with --model")
         backend = ext.open_checkpoint(args.checkpoint, args.device)
     else:
-        from .backends import open_backend
-        from .store import ModelStore
+        from service.engines import open_engine
+        from service.store.repository import ModelStore
 
         entry = ModelStore(args.store).find(args.model)
-        backend = open_backend(entry, args.backend, device=args.device, precision=args.precision)
+        backend = open_engine(entry, args.backend, device=args.device, precision=args.precision)
     config = EngineConfig(
         window=args.window,
         fit_window=not args.exact_window,
@@ -96,7 +96,7 @@ def _segment(args: argparse.Namespace) -> int:
 def _segment_remote(args: argparse.Namespace) -> int:
     import grpc
 
-    from .client import FootprintsClient
+    from service.client import FootprintsClient
 
     name, _, version = (args.model or "").partition(":")  # no name: the server's default model
     with FootprintsClient(args.server, client_security(args), timeout=args.timeout) as client:
@@ -126,7 +126,7 @@ def _segment_remote(args: argparse.Namespace) -> int:
 
 
 def _torchserve_archive(args: argparse.Namespace) -> int:
-    from .torchserve.archive import build_archive
+    from service.torchserve.archive import build_archive
 
     mar = build_archive(args.store, args.model, args.out, args.batch_size, args.max_batch_delay_ms, args.workers)
     print(f"archive {mar}")
@@ -134,7 +134,7 @@ def _torchserve_archive(args: argparse.Namespace) -> int:
 
 
 def _torchserve_start(args: argparse.Namespace) -> int:
-    from .torchserve.runner import start_daemon
+    from service.torchserve.runner import start_daemon
 
     ts = start_daemon(args.store, args.port, args.management_port, args.metrics_port, args.workers, args.job_queue_size)
     print(
@@ -144,7 +144,7 @@ def _torchserve_start(args: argparse.Namespace) -> int:
 
 
 def _torchserve_stop(args: argparse.Namespace) -> int:
-    from .torchserve.runner import stop_daemon
+    from service.torchserve.runner import stop_daemon
 
     print(f"torchserve stopped (pid {stop_daemon(args.store)})")
     return 0
@@ -153,7 +153,7 @@ def _torchserve_stop(args: argparse.Namespace) -> int:
 def _build_engine(args: argparse.Namespace) -> int:
     import glob
 
-    from .tensorrt.builder import build_engine
+    from service.engines.tensorrt.builder import build_engine
 
     images = sorted(Path(p) for p in glob.glob(args.parity_images)) if args.parity_images else []  # absolute patterns too
     r = build_engine(args.store, args.model, args.precision, args.max_batch, args.max_window, images)
@@ -168,7 +168,7 @@ def _build_engine(args: argparse.Namespace) -> int:
 
 
 def _batch(args: argparse.Namespace) -> int:
-    from .batch.run import Job, run_batch
+    from service.batch.run import Job, run_batch
 
     ext: Extensions = args.extensions
     if args.gt and ext.evaluate_pairs is None:
@@ -205,16 +205,16 @@ def _tune(args: argparse.Namespace) -> int:
     """Ahead of time (a Docker build, a new machine): measure the window speeds of the
     large-window models and compile every model's windows for a 5000 x 5000 tile into the
     engines' caches, so a server started later measures and compiles nothing."""
-    from .backends import open_backend
-    from .store import ModelStore
-    from .tiler import EngineConfig, TilingEngine
-    from .tuning import TUNED_TILE, measure, needs_measuring, seconds_per_window
+    from service.engines import open_engine
+    from service.engines.timings import TUNED_TILE, measure, needs_measuring, seconds_per_window
+    from service.store.repository import ModelStore
+    from service.tiling.engine import EngineConfig, TilingEngine
 
     store = ModelStore(args.store)
     names = args.models.split(",") if args.models else store.names()
     for name in names:
         entry = store.get(name)
-        backend = open_backend(entry, "auto", precision=args.precision)
+        backend = open_engine(entry, "auto", precision=args.precision)
         what = f"{entry.name} v{entry.version} ({backend.engine} {backend.precision})"
         if needs_measuring(entry):
             seconds = measure(backend, entry)
@@ -230,7 +230,7 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _overlay(args: argparse.Namespace) -> int:
-    from .overlay import write_overlay
+    from service.outputs.overlay import write_overlay
 
     print(f"overlay {write_overlay(args.image, args.mask, args.output, ref=args.reference)}")
     return 0
@@ -239,10 +239,10 @@ def _overlay(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
-    from . import logs
-    from .api import Limits
-    from .remote import Link
-    from .server import ServerConfig, serve_forever
+    from service.api import logs
+    from service.api.server import ServerConfig, serve_forever
+    from service.api.servicer import Limits
+    from service.remote.servers import Link
 
     logs.configure(args.log_format, args.log_level)
     cfg = ServerConfig(
@@ -254,7 +254,6 @@ def _serve(args: argparse.Namespace) -> int:
         backend=args.backend,
         precision=args.precision,
         tune=args.tune,
-        max_batch=args.max_batch,
         max_queue_delay_ms=args.max_queue_delay_ms,
         max_queued_windows=args.max_queued_windows,
         window_order=args.window_order,

@@ -10,20 +10,19 @@ written to the output GeoTIFF as they arrive.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import rasterio
 from rasterio.transform import Affine
-from rasterio.windows import Window
 from tqdm import tqdm
 
-from ._pb import footprints_pb2 as pb
-from ._pb import footprints_pb2_grpc as pb_grpc
-from .geoio import geotiff_profile
-from .remote import MESSAGE_OPTIONS
-from .security import ClientSecurity
+from service._pb import footprints_pb2 as pb
+from service._pb import footprints_pb2_grpc as pb_grpc
+from service.outputs.sinks import GeoTiffRows, MaskPlane
+from service.tiling.pipeline import RowBlock
+from service.transport import MESSAGE_OPTIONS, ClientSecurity
 
 CHUNK_BYTES = 2**20
 
@@ -36,7 +35,6 @@ class TileResult:
     rows_received: int = 0
     row_messages: int = 0
     first_rows_at: float | None = None  # seconds after the call started
-    extra: dict = field(default_factory=dict)
 
 
 class FootprintsClient:
@@ -137,31 +135,28 @@ class FootprintsClient:
                 while block := f.read(CHUNK_BYTES):
                     yield block
 
-        out.parent.mkdir(parents=True, exist_ok=True)
-        writers = [rasterio.open(out, "w", **geotiff_profile(count=1, **grid))]
+        sinks = [GeoTiffRows(out, **grid)]
         if probabilities is not None:
-            writers.append(rasterio.open(probabilities, "w", **geotiff_profile(count=1, **grid)))
+            sinks.append(GeoTiffRows(probabilities, **grid, probabilities=True))
         bar = tqdm(total=grid["height"], desc=f"segment {image.name}", unit="row", disable=not progress)
 
         def write(rows: pb.MaskRows) -> None:
-            win = Window(0, rows.row_start, rows.width, rows.row_count)
-            shape = (1, rows.row_count, rows.width)
-            writers[0].write(np.frombuffer(rows.mask, np.uint8).reshape(shape), window=win)
-            if probabilities is not None:
-                writers[1].write(np.frombuffer(rows.probabilities, np.uint8).reshape(shape), window=win)
+            block = received(rows)
+            for sink in sinks:
+                sink.write(block)
             bar.update(rows.row_count)
 
         try:
             result = self.stream(header, chunks(), write, timeout)
         finally:
             bar.close()
-            for w in writers:
-                w.close()
+            for sink in sinks:
+                sink.close()
         if polygons is not None and result.polygons_geojson is not None:
             Path(polygons).parent.mkdir(parents=True, exist_ok=True)
             Path(polygons).write_text(result.polygons_geojson)
         if overlay is not None:
-            from .overlay import write_overlay
+            from service.outputs.overlay import write_overlay
 
             write_overlay(image, out, overlay)
         return result
@@ -187,12 +182,13 @@ class FootprintsClient:
             raw=pb.RawRgbInput(width=w, height=h, georeference=pb.Georeference(crs=crs, transform=list(transform.to_gdal()))),
         )
         data = np.ascontiguousarray(rgb.transpose(1, 2, 0)).tobytes()
-        mask = np.zeros((h, w), np.uint8)
-
-        def put(rows: pb.MaskRows) -> None:
-            mask[rows.row_start : rows.row_start + rows.row_count] = np.frombuffer(rows.mask, np.uint8).reshape(
-                rows.row_count, rows.width
-            )
-
+        plane = MaskPlane(w, h)
         chunks = (data[i : i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES))
-        return mask, self.stream(header, chunks, put, timeout)
+        return plane.plane, self.stream(header, chunks, lambda rows: plane.write(received(rows)), timeout)
+
+
+def received(rows: pb.MaskRows) -> RowBlock:
+    """A block of the rows a server sent, for the same sinks the server writes through."""
+    shape = (rows.row_count, rows.width)
+    u8 = np.frombuffer(rows.probabilities, np.uint8).reshape(shape) if rows.probabilities else None
+    return RowBlock(rows.row_start, np.frombuffer(rows.mask, np.uint8).reshape(shape), _u8=u8)

@@ -24,3 +24,7 @@ class Undecodable(ValueError):
 class NotReady(RuntimeError):
     """A model that is still loading, or a server that is shutting down (gRPC: UNAVAILABLE,
     which clients retry)."""
+
+
+class OverBudget(Exception):
+    """A tile the server's memory cannot take now (gRPC: RESOURCE_EXHAUSTED)."""

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from rasterio.transform import from_origin
 
-from service.geoio import write_geotiff
+from service.rasters import write_geotiff
 
 REPO = Path(__file__).resolve().parents[1]
 # Engine measurements (service.tuning) go to a folder of this test session, inherited by

@@ -17,7 +17,7 @@ from rasterio.windows import Window
 from tqdm import tqdm
 
 from service.errors import InputError
-from service.geoio import geotiff_profile, row_strips
+from service.rasters import geotiff_profile, row_strips
 
 from .data.inria import Tile
 

@@ -23,12 +23,12 @@ def _evaluate_table(pairs: dict[str, tuple[Path, Path]]) -> str:
 
 def _open_checkpoint(path: Path, device: str | None) -> Any:
     """A training checkpoint as a serving backend, run with PyTorch in-process."""
-    from service.backends.torch_backend import TorchBackend
+    from service.engines.pytorch import TorchEngine
 
     from .networks.model import load_checkpoint
 
     model, _ = load_checkpoint(path)
-    return TorchBackend(model, device, name=str(path))
+    return TorchEngine(model, device, name=str(path))
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -53,7 +53,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _baseline(args: argparse.Namespace) -> int:
-    from service.overlay import write_overlay
+    from service.outputs.overlay import write_overlay
     from training.baselines import ColourBaseline
     from training.data.inria import InriaDataset
 
@@ -158,14 +158,28 @@ def _loao(args: argparse.Namespace) -> int:
     from training.loao import as_json, leave_one_area_out, table
 
     same_area = [g.split("+") for g in args.same_area or []]
+    resolutions = [float(r) for r in args.resolutions.split(",")]
+    fine = [parse_root(d) for d in args.fine_data or []]
     results = leave_one_area_out(
-        args.runs, [parse_root(d) for d in args.data], same_area, args.compare, args.store, args.overlays
+        args.runs, [parse_root(d) for d in args.data], same_area, args.compare, args.store, args.overlays, resolutions, fine
     )
     print(table(results))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(as_json(results))
         print(f"wrote {args.json}")
+    return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from training.data.sources import parse_root
+    from training.finetune import finetune
+
+    r = finetune(args.store, args.model, [parse_root(d) for d in args.data], args.name, args.minutes, args.out_store)
+    print(
+        f"{r['name']} v{r['version']}: {r['base']} fine-tuned on {len(r['train_tiles'])} tiles, {r['steps']} steps in "
+        f"{r['seconds'] / 60:.1f} min; card {(args.out_store or args.store) / r['name'] / str(r['version']) / 'MODEL_CARD.md'}"
+    )
     return 0
 
 
@@ -257,7 +271,21 @@ def register(sub: Any, extensions: Any) -> None:
     p.add_argument("--store", type=Path, default=Path("model_store"))
     p.add_argument("--json", type=Path, help="also write the counts as JSON here")
     p.add_argument("--overlays", type=Path, help="folder for an overlay PNG of each held-out city's first tile")
+    p.add_argument(
+        "--resolutions", default="0.3",
+        help="ground resolutions (m) to score each area at, e.g. 0.3,0.15,0.6 (real imagery from --fine-data, else resampled)",
+    )  # fmt: skip
+    p.add_argument("--fine-data", action="append", help="roots of the same tiles in finer real imagery (real-oam-z20)")
     p.set_defaults(func=_loao)
+
+    p = sub.add_parser("finetune", help="adapt a store model to a few labelled tiles of your area, within minutes")
+    p.add_argument("--model", required=True, help="NAME or NAME:VERSION of the base in the store")
+    p.add_argument("--data", required=True, action="append", help="labelled tiles: a root (Inria or flat layout), PATH[:WEIGHT]")
+    p.add_argument("--name", required=True, help="the model to publish (a new name, or the next version of one)")
+    p.add_argument("--store", type=Path, default=Path("model_store"), help="where the base is")
+    p.add_argument("--out-store", type=Path, help="where the new version goes (default: --store)")
+    p.add_argument("--minutes", type=float, default=10.0, help="time budget on this machine, export included")
+    p.set_defaults(func=_finetune)
 
     p = sub.add_parser("report", help="every store model scored and costed side by side, as the paper's Table 2")
     p.add_argument("--store", type=Path, default=Path("model_store"))

@@ -212,7 +212,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise InputError(f"{path}: not valid YAML ({e})") from None
-    raw = apply_overrides(raw or {}, overrides or [], str(path))
+    return config_from_dict(apply_overrides(raw or {}, overrides or [], str(path)), str(path))
+
+
+def config_from_dict(raw: dict[str, Any], source: str) -> TrainConfig:
+    """Validate a config given as a mapping (``source`` names it in errors)."""
+    path = source
     cfg = _build(TrainConfig, raw, "", str(path))
     s, d = cfg.schedule, cfg.data
     for key, value in (

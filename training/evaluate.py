@@ -17,7 +17,7 @@ from rasterio.windows import Window
 from tqdm import tqdm
 
 from service.errors import InputError
-from service.geoio import row_strips
+from service.rasters import row_strips
 
 from .data.inria import LayoutError, parse_tile_name, tile_files
 from .metric import Counts, pooled

@@ -10,16 +10,16 @@ The store is laid out the way Triton Inference Server reads a model repository::
     (a TensorRT ``model.plan`` joins the same version folder on GPU machines)
 
 The graph includes the mean subtraction and the probability head, so every
-backend runs the same computation. Export fails unless ONNX Runtime, the exported
-program and PyTorch agree within 1e-4 on real windows. The manifest records all a
-server needs besides the graphs: window geometry and default windows per device
-(:class:`service.geometry.WindowSpec`) and each window's memory
-(:class:`service.geometry.WindowMemory`), so serving never needs this package.
+engine runs the same computation. Export fails unless ONNX Runtime, the exported
+program and PyTorch agree within 1e-4 on real windows. The manifest
+(:class:`service.store.manifest.Manifest`) records all a server needs besides the
+graphs: the window geometry with its default and plan windows
+(:mod:`service.tiling.geometry`) and each window's memory, so serving never needs
+this package.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -31,9 +31,9 @@ import torch
 from torch import nn
 
 from service.errors import InputError
-from service.geometry import WindowMemory
-from service.store import MANIFEST, ONNX, PROGRAM, file_sha256
-from service.triton import OUTPUT, input_names, onnx_config
+from service.store.manifest import CHECKPOINT, ONNX, PROGRAM, Manifest, Parity, WindowMemory
+from service.store.repository import file_sha256
+from service.store.triton import OUTPUT, onnx_config
 
 from .networks.model import SegmentationModel, checkpoint_meta, load_checkpoint, save_checkpoint
 from .precision import precision_checks, torch_reference
@@ -56,24 +56,21 @@ OPSET = 17
 PARITY_CITIES = ("ashford", "ironbridge")
 
 
-def _parity_inputs(
-    model: SegmentationModel, manifest: dict[str, Any], real: Sequence[Path] = ()
-) -> tuple[list[np.ndarray], list[str]]:
+def _parity_inputs(model: SegmentationModel, real: Sequence[Path] = ()) -> tuple[list[np.ndarray], list[str]]:
     """One window per parity city, and per real area of the ``real`` roots (the first
     tile of each, its centre), as the service feeds the model: uint8 crops read from a
     GeoTIFF, through the same input preparation (the dual context averaged 2x2).
     Returns the inputs and the windows' names."""
     import rasterio
 
-    from service.backends.base import model_inputs
-    from service.geoio import read_window
+    from service.engines.base import model_inputs
+    from service.rasters import read_window
 
     from .data.inria import InriaDataset
     from .synthetic import style, synthesize_tile
 
-    side = manifest["parity_window_px"]
-    context = 2 * side  # the dual-resolution context crop; large windows use the centre alone
-    lo = (context - side) // 2
+    side = model.geometry.parity_window()
+    context = 2 * side  # read as the dual-resolution context crop; the others use its centre
     crops, names = [], []
     with tempfile.TemporaryDirectory(prefix="footprints-parity-") as tmp:
         for city in PARITY_CITIES:
@@ -89,15 +86,13 @@ def _parity_inputs(
             with rasterio.open(image) as src:  # centred, mirror padded where the tile is smaller
                 crops.append(read_window(src, src.height // 2 - side, src.width // 2 - side, context, context, bands=[1, 2, 3]))
             names.append(f"real {image.stem}")
-    ctx = np.stack(crops)
-    full = ctx[:, :, lo : lo + side, lo : lo + side]
-    return model_inputs([full, ctx] if model.mode == "dual" else [full]), names
+    return model_inputs(model.geometry.split(np.stack(crops), side)), names
 
 
 def export_onnx(model: SegmentationModel, path: Path) -> None:
     """TorchScript-based exporter (opset 17), dynamic batch, height and width."""
-    names = input_names(model.mode)
-    side = model.geometry.smallest_input_for_output(64) if model.mode == "large" else 64
+    names = list(model.geometry.input_names)
+    side = model.geometry.trace_side()
     examples = tuple(torch.rand(1, 3, side, side) * 255 for _ in names)
     axes = {n: {0: "batch", 2: "height", 3: "width"} for n in names}
     axes[OUTPUT] = {0: "batch", 2: "out_height", 3: "out_width"}
@@ -119,18 +114,11 @@ def export_program(model: SegmentationModel, path: Path) -> None:
     network takes (large: ``min_input + stride * j``; dual: multiples of 16)."""
     from torch.export import Dim
 
-    spec = model.spec
+    step, offset, k_min, example_side = model.geometry.program_sides()
     batch = Dim("batch", min=1, max=4096)
-    if spec.valid is not None:
-        g = spec.valid
-        k = Dim("k", min=1, max=2048)
-        side = g.stride * k + (g.min_input - g.stride)
-        example_side = g.min_input + 4 * g.stride  # not k = 1: export specialises sizes of 0 and 1
-    else:
-        k = Dim("k", min=2, max=2048)
-        side = spec.multiple * k
-        example_side = 4 * spec.multiple
-    names = input_names(model.mode)
+    k = Dim("k", min=k_min, max=2048)
+    side = step * k + offset
+    names = list(model.geometry.input_names)
     module = _Positional(model, len(names))
     examples = tuple(torch.zeros(2, 3, example_side, example_side) for _ in names)
     shapes = {f"x{i}": {0: batch, 2: side, 3: side} for i in range(len(names))}
@@ -152,23 +140,20 @@ class _Positional(nn.Module):
         return self.model(x0) if x1 is None else self.model(x0, x1)
 
 
-def fit_window_memory(model: SegmentationModel) -> dict[str, Any]:
-    """The manifest's ``window_memory``: the activation bound as a quadratic in the
-    window side, fitted at three sides and checked at a fourth (see WindowMemory)."""
-    spec = model.spec
-    if spec.valid is not None:
-        sides = [spec.valid.min_input + spec.valid.stride * j for j in (4, 24, 64, 44)]
-    else:
-        sides = [spec.multiple * j for j in (4, 24, 64, 44)]
+def fit_window_memory(model: SegmentationModel) -> WindowMemory:
+    """The manifest's window memory: the activation bound as a quadratic in the window
+    side, fitted at three sides and checked at a fourth (see WindowMemory)."""
+    step, offset, _, _ = model.geometry.program_sides()
+    sides = [offset + step * j for j in (5, 25, 65, 45)]
     counted = [model.window_bytes(n) for n in sides]
     coefficients = np.polyfit(np.array(sides[:3], float), np.array(counted[:3], float), 2)
-    memory = WindowMemory(tuple(float(c) for c in coefficients))  # type: ignore[arg-type]
+    memory = WindowMemory(tuple(float(c) for c in coefficients), tuple(sides[:3]), sides[3])  # type: ignore[arg-type]
     off = abs(memory.bytes(sides[3]) - counted[3]) / counted[3]
     if off > 0.01:
         raise InputError(
             f"window memory of {model.network_name} is not quadratic in the window side ({100 * off:.1f} % off at {sides[3]} px)"
         )
-    return memory.to_manifest(fitted_at=sides[:3], checked_at=sides[3])
+    return memory
 
 
 def _parity_verdict(model: SegmentationModel, got: np.ndarray, want: np.ndarray, what: str) -> float:
@@ -195,7 +180,7 @@ def check_parity(model: SegmentationModel, onnx_path: Path, inputs: list[np.ndar
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = session.run([OUTPUT], dict(zip(input_names(model.mode), inputs)))[0]
+    got = session.run([OUTPUT], dict(zip(model.geometry.input_names, inputs)))[0]
     with torch.no_grad():
         want = model(*[torch.from_numpy(x) for x in inputs]).numpy()
     if got.shape != want.shape:
@@ -235,47 +220,43 @@ def export(
     folder.mkdir(parents=True, exist_ok=True)
     onnx_path = folder / ONNX
     tmp = folder / f"{ONNX}.tmp"
-    manifest: dict[str, Any] = {
-        "name": name,
-        "version": version,
-        "network": model.network_name,
-        "network_args": model.network_args,
-        "mode": model.mode,
-        "mean_rgb": model.mean.flatten().tolist(),
-        "std_rgb": model.std_rgb,
-        "geometry": model.spec.to_manifest(),
-        "window_memory": fit_window_memory(model),
-        "inputs": [
-            {"name": n, "dtype": "float32", "shape": [-1, 3, -1, -1], "meaning": "raw RGB 0-255"} for n in input_names(model.mode)
-        ],
-        "outputs": [{"name": OUTPUT, "dtype": "float32", "shape": [-1, 1, -1, -1], "meaning": "building probability"}],
-        "metrics": meta.get("metrics", {}),
-        "training": {k: meta.get(k) for k in ("code_version", "step", "data")},
-    }
-    manifest["parity_window_px"] = manifest["geometry"]["default_window_px"]["parity"]
     program_path, program_tmp = folder / PROGRAM, folder / f"tmp-{PROGRAM}"  # torch wants the .pt2 suffix
     export_onnx(model, tmp)
     export_program(model, program_tmp)
     try:
-        inputs, parity_names = _parity_inputs(model, manifest, parity_data)
+        inputs, parity_names = _parity_inputs(model, parity_data)
         diff, share = check_parity(model, tmp, inputs)
-        manifest["program_parity_max_abs_diff"] = check_program_parity(model, program_tmp, inputs)
+        program_diff = check_program_parity(model, program_tmp, inputs)
     except InputError:
         tmp.unlink(missing_ok=True)
         program_tmp.unlink(missing_ok=True)
         raise
-    manifest["parity_max_abs_diff"], manifest["parity_building_share"] = diff, share
-    manifest["parity_windows"] = parity_names
-    manifest["precision_checks"] = precision_checks(torch_reference(model), tmp, input_names(model.mode), inputs, parity_names)
+    checks = precision_checks(torch_reference(model), tmp, list(model.geometry.input_names), inputs, parity_names)
     tmp.replace(onnx_path)
     program_tmp.replace(program_path)
-    pt = folder / "model.pt"
+    pt = folder / CHECKPOINT
     if Path(checkpoint).resolve() != pt.resolve():
         save_checkpoint(pt, model, half=True, **checkpoint_meta(meta))
-    manifest["files"] = {p.name: file_sha256(p) for p in (onnx_path, program_path, pt)}
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    (store / name / "config.pbtxt").write_text(onnx_config(name, model.mode))
-    return manifest
+    manifest = Manifest(
+        name=name,
+        version=version,
+        network=model.network_name,
+        network_args=model.network_args,
+        geometry=model.geometry,
+        window_memory=fit_window_memory(model),
+        mean_rgb=tuple(model.mean.flatten().tolist()),
+        std_rgb=tuple(model.std_rgb) if model.std_rgb else None,
+        inputs=model.geometry.input_names,
+        output=OUTPUT,
+        files={p.name: file_sha256(p) for p in (onnx_path, program_path, pt)},
+        metrics=meta.get("metrics", {}),
+        training={k: meta.get(k) for k in ("code_version", "step", "data")},
+        parity=Parity(model.geometry.parity_window(), tuple(parity_names), diff, program_diff, share),
+        precision_checks=checks,
+    )
+    manifest.write(folder)
+    (store / name / "config.pbtxt").write_text(onnx_config(name, model.geometry))
+    return manifest.to_json()
 
 
 def remove_version(store: Path, name: str, version: int) -> None:

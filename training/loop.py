@@ -189,14 +189,14 @@ def _patches(cfg: TrainConfig, tiles: list[Tile], weights: list[float], dual: bo
 
 def validate(model: SegmentationModel, tiles: list[Tile], window: int, progress: bool = False) -> dict[str, Any]:
     """The benchmark's way: whole tiles through the tiling engine, pooled IoU/accuracy."""
-    from service.backends.torch_backend import TorchBackend
-    from service.outputs import segment_file
-    from service.tiler import EngineConfig, TilingEngine
+    from service.engines.pytorch import TorchEngine
+    from service.outputs.segment import segment_file
+    from service.tiling.engine import EngineConfig, TilingEngine
 
     from .evaluate import evaluate_pairs
 
     engine = TilingEngine(
-        TorchBackend(copy.deepcopy(model).eval(), "cpu" if not torch.cuda.is_available() else None),
+        TorchEngine(copy.deepcopy(model).eval(), "cpu" if not torch.cuda.is_available() else None),
         EngineConfig(window=window, dual_overlap=min(64, window // 4)),
     )
     with tempfile.TemporaryDirectory(prefix="footprints-val-") as tmp:
@@ -352,7 +352,7 @@ def _train(
     net = _Heads(model)
     if ranks.world > 1:
         net = DistributedDataParallel(net, device_ids=[ranks.device] if ranks.device.startswith("cuda") else None)
-    data, pool = _patches(cfg, fit_tiles, [weight_of[id(t)] for t in fit_tiles], model.mode == "dual")
+    data, pool = _patches(cfg, fit_tiles, [weight_of[id(t)] for t in fit_tiles], bool(model.geometry.context))
     sampler = StepBatchSampler(pool, s.batch_size, cfg.total_steps, s.seed, start, ranks.rank, ranks.world)
     workers = cfg.data.loader_workers
     loader = DataLoader(data, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0)

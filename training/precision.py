@@ -10,7 +10,6 @@ the pixels is recorded as refused, and the OpenVINO backend will not serve it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.cpu import this_cpu
-from service.store import MANIFEST, ModelStore
+from service.machine import this_cpu
+from service.store.manifest import ONNX, update
+from service.store.repository import ModelStore
 
 FLIP_LIMIT = 0.005  # at most 0.5 % of mask pixels may change side of 0.5
 
@@ -89,17 +89,13 @@ def torch_reference(model: torch.nn.Module) -> Callable[[list[np.ndarray]], np.n
 
 def check_store_version(store: Path, name: str, version: int | None, parity_data: Sequence[Path]) -> dict[str, Any]:
     """Measure and record ``precision_checks`` for a version already in the store."""
-    from service.triton import input_names
-
     from .export import _parity_inputs
     from .networks.model import load_checkpoint
 
     entry = ModelStore(store).get(name, version)
     model, _ = load_checkpoint(entry.verify("model.pt"))
     model.eval()
-    inputs, windows = _parity_inputs(model, entry.manifest, parity_data)
-    checks = precision_checks(torch_reference(model), entry.verify("model.onnx"), input_names(model.mode), inputs, windows)
-    manifest = json.loads((entry.folder / MANIFEST).read_text())
-    manifest["precision_checks"] = checks
-    (entry.folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    inputs, windows = _parity_inputs(model, parity_data)
+    checks = precision_checks(torch_reference(model), entry.verify(ONNX), list(model.geometry.input_names), inputs, windows)
+    update(entry.folder, precision_checks=checks)
     return checks

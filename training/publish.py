@@ -16,10 +16,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from service.backends.torch_backend import TorchBackend
-from service.outputs import segment_file
-from service.overlay import write_overlay
-from service.tiler import EngineConfig, TilingEngine
+from service.engines.pytorch import TorchEngine
+from service.outputs.overlay import write_overlay
+from service.outputs.segment import segment_file
+from service.tiling.engine import EngineConfig, TilingEngine
 
 from .data.inria import InriaDataset, Tile
 from .evaluate import Report, evaluate_pairs
@@ -167,7 +167,7 @@ def publish(
     ``footprints loao --json`` file whose table goes on the card."""
     model, meta = load_checkpoint(checkpoint)
     window = meta.get("window", {}).get("validation_window_px")
-    engine = TilingEngine(TorchBackend(model, "cpu"), EngineConfig(window=window))
+    engine = TilingEngine(TorchEngine(model, "cpu"), EngineConfig(window=window))
     folder = store / name / str(version)
     folder.mkdir(parents=True, exist_ok=True)
 
@@ -277,3 +277,49 @@ def publish(
     (folder / CARD).write_text("\n".join(lines))
     (store / name / CARD).write_text("\n".join(lines))
     return metrics
+
+
+def write_finetune_card(
+    folder: Path, record: dict[str, Any], manifest: dict[str, Any], scores: dict[str, Any] | None = None
+) -> Path:
+    """The card of a fine-tuned version: its base, the user's data (and where it came
+    from), the recipe, the minutes and, where held-out tiles were given, the scores of
+    the new version beside its base's on them."""
+    recipe = record["recipe"]
+    data = recipe.get("data", {})
+    roots = [Path(d["path"]) for d in record["data"]]
+    lines = [
+        f"# {record['name']} v{record['version']}",
+        "",
+        f"Fine-tuned from `{record['base']}` (its card: `model_store/{record['base'].split(':')[0]}/"
+        f"{record['base'].split(':')[1]}/MODEL_CARD.md`) by `footprints finetune`.",
+        "",
+        "## Data",
+        f"- {len(record['train_tiles'])} tiles: {', '.join(sorted(record['train_tiles']))}, brought to "
+        f"{record['resolution_m']} m per pixel (the base's resolution).",
+        *[f"- Root {d['path']} (weight {d['weight']})." for d in record["data"]],
+        "",
+        "## Recipe",
+        f"The base's recipe at {LEARNING_RATE_NOTE}: {record['steps']} steps of batch "
+        f"{recipe.get('schedule', {}).get('batch_size')} in {record['seconds'] / 60:.1f} min on this machine "
+        f"(the schedule sized to the time budget from a few timed steps).",
+        f"Augmentation: {_augmentation(data)}.",
+        "",
+        "## Reproduce",
+        "```bash",
+        f"footprints finetune --model {record['base']} "
+        + " ".join(f"--data {d['path']}" for d in record["data"])
+        + f" --name {record['name']} --minutes {record.get('minutes', 10):g}",
+        "```",
+        "",
+    ]
+    if scores:
+        lines += ["## Held-out tiles of the same area", scores["table"], "(IoU % / accuracy %, pooled over tiles)", ""]
+    lines += ["## Data attribution", *[f"- {attribution(root)}" for root in roots], ""]
+    path = folder / CARD
+    path.write_text("\n".join(lines))
+    (folder.parent / CARD).write_text("\n".join(lines))
+    return path
+
+
+LEARNING_RATE_NOTE = "0.3x its learning rate, encoder not frozen"

@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from service.backends import open_backend
-from service.store import ModelEntry, ModelStore
-from service.tiler import ArraySource, TilingEngine
+from service.engines import open_engine
+from service.store.repository import ModelEntry, ModelStore
+from service.tiling.engine import ArraySource, TilingEngine
 
 from .data.inria import InriaDataset, parse_tile_name
 from .data.sources import Root, area_of
@@ -142,9 +142,8 @@ def _cost(entry: ModelEntry, engine: TilingEngine) -> tuple[int, float]:
     """Parameters, and MACs per output pixel of a 5000 x 5000 tile as the service cuts it."""
     model, _ = load_checkpoint(entry.verify("model.pt"))
     plan = engine.plan(TILE_SIDE, TILE_SIDE)
-    shape = (1, 3, plan.window, plan.window)
-    macs = window_cost(model, (shape, shape) if entry.mode == "dual" else (shape,))["macs"]
-    passes = 8 if entry.spec.tta else 1
+    macs = window_cost(model, tuple((1, 3, side, side) for side in entry.geometry.input_sides(plan.window)))["macs"]
+    passes = 8 if entry.geometry.tta else 1
     return sum(p.numel() for p in model.parameters()), macs * len(plan.windows) * passes / TILE_SIDE**2 / 1e3
 
 
@@ -171,8 +170,8 @@ def build_report(
     rows = []
     for entry in tqdm(_entries(s, models), desc="models", unit="model"):
         payload = load_checkpoint(entry.verify("model.pt"))[1]
-        engine = TilingEngine(open_backend(entry, "onnxruntime"))
-        row = ModelRow(entry.name, entry.version, entry.manifest["network"], tta=entry.spec.tta)
+        engine = TilingEngine(open_engine(entry, "onnxruntime"))
+        row = ModelRow(entry.name, entry.version, entry.manifest.network, tta=entry.geometry.tta)
         row.train_minutes = _train_minutes(entry, payload)
         row.parameters, row.kmac_per_px = _cost(entry, engine)
         recorded = None if rescore else _recorded(entry, {t.image.name for t in test_tiles})
@@ -190,7 +189,7 @@ def build_report(
                 row.real_source[area] = "seen"
         if timing:
             row.seconds_per_tile = _time_tile(engine)
-        engine.backend.close()
+        engine.model.close()  # type: ignore[attr-defined]
         rows.append(row)
     return rows
 

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputError
+from service.errors import InputError
 
 
 @dataclass(frozen=True)

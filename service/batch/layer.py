@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import shapely
 
-from ..outputs import finish_polygons, ground_areas
+from service.outputs.polygons import finish_polygons, ground_areas
 
 JOIN_M = 0.01  # edges closer than this (1 cm: float rounding of shared tile edges) are one edge
 

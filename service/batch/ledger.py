@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from ..store import file_sha256
+from service.store.repository import file_sha256
 
 NAME = "batch-manifest.json"
 

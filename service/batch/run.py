@@ -15,14 +15,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..budget import half_the_ram
-from ..cpu import available_cores
-from ..errors import InputError
-from ..store import ModelStore
-from .inputs import TileInput, resolve
-from .layer import city_layer, write_gpkg
-from .ledger import Ledger
-from .worker import Job, tile_outlines, trace_mask
+from service.batch.inputs import TileInput, resolve
+from service.batch.layer import city_layer, write_gpkg
+from service.batch.ledger import Ledger
+from service.batch.worker import Job, tile_outlines, trace_mask
+from service.errors import InputError
+from service.machine import available_cores, half_the_ram
+from service.store.repository import ModelStore
 
 ATTEMPTS = 3  # a tile whose worker died this many times is reported failed
 WORKERS_FILE = "workers.json"  # the workers' PIDs (for operators, and the tests that kill one)
@@ -80,7 +79,7 @@ def run_batch(
     remove_partials(out)
     local = address is None
     ray = _ray(local)
-    from .worker import TileSegmenter
+    from service.batch.worker import TileSegmenter
 
     t0 = time.perf_counter()
     if local:

@@ -13,11 +13,12 @@ from pathlib import Path
 import rasterio
 import shapely
 
-from ..backends import open_backend
-from ..outputs import SegmentOptions, finish_polygons, segment_file, to_geojson, traced_polygons
-from ..store import ModelStore, file_sha256
-from ..tiler import EngineConfig, TilingEngine
-from .inputs import TileInput
+from service.batch.inputs import TileInput
+from service.engines import open_engine
+from service.outputs.polygons import finish_polygons, to_geojson, traced_polygons
+from service.outputs.segment import SegmentOptions, segment_file
+from service.store.repository import ModelStore, file_sha256
+from service.tiling.engine import EngineConfig, TilingEngine
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ class TileSegmenter:
             os.sched_setaffinity(0, job.cores)
         self.entry = ModelStore(job.store).find(job.model)
         self.job = job
-        backend = open_backend(self.entry, job.backend, precision=job.precision)
+        backend = open_engine(self.entry, job.backend, precision=job.precision)
         self.engine = TilingEngine(backend, EngineConfig(window=job.window, memory_budget_bytes=job.memory_budget_bytes))
         self.model = f"{self.entry.name}:{self.entry.version}"
 

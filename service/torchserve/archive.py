@@ -14,8 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..errors import InputError
-from ..store import MANIFEST, PROGRAM, ModelStore
+from service.errors import InputError
+from service.store.repository import MANIFEST, PROGRAM, ModelStore
 
 HANDLER = Path(__file__).with_name("handler.py")
 

@@ -9,8 +9,8 @@ import threading
 
 import numpy as np
 
-from .archive import archive_name
-from .wire import decode_probabilities, encode_windows
+from service.torchserve.archive import archive_name
+from service.torchserve.wire import decode_probabilities, encode_windows
 
 
 class TorchServeEndpoint:

@@ -1,5 +1,5 @@
 """The TorchServe handler of a footprints archive: window inference by our own PyTorch
-backend (``TorchBackend``: ``model_inputs``, uint8 crops in, building probabilities out).
+engine (``TorchEngine``: ``model_inputs``, uint8 crops in, building probabilities out).
 
 TorchServe imports this file by itself, so it names one class (its rule) and reaches
 our code through the installed ``footprints`` package. The archive holds the version's
@@ -8,28 +8,27 @@ exported program (``model.pt2``) and its ``manifest.json``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from service.backends.torch_backend import TorchBackend
-from service.store import MANIFEST, ModelEntry
+from service.engines.pytorch import TorchEngine
+from service.store.manifest import Manifest
+from service.store.repository import ModelEntry
 from service.torchserve.wire import decode_windows, encode_probabilities
 
 
 class FootprintsWindowHandler:
     def __init__(self) -> None:
-        self.backend: TorchBackend | None = None
+        self.engine: TorchEngine | None = None
         self.initialized = False
 
     def initialize(self, context: Any) -> None:
         folder = Path(context.system_properties["model_dir"])
-        manifest = json.loads((folder / MANIFEST).read_text())
+        manifest = Manifest.read(folder)
         # The archive's folder is a store version: the program is sha256-checked on load.
-        entry = ModelEntry(manifest["name"], int(manifest["version"]), folder, manifest)
-        self.backend = TorchBackend.from_entry(entry, "cpu")
+        self.engine = TorchEngine.load(ModelEntry(manifest.name, manifest.version, folder, manifest), "cpu")
         self.initialized = True
 
     def handle(self, data: list[dict], context: Any) -> list[bytes]:
@@ -40,10 +39,10 @@ class FootprintsWindowHandler:
         by_shape: dict[tuple, list[int]] = {}
         for i, crops in enumerate(requests):
             by_shape.setdefault(tuple(c.shape[1:] for c in crops), []).append(i)
-        assert self.backend is not None, "TorchServe calls initialize first"
+        assert self.engine is not None, "TorchServe calls initialize first"
         for members in by_shape.values():
             stacked = [np.concatenate([requests[i][k] for i in members]) for k in range(len(requests[members[0]]))]
-            probs = self.backend.infer(stacked)
+            probs = self.engine.infer(stacked)
             start = 0
             for i in members:
                 n = len(requests[i][0])

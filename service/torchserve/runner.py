@@ -17,8 +17,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputError
-from .archive import _tool
+from service.errors import InputError
+from service.torchserve.archive import _tool
 
 
 def free_port() -> int:

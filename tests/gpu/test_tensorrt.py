@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-from service.backends import open_backend
 from service.client import FootprintsClient
-from service.gpu import gpu, why_no_gpu
-from service.store import ModelStore
-from service.tiler import EngineConfig, TilingEngine
+from service.engines import open_engine
+from service.engines.gpu import gpu, why_no_gpu
+from service.store.repository import ModelStore
+from service.tiling.engine import EngineConfig, TilingEngine
 
 from ..service.servers import CRS, TRANSFORM, RunningServer, config
 
@@ -28,9 +28,9 @@ needs_tensorrt = pytest.mark.skipif(
 
 
 def _cpu_probabilities(store, name: str, rgb: np.ndarray, window: int) -> np.ndarray:
-    from service.tiler import ArraySource
+    from service.tiling.engine import ArraySource
 
-    engine = TilingEngine(open_backend(ModelStore(store).get(name), "onnxruntime"), EngineConfig(window=window))
+    engine = TilingEngine(open_engine(ModelStore(store).get(name), "onnxruntime"), EngineConfig(window=window))
     return engine.probabilities(ArraySource(rgb))
 
 
@@ -39,7 +39,7 @@ def _cpu_probabilities(store, name: str, rgb: np.ndarray, window: int) -> np.nda
 def test_engines_build_match_the_onnx_graph_and_show_in_tritons_layout(store, precision):
     from tritonclient.grpc import model_config_pb2 as triton
 
-    from service.tensorrt.builder import build_engine
+    from service.engines.tensorrt.builder import build_engine
 
     for name in ("amll", "nus"):
         record = build_engine(store, name, precision, max_batch=2, max_window=1344)
@@ -54,7 +54,7 @@ def test_engines_build_match_the_onnx_graph_and_show_in_tritons_layout(store, pr
 
 @needs_tensorrt
 def test_a_tile_through_grpc_on_tensorrt_agrees_with_the_cpu(store):
-    from service.tensorrt.builder import build_engine
+    from service.engines.tensorrt.builder import build_engine
 
     build_engine(store, "amll", "fp16", max_batch=2, max_window=1344)
     rgb = np.random.default_rng(5).integers(0, 256, (3, 1500, 1400), dtype=np.uint8)
@@ -76,9 +76,9 @@ def test_pytorch_and_onnxruntime_on_cuda_agree_with_the_cpu(store, kind):
     if kind == "onnxruntime" and "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("this ONNX Runtime has no CUDA provider (onnxruntime-gpu is not installed)")
     entry = ModelStore(store).get("amll")
-    backend = open_backend(entry, kind, device="cuda")
+    backend = open_engine(entry, kind, device="cuda")
     assert backend.device == "cuda"
     crops = [np.random.default_rng(1).integers(0, 256, (2, 3, 572, 572), dtype=np.uint8)]
     got = backend.infer(crops)
-    want = open_backend(entry, "onnxruntime").infer(crops)
+    want = open_engine(entry, "onnxruntime").infer(crops)
     assert np.abs(got - want).max() < 1e-3

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 
-from service.api import Limits
+from service.api.servicer import Limits
 
 from ..conftest import run_cli
 from ..service.servers import RunningServer, config, scrape

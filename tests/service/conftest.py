@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from service.store import ModelStore
+from service.store.repository import ModelStore
 from training.export import export
 from training.networks.model import SegmentationModel, save_checkpoint
 

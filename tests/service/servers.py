@@ -4,6 +4,7 @@ loop, a ``footprints serve`` process, test tiles, and a /metrics reader."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import subprocess
 import sys
@@ -16,12 +17,12 @@ import numpy as np
 from rasterio.transform import from_origin
 
 from service._pb import footprints_pb2 as pb
-from service.api import Limits
-from service.backends import open_backend
-from service.geoio import RGBRaster, write_geotiff
-from service.server import Server, ServerConfig
-from service.store import ModelStore
-from service.tiler import EngineConfig, TilingEngine
+from service.api.server import Server, ServerConfig
+from service.api.servicer import Limits
+from service.engines import open_engine
+from service.rasters import RGBRaster, write_geotiff
+from service.store.repository import ModelStore
+from service.tiling.engine import EngineConfig, TilingEngine
 
 from ..conftest import REPO, wait_until
 
@@ -50,9 +51,25 @@ class RunningServer:
 
 def config(store, **kw) -> ServerConfig:
     limits = kw.pop("limits", Limits(max_tiles_in_flight=4, max_raster_side=6000, max_batch=4, max_tiles_per_client=4))
+    if "max_batch" in kw:  # windows per model call: one of the server's limits
+        limits = dataclasses.replace(limits, max_batch=kw.pop("max_batch"))
     # ONNX Runtime unless a test says otherwise: these tests compare against it exactly.
     kw.setdefault("backend", "onnxruntime")
     return ServerConfig(store=store, port=0, metrics_port=0, limits=limits, grace_s=60, **kw)
+
+
+def small_effnet_store(root: Path, name: str, seed: int) -> Path:
+    """A store of one small EfficientNet U-Net (same padding: overlap windows), exported
+    as served: its geometry, plan window and checks in its manifest."""
+    import torch
+
+    from training.export import export
+    from training.networks.model import SegmentationModel, save_checkpoint
+
+    torch.manual_seed(seed)
+    model = SegmentationModel("effnet_unet", {"decoder": [16, 16, 8, 8, 8]}, [124.0, 116.0, 104.0], [58.0, 57.0, 57.0])
+    export(save_checkpoint(root.parent / f"{name}.pt", model), root, name)
+    return root
 
 
 def tile(path: Path, h: int, w: int, seed: int = 0, dtype="uint8", bands: int = 3) -> Path:
@@ -65,7 +82,7 @@ def tile(path: Path, h: int, w: int, seed: int = 0, dtype="uint8", bands: int = 
 
 def in_process(store, name, path, window):
     entry = ModelStore(store).get(name)
-    engine = TilingEngine(open_backend(entry, "onnxruntime"), EngineConfig(window=window))
+    engine = TilingEngine(open_engine(entry, "onnxruntime"), EngineConfig(window=window))
     with RGBRaster(path) as src:
         return engine.probabilities(src)
 

@@ -23,10 +23,10 @@ from pyogrio.raw import read
 from rasterio.transform import from_origin
 from scipy import ndimage
 
-from service.backends import open_backend
-from service.geoio import RGBRaster, write_geotiff
-from service.store import ModelStore
-from service.tiler import EngineConfig, TilingEngine
+from service.engines import open_engine
+from service.rasters import RGBRaster, write_geotiff
+from service.store.repository import ModelStore
+from service.tiling.engine import EngineConfig, TilingEngine
 
 from ..conftest import REPO, run_cli, wait_until
 
@@ -72,7 +72,7 @@ def city(tmp_path_factory):
 
 
 def _expected(store, image: Path) -> np.ndarray:
-    engine = TilingEngine(open_backend(ModelStore(store).get("amll"), "onnxruntime"), EngineConfig(window=252))
+    engine = TilingEngine(open_engine(ModelStore(store).get("amll"), "onnxruntime"), EngineConfig(window=252))
     with RGBRaster(image) as src:
         return np.where(engine.probabilities(src) >= 0.5, 255, 0).astype(np.uint8)
 

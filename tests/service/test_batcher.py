@@ -8,9 +8,9 @@ import threading
 
 import numpy as np
 
-from service.batcher import Batcher, QueueFull
-from service.budget import MemoryBudget
-from service.geometry import WindowSpec
+from service.models.batcher import Batcher, QueueFull
+from service.models.budget import MemoryBudget
+from service.tiling.geometry import DualWindows
 
 PER_WINDOW = 1000  # bytes a window of this fake model needs
 
@@ -21,7 +21,7 @@ class Recorder:
     and can be held (``gate``) or made to fail on windows whose first pixel is 13."""
 
     device, name = "cpu", "recorder"
-    spec = WindowSpec("dual", {"cpu": 64})
+    geometry = DualWindows({"cpu": 64})
 
     def __init__(self, live: dict | None = None, gate: threading.Event | None = None) -> None:
         self.calls: list[int] = []

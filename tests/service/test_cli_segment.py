@@ -12,7 +12,7 @@ from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 
 from service.errors import InputError
-from service.geoio import RGBRaster, write_geotiff
+from service.rasters import RGBRaster, write_geotiff
 from training.networks.model import SegmentationModel, save_checkpoint
 
 from ..conftest import REPO, run_cli
@@ -80,7 +80,7 @@ def test_segment_keeps_georeference_and_writes_every_output(tmp_path, checkpoint
 
 
 def test_polygons_are_exact_in_the_crs_and_rejoined_across_strips(tmp_path):
-    from service.outputs import mask_polygons
+    from service.outputs.polygons import mask_polygons
 
     mask = np.zeros((1200, 60), np.uint8)
     mask[10:20, 5:25] = 255  # 10 x 20 px = 3 m x 6 m = 18 m^2
@@ -106,7 +106,7 @@ def test_minimum_area_simplification_and_areas_are_metres_on_the_ground_in_any_c
 
     from rasterio.transform import from_origin
 
-    from service.outputs import mask_polygons, polygons_geojson
+    from service.outputs.polygons import mask_polygons, polygons_geojson
 
     lat = 40.0  # where degrees of longitude and Web Mercator metres are far from ground metres
     if crs == "EPSG:4326":
@@ -147,16 +147,16 @@ def test_segment_dual_resolution_checkpoint(tmp_path, checkpoints):
 
 
 def test_nodata_and_alpha_come_out_as_not_building_and_masked(tmp_path, checkpoints):
-    from service.backends.torch_backend import TorchBackend
-    from service.outputs import segment_file
-    from service.tiler import EngineConfig, TilingEngine
+    from service.engines.pytorch import TorchEngine
+    from service.outputs.segment import segment_file
+    from service.tiling.engine import EngineConfig, TilingEngine
 
     # A network that calls every pixel a building: only nodata can say otherwise.
     model = SegmentationModel("amll_unet", {"filters": (4, 8, 16, 32, 64)}, [110.0, 110.0, 110.0]).eval()
     with torch.no_grad():
         model.net.head.weight.zero_()
         model.net.head.bias.copy_(torch.tensor([0.0, 5.0]))
-    engine = TilingEngine(TorchBackend(model, "cpu"), EngineConfig(window=252))
+    engine = TilingEngine(TorchEngine(model, "cpu"), EngineConfig(window=252))
     rgb = np.full((3, 260, 240), 250, np.uint8)
     alpha = np.full((260, 240), 255, np.uint8)
     alpha[:, :60] = 0  # left strip transparent

@@ -11,22 +11,22 @@ import pytest
 import rasterio
 import torch
 
-from service.backends import open_backend
-from service.backends.openvino_backend import checked_precision, graph_operations
 from service.client import FootprintsClient
-from service.cpu import CpuInfo, choose_precision, this_cpu
+from service.engines import open_engine
+from service.engines.choice import predicted_engine
+from service.engines.openvino import checked_precision, graph_operations
+from service.engines.precision import choose_precision
+from service.engines.timings import cache_dir, cached_seconds, needs_measuring
 from service.errors import InputError
-from service.geoio import RGBRaster
-from service.geometry import WindowSpec
-from service.store import MANIFEST, ModelStore
-from service.tiler import EngineConfig, TilingEngine
-from service.tuning import cache_dir, predicted_engine
-from training.export import export
-from training.networks.model import SegmentationModel, save_checkpoint
+from service.machine import CpuInfo, this_cpu
+from service.rasters import RGBRaster
+from service.store.repository import MANIFEST, ModelStore
+from service.tiling.engine import EngineConfig, TilingEngine
+from service.tiling.geometry import Geometry, LargeWindows, OverlapWindows
 from training.precision import FLIP_LIMIT, compare, precision_checks, torch_reference
 
 from ..conftest import REPO, run_cli, write_image
-from .servers import RunningServer, config
+from .servers import RunningServer, config, small_effnet_store
 
 WITH_BF16 = CpuInfo("a CPU with AMX", frozenset({"avx512f", "amx_bf16", "amx_tile"}), 2)
 WITHOUT_BF16 = CpuInfo("an AVX2-only CPU", frozenset({"avx2", "fma"}), 2)
@@ -75,11 +75,7 @@ def test_the_precision_check_refuses_bf16_where_masks_flip(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_store(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("engine-store")
-    torch.manual_seed(3)
-    model = SegmentationModel("effnet_unet", {"decoder": [16, 16, 8, 8, 8]}, [124.0, 116.0, 104.0], [58.0, 57.0, 57.0])
-    export(save_checkpoint(root.parent / "tiny.pt", model), root, "tiny")
-    return root
+    return small_effnet_store(tmp_path_factory.mktemp("engine-store"), "tiny", seed=3)
 
 
 def _with_check(store: Path, tmp_path: Path, record: dict) -> Path:
@@ -102,12 +98,12 @@ def test_a_refused_bf16_is_not_served(tiny_store, tmp_path, monkeypatch):
     record = {**compare(got, want, ["a window"]), "measured": True}
     assert not record["accepted"]
     entry = ModelStore(_with_check(tiny_store, tmp_path, record)).get("tiny")
-    monkeypatch.setattr("service.backends.openvino_backend.this_cpu", lambda: WITH_BF16)
+    monkeypatch.setattr("service.engines.openvino.this_cpu", lambda: WITH_BF16)
     with pytest.raises(InputError, match=r"tiny v1 in bf16 flips 2.00% of mask pixels.*limit 0.5%.*--precision fp32"):
-        open_backend(entry, "openvino", precision="bf16")
+        open_engine(entry, "openvino", precision="bf16")
     precision, why = checked_precision(entry, "auto")  # auto falls back, saying why
     assert precision == "fp32" and "flips 2.00%" in why
-    monkeypatch.setattr("service.backends.openvino_backend.this_cpu", lambda: WITHOUT_BF16)
+    monkeypatch.setattr("service.engines.openvino.this_cpu", lambda: WITHOUT_BF16)
     assert checked_precision(entry, "auto") == ("fp32", "no native bf16 on an AVX2-only CPU")
 
 
@@ -115,8 +111,8 @@ class _Planned:
     """What the planner sees of a backend: the geometry, the memory bound and the
     seconds per window measured on some machine."""
 
-    def __init__(self, spec: WindowSpec, window_bytes, seconds: dict[int, float]) -> None:
-        self.spec, self.window_bytes, self.window_seconds, self.device = spec, window_bytes, seconds, "cpu"
+    def __init__(self, spec: Geometry, window_bytes) -> None:
+        self.geometry, self.window_bytes, self.device = spec, window_bytes, "cpu"
 
 
 def test_the_windows_of_a_5000_px_tile_under_default_settings():
@@ -124,23 +120,26 @@ def test_the_windows_of_a_5000_px_tile_under_default_settings():
     # AMLL's valid U-Net, seconds proportional to the window's area: the fewest
     # windows the budget allows. With the paper's 2636 as the largest measured size
     # that is 2 x 2 windows (2700 px: the 2500 px each covers start on a multiple of the stride), not a 3 x 3 grid.
-    amll = WindowSpec("large", {"cpu": 1180}, depth=4)
+    amll = LargeWindows({"cpu": 1180}, depth=4)
     per_px = {s: 1e-7 * s * s for s in (572, 1180, 2636)}
-    plan = TilingEngine(_Planned(amll, lambda n: n * n * 600, per_px), EngineConfig(memory_budget_bytes=12 * gib)).plan(
-        5000, 5000
-    )
+    plan = TilingEngine(
+        _Planned(amll, lambda n: n * n * 600), EngineConfig(memory_budget_bytes=12 * gib, window_seconds=per_px)
+    ).plan(5000, 5000)
     assert len(plan.windows) == 4 and plan.window == 2700 and {w.out_size for w in plan.windows} == {2516}
     # A budget that holds only ~1900-px windows: 3 x 3, sized to the tile (not 3 x 3 of the cap).
-    plan = TilingEngine(_Planned(amll, lambda n: n * n * 600, per_px), EngineConfig(memory_budget_bytes=2 * gib)).plan(5000, 5000)
+    plan = TilingEngine(
+        _Planned(amll, lambda n: n * n * 600), EngineConfig(memory_budget_bytes=2 * gib, window_seconds=per_px)
+    ).plan(5000, 5000)
     assert len(plan.windows) == 9 and 3 * plan.windows[0].out_size >= 5000 and plan.window < 1900
 
     # The default model's same-padding geometry: blended windows give other last bits
     # for other plans, so whatever was measured the plan is the manifest's, fitted.
-    effnet = WindowSpec("overlap", {"cpu": 512, "plan": 1376}, multiple=32, margin=32, overlap=64)
+    effnet = OverlapWindows({"cpu": 512, "plan": 1376}, multiple=32, margin=32, overlap=64)
     flat = {512: 0.02, 1024: 0.08, 1792: 0.245}
     steep = {512: 0.02, 1024: 0.08, 1792: 0.6}
     plans = [
-        TilingEngine(_Planned(effnet, lambda n: n * n * 2800, t), EngineConfig()).plan(5000, 5000) for t in (flat, steep, {})
+        TilingEngine(_Planned(effnet, lambda n: n * n * 2800), EngineConfig(window_seconds=t)).plan(5000, 5000)
+        for t in (flat, steep, {})
     ]
     assert len({(p.window, len(p.windows)) for p in plans}) == 1 and len(plans[0].windows) == 16
     covered = np.zeros((5000, 5000), bool)  # every pixel is covered
@@ -150,7 +149,7 @@ def test_the_windows_of_a_5000_px_tile_under_default_settings():
     assert covered.all()
     # A manifest without a plan window (older exports): its CPU default, as before.
     plain = TilingEngine(
-        _Planned(WindowSpec("overlap", {"cpu": 512}, multiple=32, margin=32, overlap=64), lambda n: n * n * 2800, flat),
+        _Planned(OverlapWindows({"cpu": 512}, multiple=32, margin=32, overlap=64), lambda n: n * n * 2800),
         EngineConfig(),
     ).plan(5000, 5000)
     assert plain.window == 512 and len(plain.windows) == 13 * 13
@@ -161,7 +160,7 @@ def test_openvino_serves_through_grpc_as_in_process(tiny_store, tmp_path):
     rgb = rng.integers(0, 256, (3, 300, 340)).astype(np.uint8)
     rgb[:, 100:180, 60:200] = 235
     image = write_image(tmp_path / "tile.tif", rgb)
-    backend = open_backend(ModelStore(tiny_store).get("tiny"), "openvino")
+    backend = open_engine(ModelStore(tiny_store).get("tiny"), "openvino")
     with RGBRaster(image) as src:
         want = TilingEngine(backend, EngineConfig(window=256)).probabilities(src)
     server = RunningServer(config(tiny_store, backend="openvino"))
@@ -181,12 +180,12 @@ def test_openvino_serves_through_grpc_as_in_process(tiny_store, tmp_path):
 def test_auto_serves_the_engine_the_facts_predict_and_measures_nothing(tiny_store, tmp_path, monkeypatch):
     monkeypatch.setenv("FOOTPRINTS_CACHE", str(tmp_path / "cache"))
     entry = ModelStore(tiny_store).get("tiny")
-    backend = open_backend(entry, "auto")
+    backend = open_engine(entry, "auto")
     assert (backend.engine, backend.precision) == ("openvino", "bf16" if this_cpu().bf16 else "fp32")
-    assert backend.window_seconds is None and not (cache_dir() / "engines.json").exists()  # nothing timed
+    assert not (cache_dir() / "engines.json").exists()  # nothing timed
     assert (cache_dir() / "openvino").is_dir()  # compiled shapes are kept for the next start
     # Graphs with scatter operations (ONERA's index unpooling) go to ONNX Runtime.
-    monkeypatch.setattr("service.backends.openvino_backend.graph_operations", lambda e: frozenset({"ScatterElementsUpdate"}))
+    monkeypatch.setattr("service.engines.openvino.graph_operations", lambda e: frozenset({"ScatterElementsUpdate"}))
     choice = predicted_engine(entry)
     assert (choice.engine, choice.precision) == ("onnxruntime", "fp32") and "ScatterElementsUpdate" in choice.why
 
@@ -206,6 +205,9 @@ def test_tune_measures_large_window_models_once_and_their_plans_follow(store, tm
     assert "amll v1 (openvino" in done.stdout and "nus v1" in done.stdout and "plan fixed by its manifest" in done.stdout
     (record,) = json.loads((cache_dir() / "engines.json").read_text()).values()  # amll only: nus's plan is fixed
     assert record["model"] == "amll v1" and all(float(t) > 0 for t in record["seconds"].values())
-    amll = open_backend(ModelStore(store).get("amll"), "auto")
-    assert amll.window_seconds == {int(k): float(v) for k, v in record["seconds"].items()}
-    assert open_backend(ModelStore(store).get("nus"), "auto").window_seconds is None
+    amll = open_engine(ModelStore(store).get("amll"), "auto")
+    assert cached_seconds(ModelStore(store).get("amll"), amll.engine, amll.precision) == {
+        int(k): float(v) for k, v in record["seconds"].items()
+    }
+    nus = ModelStore(store).get("nus")
+    assert not needs_measuring(nus) and needs_measuring(ModelStore(store).get("amll"))

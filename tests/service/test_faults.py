@@ -17,9 +17,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service._pb import footprints_pb2 as pb
-from service.api import Limits
+from service.api.servicer import Limits
 from service.client import FootprintsClient
-from service.remote import Link
+from service.remote.servers import Link
 
 from ..conftest import wait_until
 from .servers import CRS, TRANSFORM, RunningServer, config, in_process, raw_header, scrape, serve_process, tile

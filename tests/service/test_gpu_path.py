@@ -9,12 +9,13 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as triton
 
+from service.engines.gpu import why_no_gpu
+from service.engines.tensorrt.files import pick_engine, plan_name, tag
+from service.engines.tensorrt.profiles import KNEE, pick, profiles
 from service.errors import InputError
-from service.gpu import why_no_gpu
-from service.store import ModelStore
-from service.tensorrt.engines import pick_engine, plan_name, tag
-from service.tensorrt.profiles import KNEE, model_sides, pick, profiles
-from service.triton import input_names, tensorrt_config
+from service.store.repository import ModelStore
+from service.store.triton import tensorrt_config
+from service.tiling.geometry import DualWindows
 
 from ..conftest import REPO, run_cli
 
@@ -27,9 +28,9 @@ def _newest(name: str):
 
 @pytest.mark.parametrize("name", ["amll", "nus", "effnet", "onera", "raisa", "baseline"])
 def test_profiles_cover_every_window_the_engine_is_sent_once(name):
-    spec = _newest(name).spec
+    spec = _newest(name).geometry
     profs = profiles(spec, max_batch=4, max_window=2688)
-    sides, default = model_sides(spec, 2688)
+    sides, default = spec.tensorrt_sides(2688)
     for side in sides:  # every legal side falls in exactly one profile, at batch 1 and the profile's largest
         holders = [p for p in profs if p.covers(side, 1)]
         assert len(holders) == 1, (name, side)
@@ -42,12 +43,12 @@ def test_profiles_cover_every_window_the_engine_is_sent_once(name):
     if spec.mode == "large":  # the paper's 2636-px windows run in the profile tuned for them
         assert default == 2636 and profs[pick(profs, 2636, 1)].opt_side == 2636
         assert sides[0] == spec.valid.min_input and sides[-1] == 2684 and profs[0].max_side <= KNEE < profs[1].min_side
-    if spec.mode == "dual":  # 384 px windows with 768 px context: the context must fit the largest window
-        assert default == 384 and 2 * sides[-1] <= 2688
+    if spec.mode == "dual":  # the plan's windows with their 2x context: the context must fit the largest window
+        assert default == spec.default_window("cpu") and 2 * sides[-1] <= 2688
 
 
 def test_a_window_outside_the_profiles_is_refused_clearly():
-    profs = profiles(_newest("amll").spec, max_batch=4, max_window=2688)
+    profs = profiles(_newest("amll").geometry, max_batch=4, max_window=2688)
     with pytest.raises(InputError, match="outside this engine's profiles"):
         pick(profs, 2700, 1)
     with pytest.raises(InputError, match="batch <= 2"):
@@ -75,9 +76,9 @@ def test_the_stores_config_pbtxt_files_are_valid_triton_configs():
         config = _parse((STORE / name / "config.pbtxt").read_text())
         entry = store.get(name)
         assert config.name == name and config.platform == "onnxruntime_onnx" and config.max_batch_size > 0
-        assert [i.name for i in config.input] == [i["name"] for i in entry.manifest["inputs"]] == input_names(entry.mode)
+        assert [i.name for i in config.input] == list(entry.manifest.inputs) == list(entry.geometry.input_names)
         assert all(list(i.dims) == [3, -1, -1] and i.data_type == triton.TYPE_FP32 for i in config.input)
-        assert [o.name for o in config.output] == [entry.manifest["outputs"][0]["name"]] and list(config.output[0].dims) == [
+        assert [o.name for o in config.output] == [entry.manifest.output] and list(config.output[0].dims) == [
             1,
             -1,
             -1,
@@ -87,7 +88,7 @@ def test_the_stores_config_pbtxt_files_are_valid_triton_configs():
 
 def test_the_tensorrt_config_is_a_valid_triton_config():
     config = _parse(
-        tensorrt_config("nus", "dual", 4, {"9.0": "model.sm90.trt11.4.fp16.plan", "8.0": "model.sm80.trt11.4.fp16.plan"})
+        tensorrt_config("nus", DualWindows(), 4, {"9.0": "model.sm90.trt11.4.fp16.plan", "8.0": "model.sm80.trt11.4.fp16.plan"})
     )
     assert config.name == "nus_tensorrt" and config.platform == "tensorrt_plan" and config.max_batch_size == 4
     assert [i.name for i in config.input] == ["rgb", "context"]

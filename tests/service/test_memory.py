@@ -10,7 +10,7 @@ import pytest
 _PROBE = """
 import sys
 import numpy as np
-from service.memory import keep_freed_memory
+from service.allocator import keep_freed_memory
 tuned = keep_freed_memory() if sys.argv[1] == "tuned" else False
 def rss():
     with open("/proc/self/statm") as f:

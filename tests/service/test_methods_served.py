@@ -9,11 +9,11 @@ import rasterio
 import torch
 
 from service._pb import footprints_pb2 as pb
-from service.backends import open_backend
 from service.client import FootprintsClient
-from service.geoio import RGBRaster
-from service.store import ModelStore
-from service.tiler import EngineConfig, TilingEngine
+from service.engines import open_engine
+from service.rasters import RGBRaster
+from service.store.repository import ModelStore
+from service.tiling.engine import EngineConfig, TilingEngine
 from training import export as export_mod
 from training.export import export
 from training.networks.model import SegmentationModel, save_checkpoint
@@ -40,16 +40,16 @@ def methods_store(tmp_path_factory):
 def test_each_method_exports_with_parity_and_the_overlap_geometry(methods_store):
     for name, (net, _, multiple) in METHODS.items():
         entry = ModelStore(methods_store).get(name)
-        m = entry.manifest
+        m = entry.manifest.to_json()
         # SegNet's argmax unpooling is held to the mask, not the last bit (export.ARGMAX_PARITY).
         bound = export_mod.ARGMAX_PARITY["max_abs_diff"] if name == "onera" else export_mod.PARITY_ATOL
-        assert m["network"] == net and m["mode"] == "overlap" and m["parity_max_abs_diff"] < bound
+        assert m["network"] == net and m["geometry"]["mode"] == "overlap" and m["parity_max_abs_diff"] < bound
         assert m["program_parity_max_abs_diff"] < bound and 0 < m["parity_building_share"] < 1
-        assert entry.spec.multiple == multiple and entry.spec.tta == (name == "raisa")
+        assert entry.geometry.multiple == multiple and entry.geometry.tta == (name == "raisa")
 
 
 def _in_process(store, name, image, tta):
-    engine = TilingEngine(open_backend(ModelStore(store).get(name), "onnxruntime"), EngineConfig(window=256, tta=tta))
+    engine = TilingEngine(open_engine(ModelStore(store).get(name), "onnxruntime"), EngineConfig(window=256, tta=tta))
     with RGBRaster(image) as src:
         return np.where(engine.probabilities(src) >= 0.5, 255, 0).astype(np.uint8)
 

@@ -11,24 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import torch
 
-from service.store import ModelStore
-from training.export import export
-from training.networks.model import SegmentationModel, save_checkpoint
+from service.store.repository import ModelStore
 
 from ..conftest import run_cli
-from .servers import serve_process, tile
+from .servers import serve_process, small_effnet_store, tile
 
 
 @pytest.fixture(scope="module")
 def blended_store(tmp_path_factory) -> Path:
-    """A small EfficientNet U-Net exported as served: overlap windows, plan in the manifest."""
-    root = tmp_path_factory.mktemp("blended-store")
-    torch.manual_seed(7)
-    model = SegmentationModel("effnet_unet", {"decoder": [16, 16, 8, 8, 8]}, [124.0, 116.0, 104.0], [58.0, 57.0, 57.0])
-    export(save_checkpoint(root.parent / "blended.pt", model), root, "blended")
-    return root
+    return small_effnet_store(tmp_path_factory.mktemp("blended-store"), "blended", seed=7)
 
 
 def _mask(path: Path) -> np.ndarray:
@@ -37,7 +29,7 @@ def _mask(path: Path) -> np.ndarray:
 
 
 def test_every_path_and_core_count_gives_the_same_mask(blended_store, tmp_path):
-    spec = ModelStore(blended_store).get("blended").spec
+    spec = ModelStore(blended_store).get("blended").geometry
     assert spec.plan_fixed and spec.default_window("cpu") == spec.default_window("cuda") == 1376
     image = tile(tmp_path / "city1.tif", 1700, 1600, seed=17)  # 2 x 2 windows, blended where they meet
     masks: dict[str, np.ndarray] = {}

@@ -1,6 +1,6 @@
 import numpy as np
 
-from service.overlay import overlay_array
+from service.outputs.overlay import overlay_array
 
 
 def test_overlay_colours_hits_false_alarms_and_misses():

@@ -18,11 +18,11 @@ import pytest
 import rasterio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.backends import open_backend
 from service.client import FootprintsClient
-from service.geoio import RGBRaster
-from service.store import ModelStore
-from service.tiler import EngineConfig, TilingEngine
+from service.engines import open_engine
+from service.rasters import RGBRaster
+from service.store.repository import ModelStore
+from service.tiling.engine import EngineConfig, TilingEngine
 
 from ..conftest import REAL_OAM, REPO
 
@@ -94,7 +94,7 @@ def test_a_cold_start_serves_its_first_real_tile_within_20_s_and_a_warm_one_star
     # The same tile in-process gives the same mask (the engine is predicted, not measured).
     entry = ModelStore(STORE).get(default)
     with RGBRaster(image) as src:
-        want = TilingEngine(open_backend(entry, "auto"), EngineConfig()).probabilities(src) >= 0.5
+        want = TilingEngine(open_engine(entry, "auto"), EngineConfig()).probabilities(src) >= 0.5
     with rasterio.open(tmp_path / "cold.tif") as m:
         assert np.array_equal(m.read(1) > 0, want)
 

@@ -20,9 +20,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service._pb import footprints_pb2 as pb
 from service._pb import footprints_pb2_grpc as pb_grpc
-from service.api import Limits
+from service.api.servicer import Limits
 from service.client import FootprintsClient
-from service.security import ClientSecurity
+from service.transport import ClientSecurity
 
 from ..conftest import REPO, wait_until
 from .servers import CRS, TRANSFORM, RunningServer, config, in_process, raw_header, scrape, tile

@@ -10,8 +10,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service._pb import footprints_pb2 as pb
 from service.client import FootprintsClient
-from service.remote import Link
-from service.security import ClientSecurity
+from service.remote.servers import Link
+from service.transport import ClientSecurity
 
 from .certs import make
 from .servers import CRS, TRANSFORM, RunningServer, config, scrape

@@ -18,11 +18,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from service._pb import footprints_pb2 as pb
-from service.api import Limits
-from service.backends import open_backend
+from service.api.servicer import Limits
 from service.client import FootprintsClient
-from service.store import ModelStore
-from service.tiler import EngineConfig, TilingEngine
+from service.engines import open_engine
+from service.store.repository import ModelStore
+from service.tiling.engine import EngineConfig, TilingEngine
 from training.export import export
 from training.networks.model import SegmentationModel, save_checkpoint
 
@@ -32,7 +32,7 @@ from .servers import CRS, TRANSFORM, RunningServer, config, in_process, raw_head
 
 def _large_windows(store, side: int, window: int) -> int:
     """How many windows the server's tiling plan has for a square raster (the AMLL test model)."""
-    engine = TilingEngine(open_backend(ModelStore(store).get("amll"), "onnxruntime"), EngineConfig(window=window))
+    engine = TilingEngine(open_engine(ModelStore(store).get("amll"), "onnxruntime"), EngineConfig(window=window))
     return len(engine.plan(side, side)[0])
 
 

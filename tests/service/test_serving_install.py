@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import rasterio
 
-from service.backends import open_backend
-from service.geoio import RGBRaster
-from service.store import ModelStore
-from service.tiler import EngineConfig, TilingEngine
+from service.engines import open_engine
+from service.rasters import RGBRaster
+from service.store.repository import ModelStore
+from service.tiling.engine import EngineConfig, TilingEngine
 
 from ..conftest import REPO
 
@@ -75,7 +75,7 @@ def test_serving_works_with_only_the_serving_dependencies(serving_venv, tmp_path
     image = _tile(tmp_path / "city")
     default = ModelStore(STORE).default_name()
     with RGBRaster(image) as src:
-        engine = TilingEngine(open_backend(ModelStore(STORE).get(default), "auto"), EngineConfig())
+        engine = TilingEngine(open_engine(ModelStore(STORE).get(default), "auto"), EngineConfig())
         expected = np.where(engine.probabilities(src) >= 0.5, 255, 0).astype(np.uint8)
     assert 0 < np.count_nonzero(expected) < expected.size
 

@@ -9,8 +9,9 @@ import shutil
 import pytest
 
 from service.errors import InputError, NotFoundError
-from service.geometry import ValidGeometry, WindowMemory, WindowSpec
-from service.store import ModelStore
+from service.store.manifest import WindowMemory
+from service.store.repository import ModelStore
+from service.tiling.geometry import ValidGeometry, geometry_from_record
 
 from ..conftest import REPO
 
@@ -24,8 +25,8 @@ def test_the_repository_store_names_its_default_and_every_version_is_servable():
     assert store.get().name == default and store.get().version == max(store.entries[default])
     for versions in store.entries.values():
         for entry in versions.values():
-            assert {"model.onnx", "model.pt2", "model.pt"} <= set(entry.manifest["files"]), (entry.name, entry.version)
-            spec, memory = entry.spec, entry.memory
+            assert {"model.onnx", "model.pt2", "model.pt"} <= set(entry.manifest.files), (entry.name, entry.version)
+            spec, memory = entry.geometry, entry.memory
             assert spec.default_window("cpu") > 0 and memory.bytes(spec.default_window("cpu")) > 0
 
 
@@ -47,29 +48,29 @@ def test_a_store_without_default_serves_its_only_model_or_asks(tmp_path):
 
 def test_window_spec_reads_what_export_writes():
     amll = json.loads((STORE / "amll/3/manifest.json").read_text())
-    spec = WindowSpec.from_manifest(amll)
+    spec = geometry_from_record(amll["geometry"])
     assert spec.valid == ValidGeometry(4) and spec.valid.margin == 92 and spec.valid.stride == 16
     assert spec.default_window("cpu") == 1180 and spec.default_window("cuda:0") == 2636
     assert spec.default_window("remote") == 1180  # devices the manifest does not name get the CPU's
     assert spec.to_manifest() == amll["geometry"]
-    nus = WindowSpec.from_manifest(json.loads((STORE / "nus/1/manifest.json").read_text()))
-    assert nus.valid is None and nus.multiple == 16
+    nus = geometry_from_record(json.loads((STORE / "nus/1/manifest.json").read_text())["geometry"])
+    assert not hasattr(nus, "valid") and nus.multiple == 16
     # A blended model's plan decides its mask, so it is the manifest's on every device and path.
-    assert nus.plan_fixed and nus.default_window("cpu") == nus.default_window("cuda:0") == nus.default_window("remote") == 1056
+    assert nus.plan_fixed and nus.default_window("cpu") == nus.default_window("cuda:0") == nus.default_window("remote") == 384
     with pytest.raises(InputError, match="window geometry 'hexagons'"):
-        WindowSpec.from_manifest({"name": "x", "geometry": {"kind": "hexagons"}})
+        geometry_from_record({"kind": "hexagons"})
 
 
 def test_window_memory_is_the_recorded_quadratic_and_missing_records_are_named():
     manifest = json.loads((STORE / "amll/3/manifest.json").read_text())
-    memory = WindowMemory.from_manifest(manifest)
+    memory = WindowMemory.from_record(manifest["window_memory"], "amll v3")
     a, b, c = manifest["window_memory"]["coefficients"]
     assert memory.bytes(1180) == round(a * 1180**2 + b * 1180 + c)
     # Bigger windows cost more, roughly with the area.
     assert 4 < memory.bytes(2636) / memory.bytes(1180) < (2636 / 1180) ** 2 * 1.2
     del manifest["window_memory"]
     with pytest.raises(InputError, match="records no window memory; re-export it"):
-        WindowMemory.from_manifest(manifest)
+        WindowMemory.from_record(manifest.get("window_memory"), "amll v3")
 
 
 def test_a_version_named_on_the_command_line_is_found_or_refused_clearly():

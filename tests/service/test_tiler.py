@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from service.backends.base import model_inputs
-from service.backends.torch_backend import TorchBackend
+from service.engines.base import model_inputs
+from service.engines.pytorch import TorchEngine
 from service.errors import InputError
-from service.geometry import WindowSpec
-from service.tiler import ArraySource, EngineConfig, TilingEngine
-from service.windows import DualWindowPlan, LargeWindowPlan, grid_offsets, ramp
+from service.tiling.engine import ArraySource, EngineConfig, TilingEngine
+from service.tiling.geometry import DualWindows, OverlapWindows
+from service.tiling.plans import DualWindowPlan, LargeWindowPlan, grid_offsets, ramp
 from training.networks.model import SegmentationModel
 
 SMALL_AMLL = {"filters": (4, 8, 16, 32, 64)}  # same depth, so same 16k+124 geometry
@@ -36,7 +36,7 @@ def _raster(h, w, seed=0):
 def _monolithic(model, rgb):
     """The network once over the whole raster, mirror padded by its margin (and at
     the bottom/right up to the next valid size)."""
-    g = model.geometry
+    g = model.net.geometry  # the valid-convolution U-Net's size rules
     _, h, w = rgb.shape
     ph, pw = g.smallest_input_for_output(h), g.smallest_input_for_output(w)
     padded = np.pad(rgb, ((0, 0), (g.margin, ph - g.margin - h), (g.margin, pw - g.margin - w)), mode="symmetric")
@@ -46,7 +46,7 @@ def _monolithic(model, rgb):
 
 def test_large_windows_stitch_to_exactly_the_monolithic_result(amll):
     rgb = _raster(530, 700)
-    engine = TilingEngine(TorchBackend(amll, "cpu"), EngineConfig(window=252, fit_window=False, batch_size=3))
+    engine = TilingEngine(TorchEngine(amll, "cpu"), EngineConfig(window=252, fit_window=False, batch_size=3))
     windows, _, window = engine.plan(530, 700)
     assert window == 252 and len(windows) > 20  # many windows, ragged at the bottom and right
     stitched = engine.probabilities(ArraySource(rgb))
@@ -58,15 +58,15 @@ def test_large_windows_stitch_to_exactly_the_monolithic_result(amll):
 def test_offsets_off_the_stride_would_not_stitch_exactly(amll, monkeypatch):
     """Negative control for the test above: offsets on an 8-px grid break equality."""
     rgb = _raster(300, 300, seed=1)
-    engine = TilingEngine(TorchBackend(amll, "cpu"), EngineConfig(window=252, fit_window=False))
-    monkeypatch.setattr("service.tiler.LargeWindowPlan", lambda w, m, s: LargeWindowPlan(w, m, 8))
+    engine = TilingEngine(TorchEngine(amll, "cpu"), EngineConfig(window=252, fit_window=False))
+    monkeypatch.setattr("service.tiling.geometry.LargeWindowPlan", lambda w, m, s: LargeWindowPlan(w, m, 8))
     assert np.abs(engine.probabilities(ArraySource(rgb)) - _monolithic(amll, rgb)).max() > 1e-3
 
 
 def test_fitted_window_is_smaller_and_gives_the_same_mask(amll):
     rgb = _raster(420, 400, seed=2)
-    exact = TilingEngine(TorchBackend(amll, "cpu"), EngineConfig(window=508, fit_window=False))
-    fitted = TilingEngine(TorchBackend(amll, "cpu"), EngineConfig(window=508, fit_window=True))
+    exact = TilingEngine(TorchEngine(amll, "cpu"), EngineConfig(window=508, fit_window=False))
+    fitted = TilingEngine(TorchEngine(amll, "cpu"), EngineConfig(window=508, fit_window=True))
     w_exact, w_fit = exact.plan(420, 400), fitted.plan(420, 400)
     assert len(w_fit[0]) == len(w_exact[0]) and w_fit[2] < w_exact[2]
     np.testing.assert_allclose(fitted.probabilities(ArraySource(rgb)), exact.probabilities(ArraySource(rgb)), atol=1e-5)
@@ -90,7 +90,7 @@ class OffsetBackend:
     effects. Lets the blending rule be checked against an exact bound."""
 
     device, name = "cpu", "offset"
-    spec = WindowSpec("dual", {"cpu": 384})
+    geometry = DualWindows({"cpu": 384})
 
     def __init__(self, error=0.2, seed=0):
         self.rng = np.random.default_rng(seed)
@@ -160,7 +160,7 @@ def test_dual_windows_read_mirror_padded_context_at_every_edge():
 
 def test_real_dual_network_through_the_engine(nus):
     rgb = _raster(200, 230, seed=6)
-    engine = TilingEngine(TorchBackend(nus, "cpu"), EngineConfig(window=64, dual_overlap=16, batch_size=4))
+    engine = TilingEngine(TorchEngine(nus, "cpu"), EngineConfig(window=64, dual_overlap=16, batch_size=4))
     out = engine.probabilities(ArraySource(rgb))
     assert out.shape == (200, 230) and np.isfinite(out).all()
     assert ((out > 0) & (out < 1)).all() and out.std() > 1e-3
@@ -179,7 +179,7 @@ def test_tta_inverts_its_transforms(amll):
     tta = TilingEngine(Covariant(), EngineConfig(window=64, dual_overlap=16, tta=True)).probabilities(ArraySource(rgb))
     np.testing.assert_allclose(tta, plain, atol=1e-6)
 
-    unet = TorchBackend(amll, "cpu")
+    unet = TorchEngine(amll, "cpu")
     p0 = TilingEngine(unet, EngineConfig(window=252)).probabilities(ArraySource(rgb))
     p8 = TilingEngine(unet, EngineConfig(window=252, tta=True)).probabilities(ArraySource(rgb))
     assert np.abs(p8 - p0).max() > 1e-4
@@ -206,7 +206,7 @@ def test_memory_budget_caps_windows_in_flight():
 
 
 def test_memory_estimate_of_the_real_network_grows_with_the_window(amll):
-    backend = TorchBackend(amll, "cpu")
+    backend = TorchEngine(amll, "cpu")
     small, large = backend.window_bytes(252), backend.window_bytes(508)
     # Activations grow between the inputs' area ratio and the outputs' (valid
     # convolutions shrink every map by a fixed margin).
@@ -214,10 +214,10 @@ def test_memory_estimate_of_the_real_network_grows_with_the_window(amll):
 
 
 def test_bad_windows_and_small_rasters_are_refused(amll):
-    engine = TilingEngine(TorchBackend(amll, "cpu"), EngineConfig(window=600))
+    engine = TilingEngine(TorchEngine(amll, "cpu"), EngineConfig(window=600))
     with pytest.raises(InputError, match="window size 600 is not valid.*588 and 604"):
         engine.plan(1000, 1000)
-    ok = TilingEngine(TorchBackend(amll, "cpu"), EngineConfig(window=252))
+    ok = TilingEngine(TorchEngine(amll, "cpu"), EngineConfig(window=252))
     with pytest.raises(InputError, match="smaller than the network's 92-px context margin"):
         ok.plan(80, 500)
     with pytest.raises(InputError, match="multiple of 16"):
@@ -255,7 +255,7 @@ def test_overlap_windows_stitch_close_to_whole_raster_inference(real_oam):
     with rasterio.open(real_oam / "images/zanzibar2.tif") as src:
         rgb = src.read()[:, :448, :640]
     h, w = rgb.shape[1:]
-    margin = model.spec.margin
+    margin = model.geometry.margin
     pad_h, pad_w = (-(h + 2 * margin)) % 32, (-(w + 2 * margin)) % 32
     padded = np.pad(rgb, ((0, 0), (margin, margin + pad_h), (margin, margin + pad_w)), mode="symmetric").astype(np.float32)
     with torch.no_grad():
@@ -263,28 +263,28 @@ def test_overlap_windows_stitch_close_to_whole_raster_inference(real_oam):
     assert whole.std() > 0.1  # an answer that varies: agreement means something
 
     def stitched(spec):
-        engine = TilingEngine(TorchBackend(model, "cpu", spec=spec), EngineConfig(window=256))
+        engine = TilingEngine(TorchEngine(model, "cpu", geometry=spec), EngineConfig(window=256))
         assert len(engine.plan(h, w).windows) > 4
         return engine.probabilities(ArraySource(rgb))
 
-    blended = np.abs(stitched(model.spec) - whole)
-    cut = np.abs(stitched(dataclasses.replace(model.spec, margin=0, overlap=0)) - whole)
-    flips = ((stitched(model.spec) >= 0.5) != (whole >= 0.5)).mean()
+    blended = np.abs(stitched(model.geometry) - whole)
+    cut = np.abs(stitched(dataclasses.replace(model.geometry, margin=0, overlap=0)) - whole)
+    flips = ((stitched(model.geometry) >= 0.5) != (whole >= 0.5)).mean()
     assert blended.mean() < 0.015 and np.percentile(blended, 99) < 0.15 and flips < 0.015
     assert cut.mean() > 3 * blended.mean() and np.percentile(cut, 99) > 3 * np.percentile(blended, 99)
 
 
 def test_overlap_plans_fit_small_rasters_and_refuse_bad_windows():
-    from service.windows import OverlapWindowPlan
+    from service.tiling.plans import OverlapWindowPlan
 
-    spec = WindowSpec("overlap", {"cpu": 512}, multiple=32, margin=32, overlap=64)
+    spec = OverlapWindows({"cpu": 512}, multiple=32, margin=32, overlap=64)
 
     class Same(OffsetBackend):
         def infer(self, inputs):
             return inputs[0].astype(np.float32).mean(axis=1) / 255.0
 
     backend = Same()
-    backend.spec = spec
+    backend.geometry = spec
     rgb = _raster(200, 900, seed=8)
     plan = TilingEngine(backend, EngineConfig()).plan(200, 900)
     assert plan.window < 512 and plan.window % 32 == 0  # fitted: no window mostly mirror

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import rasterio
 
-from service.backends import open_backend
 from service.client import FootprintsClient
+from service.engines import open_engine
 from service.errors import InputError
-from service.geoio import RGBRaster
-from service.remote import Link
-from service.store import PROGRAM, ModelStore
-from service.tiler import EngineConfig, TilingEngine
+from service.rasters import RGBRaster
+from service.remote.servers import Link
+from service.store.repository import PROGRAM, ModelStore
+from service.tiling.engine import EngineConfig, TilingEngine
 from service.torchserve.archive import build_archive
 from service.torchserve.runner import TorchServe, TorchServeConfig
 
@@ -52,7 +52,7 @@ def torchserve(store, tmp_path_factory):
 
 
 def _torch_in_process(store, name, path, window) -> np.ndarray:
-    engine = TilingEngine(open_backend(ModelStore(store).get(name), "torch", device="cpu"), EngineConfig(window=window))
+    engine = TilingEngine(open_engine(ModelStore(store).get(name), "torch", device="cpu"), EngineConfig(window=window))
     with RGBRaster(path) as src:
         return engine.probabilities(src)
 

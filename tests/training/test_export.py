@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from service.backends import open_backend
+from service.engines import open_engine
 from service.errors import InputError, NotFoundError
-from service.store import ModelStore
-from service.tiler import ArraySource, EngineConfig, TilingEngine
+from service.store.repository import ModelStore
+from service.tiling.engine import ArraySource, EngineConfig, TilingEngine
 from training import export as export_mod
 from training.networks.model import SegmentationModel, load_checkpoint, save_checkpoint
 
@@ -53,8 +53,8 @@ def test_onnx_runtime_and_pytorch_tile_to_the_same_mask(store, name):
     entry = ModelStore(store).get(name)
     rgb = np.random.default_rng(1).integers(0, 256, (3, 300, 280), dtype=np.uint8)
     cfg = EngineConfig(window=252 if name == "amll" else 64, dual_overlap=16)
-    ort = TilingEngine(open_backend(entry, "onnxruntime"), cfg).probabilities(ArraySource(rgb))
-    pt = TilingEngine(open_backend(entry, "torch", "cpu"), cfg).probabilities(ArraySource(rgb))
+    ort = TilingEngine(open_engine(entry, "onnxruntime"), cfg).probabilities(ArraySource(rgb))
+    pt = TilingEngine(open_engine(entry, "torch", "cpu"), cfg).probabilities(ArraySource(rgb))
     assert ort.std() > 1e-3
     np.testing.assert_allclose(ort, pt, atol=1e-4)
 
@@ -86,7 +86,7 @@ def test_parity_windows_catch_a_drift_in_the_trained_default_model_that_noise_hi
     model, _ = load_checkpoint(entry.path("model.pt"))
     drifted = _drift_building_logit(model, 0.2)
     noise = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 3, 572, 572)).astype(np.float32))
-    cities = [torch.from_numpy(x) for x in export_mod._parity_inputs(model, entry.manifest)[0]]
+    cities = [torch.from_numpy(x) for x in export_mod._parity_inputs(model)[0]]
     with torch.no_grad():
         on_noise = (model(noise) - drifted(noise)).abs().max().item()
         p = model(*cities)
@@ -114,7 +114,7 @@ def test_store_versions_and_errors(store, tmp_path):
     onnx = store / "amll" / "2" / "model.onnx"
     onnx.write_bytes(onnx.read_bytes() + b"tampered")
     with pytest.raises(InputError, match="sha256 does not match"):
-        open_backend(ModelStore(store).get("amll", 2))
+        open_engine(ModelStore(store).get("amll", 2))
     export_mod.remove_version(store, "amll", 2)
     assert ModelStore(store).get("amll").version == 1
 
@@ -139,9 +139,9 @@ def test_the_manifest_holds_what_a_server_needs_without_training(store, name):
     sides = (1180, 2636) if name == "amll" else (64, 384, 512)
     for side in sides:
         assert abs(entry.memory.bytes(side) - model.window_bytes(side)) <= 1e-6 * model.window_bytes(side), side
-    assert entry.spec == model.spec
-    program = open_backend(entry, "torch", "cpu")
-    assert program.spec == entry.spec and program.window_bytes(sides[0]) == entry.memory.bytes(sides[0])
+    assert entry.geometry == model.geometry
+    program = open_engine(entry, "torch", "cpu")
+    assert program.geometry == entry.geometry and program.window_bytes(sides[0]) == entry.memory.bytes(sides[0])
 
 
 def test_the_trained_real_imagery_model_agrees_with_its_graph_on_real_windows(real_oam):
@@ -149,19 +149,19 @@ def test_the_trained_real_imagery_model_agrees_with_its_graph_on_real_windows(re
     real windows, and ONNX Runtime reproduces eager PyTorch on a real window now."""
     import rasterio
 
-    from service.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from service.geoio import read_window
+    from service.engines.onnxruntime import OnnxRuntimeEngine
+    from service.rasters import read_window
 
     store = ModelStore(REPO / "model_store")
     entry = store.get()
-    if not entry.manifest.get("std_rgb"):
+    manifest = entry.manifest.to_json()
+    if not manifest.get("std_rgb"):
         pytest.skip(f"the default model {entry.name} is not a real-imagery model")
-    manifest = entry.manifest
     assert any(w.startswith("real ") for w in manifest["parity_windows"]) and manifest["parity_max_abs_diff"] < 1e-4
     model, _ = load_checkpoint(entry.path("model.pt"))
     with rasterio.open(real_oam / "images/zanzibar1.tif") as src:
         crop = read_window(src, 200, 600, 384, 384, bands=[1, 2, 3])[None]
-    ort = OnnxRuntimeBackend(entry).infer([crop])
+    ort = OnnxRuntimeEngine(entry).infer([crop])
     with torch.no_grad():
         eager = model(torch.from_numpy(crop.astype(np.float32)))[:, 0].numpy()
     assert 0.01 < (eager > 0.5).mean() < 0.99  # a window with buildings and ground

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from service.geoio import mirror_indices, read_window
+from service.rasters import mirror_indices, read_window
 from training.data.inria import InriaDataset
 from training.data.patches import GridPatchDataset, PatchGrid, grid_offsets
 

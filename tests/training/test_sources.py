@@ -9,7 +9,7 @@ import rasterio
 from rasterio.windows import Window
 
 from service.errors import InputError
-from service.geoio import write_geotiff
+from service.rasters import write_geotiff
 from training.data.patches import RandomPatchDataset
 from training.data.sources import Root, area_of, ground_resolution, load_sources, parse_root
 

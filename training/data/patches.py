@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from service.errors import InputError
-from service.geoio import read_window
-from service.windows import grid_offsets
+from service.rasters import read_window
+from service.tiling.plans import grid_offsets
 
 from .inria import Tile
 

@@ -29,7 +29,7 @@ from rasterio.warp import transform as warp_points
 from tqdm import tqdm
 
 from service.errors import InputError
-from service.geoio import write_geotiff
+from service.rasters import write_geotiff
 
 from .inria import InriaDataset, Tile, _cache_dir, _files_key
 

@@ -23,6 +23,7 @@ from typing import Any
 from torch import nn
 
 from service.errors import InputError
+from service.tiling.geometry import DualWindows, Geometry, LargeWindows, OverlapWindows
 
 from .dual_unet import NUS_CHANNELS, DualResolutionUNet
 from .efficientnet_unet import EfficientNetUNet
@@ -31,20 +32,20 @@ from .segnet import SegNet
 from .stacked_unet import StackedUNet
 from .unet_valid import ValidGeometry, ValidUNet
 
-# name -> (class, window mode). "large" windows are valid-convolution networks
-# stitched exactly; "dual" windows are NUS full/context pairs blended at overlaps;
-# "overlap" windows are same-padding networks' windows, margins dropped, cores blended.
-NETWORKS: dict[str, tuple[type[nn.Module], str]] = {
-    "amll_unet": (ValidUNet, "large"),
-    "nus_dual_unet": (DualResolutionUNet, "dual"),
-    "effnet_unet": (EfficientNetUNet, "overlap"),
-    "segnet_sdt": (SegNet, "overlap"),
-    "stacked_unet": (StackedUNet, "overlap"),
-    "fcn_mlp": (FcnMlp, "overlap"),
+# name -> (class, window geometry): valid-convolution networks in large windows stitched
+# exactly; NUS in full/context pairs blended at overlaps; same-padding networks in
+# overlap windows, margins dropped, cores blended (service.tiling.geometry).
+NETWORKS: dict[str, tuple[type[nn.Module], type[Geometry]]] = {
+    "amll_unet": (ValidUNet, LargeWindows),
+    "nus_dual_unet": (DualResolutionUNet, DualWindows),
+    "effnet_unet": (EfficientNetUNet, OverlapWindows),
+    "segnet_sdt": (SegNet, OverlapWindows),
+    "stacked_unet": (StackedUNet, OverlapWindows),
+    "fcn_mlp": (FcnMlp, OverlapWindows),
 }
 
 
-def _entry(name: str) -> tuple[type[nn.Module], str]:
+def _entry(name: str) -> tuple[type[nn.Module], type[Geometry]]:
     try:
         return NETWORKS[name]
     except KeyError:
@@ -56,8 +57,8 @@ def build(name: str, **kwargs: Any) -> nn.Module:
     return _entry(name)[0](**kwargs)
 
 
-def mode_of(name: str) -> str:
-    """``"large"``, ``"dual"`` or ``"overlap"``: which window geometry the tiler uses for this network."""
+def geometry_of(name: str) -> type[Geometry]:
+    """The window geometry the tiler cuts this network's rasters with."""
     return _entry(name)[1]
 
 
@@ -67,5 +68,5 @@ def network_class(name: str) -> type[nn.Module]:
 
 __all__ = [
     "NETWORKS", "NUS_CHANNELS", "DualResolutionUNet", "FcnMlp", "SegNet", "StackedUNet", "ValidGeometry", "ValidUNet",
-    "build", "mode_of", "network_class",
+    "build", "geometry_of", "network_class",
 ]  # fmt: skip

@@ -15,25 +15,12 @@ import torch
 from torch import nn
 
 from service.errors import InputError
-from service.geometry import WindowSpec
+from service.tiling.geometry import Geometry
 
-from . import build, mode_of
+from . import build, geometry_of
 from .cost import window_bytes
 
 CHECKPOINT_FORMAT = "footprints.checkpoint/1"
-# Default window per device, written into every manifest (the service reads it from
-# there). Large windows (input side): GPUs take the paper's 2636 (what fit an 11 GB
-# card); on the CPU, benchmarks/tiling.py measured 1180 fastest per output pixel
-# (benchmarks/results/tiling.json). Dual windows: the paper's 384 output side.
-DEFAULT_WINDOW = {"cuda": 2636, "cpu": 1180}
-DUAL_WINDOW = 384
-# Same-padding networks (overlap windows): the input side of every plan on every
-# device (blended windows give other last bits for other plans, so a model's plan is
-# fixed: 4 x 4 windows on a 5000-px tile, the fastest count measured on AMX CPUs), the
-# side parity checks use, the margin dropped per side (the encoder's border effects
-# fade within a few of its 32-px cells) and the blended overlap of the kept cores.
-OVERLAP_WINDOW = {"plan": 1376, "parity": 384}
-OVERLAP_MARGIN, OVERLAP_BLEND = 32, 64
 # ImageNet statistics (RGB, 0-255) for encoders pretrained on ImageNet.
 IMAGENET_MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
 IMAGENET_STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
@@ -52,7 +39,6 @@ class SegmentationModel(nn.Module):
         super().__init__()
         self.network_name = network
         self.network_args = dict(network_args)
-        self.mode = mode_of(network)
         self.net = build(network, **network_args)
         # Two-class heads (AMLL's cross-entropy) take a softmax; one-logit heads a sigmoid.
         self.two_class = getattr(self.net, "classes", 1) == 2
@@ -81,28 +67,20 @@ class SegmentationModel(nn.Module):
         return torch.softmax(z, dim=1)[:, 1:2] if self.two_class else torch.sigmoid(z)
 
     @property
-    def geometry(self):
-        """The valid-size rules of a large-window network (None for dual)."""
-        return getattr(self.net, "geometry", None)
+    def geometry(self) -> Geometry:
+        """How the service cuts rasters for this network (its default and plan windows
+        are the geometry's): what export writes into the manifest, and what training's
+        validation tiles with."""
+        return geometry_of(self.network_name).for_network(self.net, self.tta)
 
     @property
-    def spec(self) -> WindowSpec:
-        """How the service cuts rasters for this network: what export writes into the
-        manifest, and what training's validation tiles with."""
-        if self.mode == "large":
-            g = self.geometry
-            parity = 572 if g.is_valid(572) else g.smallest_input_for_output(388)
-            return WindowSpec("large", {**DEFAULT_WINDOW, "parity": parity}, depth=g.depth)
-        if self.mode == "overlap":
-            return WindowSpec(
-                "overlap", OVERLAP_WINDOW, multiple=self.net.multiple, margin=OVERLAP_MARGIN, overlap=OVERLAP_BLEND, tta=self.tta
-            )
-        return WindowSpec("dual", {"plan": DUAL_WINDOW, "parity": DUAL_WINDOW}, multiple=self.net.multiple)
+    def mode(self) -> str:
+        """The geometry's name in the manifest: ``large``, ``dual`` or ``overlap``."""
+        return self.geometry.mode
 
     def window_bytes(self, window: int) -> int:
         """Activation bound of one window of side ``window`` (input side; dual: output side)."""
-        n_inputs = 2 if self.mode == "dual" else 1
-        return window_bytes(self, ((1, 3, window, window),) * n_inputs)
+        return window_bytes(self, tuple((1, 3, side, side) for side in self.geometry.input_sides(window)))
 
 
 def save_checkpoint(path: str | Path, model: SegmentationModel, half: bool = False, **meta: Any) -> Path:

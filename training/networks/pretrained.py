@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from service.errors import InputError
-from service.store import file_sha256
+from service.store.repository import file_sha256
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from service.errors import InputError
-from service.geometry import ValidGeometry
+from service.tiling.geometry import ValidGeometry
 
 
 def exporting() -> bool:

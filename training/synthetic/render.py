@@ -15,7 +15,7 @@ import rasterio
 from rasterio.features import rasterize
 from rasterio.transform import Affine
 
-from service.geoio import geotiff_profile, row_strips
+from service.rasters import geotiff_profile, row_strips
 
 from .scene import Ground, Scene
 from .styles import CityStyle

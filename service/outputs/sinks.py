@@ -1,0 +1,70 @@
+"""Row sinks: where a tile's rows go as they become final (:mod:`service.tiling.pipeline`).
+
+* :class:`GeoTiffRows`: a mask or probability GeoTIFF on the input's grid, written row
+  block by row block, the input's nodata carried as its GDAL mask.
+* :class:`MaskPlane`: the whole mask in memory, for GeoTIFF bytes and polygons at the end.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rasterio.io import MemoryFile
+from rasterio.transform import Affine
+from rasterio.windows import Window
+
+from service.rasters import geotiff_profile
+from service.tiling.pipeline import RowBlock
+
+
+class GeoTiffRows:
+    """Rows into a tiled, compressed GeoTIFF: the mask (0/255), or the probabilities
+    as 0-255 (``probabilities=True``)."""
+
+    def __init__(
+        self, path: str | Path, width: int, height: int, crs: CRS | str | None, transform: Affine, probabilities: bool = False
+    ) -> None:
+        self.path, self.probabilities = Path(path), probabilities
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.dst = rasterio.open(
+            self.path, "w", **geotiff_profile(width=width, height=height, count=1, crs=crs, transform=transform)
+        )
+
+    def write(self, block: RowBlock) -> None:
+        win = Window(0, block.r0, block.mask.shape[1], block.mask.shape[0])
+        self.dst.write((block.probabilities_u8 if self.probabilities else block.mask)[None], window=win)
+        if block.valid is not None:
+            # The output carries the input's nodata as its own GDAL mask.
+            self.dst.write_mask(block.valid.astype(np.uint8) * 255, window=win)
+
+    def close(self) -> None:
+        self.dst.close()
+
+
+class MaskPlane:
+    """The whole 0/255 mask, kept for what needs all of it (GeoTIFF bytes, polygons)."""
+
+    def __init__(self, width: int, height: int) -> None:
+        self.plane = np.zeros((height, width), np.uint8)
+
+    def write(self, block: RowBlock) -> None:
+        self.plane[block.r0 : block.r1] = block.mask
+
+    def close(self) -> None:
+        pass
+
+    def geotiff_bytes(self, crs: CRS | str | None, transform: Affine) -> bytes:
+        """The mask as GeoTIFF bytes (what the service sends back)."""
+        return mask_geotiff_bytes(self.plane, crs, transform)
+
+
+def mask_geotiff_bytes(mask: np.ndarray, crs, transform: Affine) -> bytes:
+    """A whole 0/255 mask plane as GeoTIFF bytes."""
+    profile = geotiff_profile(width=mask.shape[1], height=mask.shape[0], count=1, crs=crs, transform=transform)
+    with MemoryFile() as mem:
+        with mem.open(**profile) as dst:
+            dst.write(mask[None])
+        return bytes(mem.read())
