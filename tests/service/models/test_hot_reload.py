@@ -13,8 +13,8 @@ import rasterio
 
 from service.client import FootprintsClient
 
-from ..conftest import wait_until
-from .servers import CRS, TRANSFORM, RunningServer, config, in_process, scrape, serve_process, tile
+from ...conftest import wait_until
+from ..servers import CRS, TRANSFORM, RunningServer, config, in_process, scrape, serve_process, tile
 
 
 def _roll_out(root, name: str, source: int, version: int) -> None:

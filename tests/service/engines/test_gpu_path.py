@@ -17,7 +17,7 @@ from service.store.repository import ModelStore
 from service.store.triton import tensorrt_config
 from service.tiling.geometry import DualWindows
 
-from ..conftest import REPO, run_cli
+from ...conftest import REPO, run_cli
 
 STORE = REPO / "model_store"
 

@@ -21,8 +21,8 @@ from service.api.servicer import Limits
 from service.client import FootprintsClient
 from service.remote.servers import Link
 
-from ..conftest import wait_until
-from .servers import CRS, TRANSFORM, RunningServer, config, in_process, raw_header, scrape, serve_process, tile
+from ...conftest import wait_until
+from ..servers import CRS, TRANSFORM, RunningServer, config, in_process, raw_header, scrape, serve_process, tile
 
 
 def _vm(pid: int, field: str) -> int:
@@ -338,7 +338,7 @@ def test_segment_server_timeout_ends_in_one_line(store, tmp_path):
     proc, address, _ = serve_process(store, "--max-batch", "1")
     try:
         image = tile(tmp_path / "t.tif", 2500, 2500, seed=8)
-        from ..conftest import run_cli
+        from ...conftest import run_cli
 
         done = run_cli(
             "segment", str(image), "-o", str(tmp_path / "m.tif"), "--server", address, "--window", "252", "--timeout", "1"

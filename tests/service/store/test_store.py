@@ -13,7 +13,7 @@ from service.store.manifest import WindowMemory
 from service.store.repository import ModelStore
 from service.tiling.geometry import ValidGeometry, geometry_from_record
 
-from ..conftest import REPO
+from ...conftest import REPO
 
 STORE = REPO / "model_store"
 

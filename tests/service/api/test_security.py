@@ -13,8 +13,8 @@ from service.client import FootprintsClient
 from service.remote.servers import Link
 from service.transport import ClientSecurity
 
-from .certs import make
-from .servers import CRS, TRANSFORM, RunningServer, config, scrape
+from ..certs import make
+from ..servers import CRS, TRANSFORM, RunningServer, config, scrape
 
 TILE = np.zeros((3, 200, 200), np.uint8)
 

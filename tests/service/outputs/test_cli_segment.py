@@ -15,7 +15,7 @@ from service.errors import InputError
 from service.rasters import RGBRaster, write_geotiff
 from training.networks.model import SegmentationModel, save_checkpoint
 
-from ..conftest import REPO, run_cli
+from ...conftest import REPO, run_cli
 
 TRANSFORM = from_origin(500_000.0, 4_600_000.0, 0.3, 0.3)
 CRS = "EPSG:32616"

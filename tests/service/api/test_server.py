@@ -26,8 +26,8 @@ from service.tiling.engine import EngineConfig, TilingEngine
 from training.export import export
 from training.networks.model import SegmentationModel, save_checkpoint
 
-from ..conftest import REPO, wait_until
-from .servers import CRS, TRANSFORM, RunningServer, config, in_process, raw_header, scrape, serve_process, tile
+from ...conftest import REPO, wait_until
+from ..servers import CRS, TRANSFORM, RunningServer, config, in_process, raw_header, scrape, serve_process, tile
 
 
 def _large_windows(store, side: int, window: int) -> int:

@@ -25,8 +25,8 @@ from service.tiling.engine import EngineConfig, TilingEngine
 from service.tiling.geometry import Geometry, LargeWindows, OverlapWindows
 from training.precision import FLIP_LIMIT, compare, precision_checks, torch_reference
 
-from ..conftest import REPO, run_cli, write_image
-from .servers import RunningServer, config, small_effnet_store
+from ...conftest import REPO, run_cli, write_image
+from ..servers import RunningServer, config, small_effnet_store
 
 WITH_BF16 = CpuInfo("a CPU with AMX", frozenset({"avx512f", "amx_bf16", "amx_tile"}), 2)
 WITHOUT_BF16 = CpuInfo("an AVX2-only CPU", frozenset({"avx2", "fma"}), 2)

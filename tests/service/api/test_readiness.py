@@ -24,7 +24,7 @@ from service.rasters import RGBRaster
 from service.store.repository import ModelStore
 from service.tiling.engine import EngineConfig, TilingEngine
 
-from ..conftest import REAL_OAM, REPO
+from ...conftest import REAL_OAM, REPO
 
 STORE = REPO / "model_store"
 FIRST_TILE_S = 20.0  # launch to the first real tile served, on a machine that measured nothing

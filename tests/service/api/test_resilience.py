@@ -24,8 +24,8 @@ from service.api.servicer import Limits
 from service.client import FootprintsClient
 from service.transport import ClientSecurity
 
-from ..conftest import REPO, wait_until
-from .servers import CRS, TRANSFORM, RunningServer, config, in_process, raw_header, scrape, tile
+from ...conftest import REPO, wait_until
+from ..servers import CRS, TRANSFORM, RunningServer, config, in_process, raw_header, scrape, tile
 
 HEALTH = health_pb2.HealthCheckResponse
 

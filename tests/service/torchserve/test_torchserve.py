@@ -24,8 +24,8 @@ from service.tiling.engine import EngineConfig, TilingEngine
 from service.torchserve.archive import build_archive
 from service.torchserve.runner import TorchServe, TorchServeConfig
 
-from ..conftest import run_cli, wait_until
-from .servers import CRS, TRANSFORM, RunningServer, config, scrape, serve_process, tile
+from ...conftest import run_cli, wait_until
+from ..servers import CRS, TRANSFORM, RunningServer, config, scrape, serve_process, tile
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs Java 17, which this machine lacks"),

@@ -28,7 +28,7 @@ from service.rasters import RGBRaster, write_geotiff
 from service.store.repository import ModelStore
 from service.tiling.engine import EngineConfig, TilingEngine
 
-from ..conftest import REPO, run_cli, wait_until
+from ...conftest import REPO, run_cli, wait_until
 
 pytest.importorskip("ray", reason="footprints batch runs on Ray: pip install '.[batch]'")
 
