@@ -103,6 +103,7 @@ def test_a_cold_start_serves_its_first_real_tile_within_20_s_and_a_warm_one_star
         _until(lambda: _serving(address), WARM_START_S + 30, "SERVING")
         warm = time.monotonic() - t0
         assert warm < WARM_START_S, f"warm start took {warm:.1f} s"
+        print(f"cold: listening {listening:.1f} s, first tile {first_tile:.1f} s; warm: SERVING {warm:.1f} s")
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
