@@ -82,6 +82,7 @@ def _segment(args: argparse.Namespace) -> int:
     )
     opts = SegmentOptions(
         threshold=args.threshold,
+        gsd_m=args.gsd,
         probabilities=args.probabilities,
         polygons=args.polygons,
         overlay=args.overlay,
@@ -108,6 +109,7 @@ def _segment_remote(args: argparse.Namespace) -> int:
                 version=int(version or 0),
                 window=args.window or 0,
                 threshold=args.threshold,
+                gsd_m=args.gsd,
                 tta=args.tta,
                 probabilities=args.probabilities,
                 polygons=args.polygons,
@@ -183,6 +185,8 @@ def _batch(args: argparse.Namespace) -> int:
         probabilities=args.probabilities,
         min_area_m2=args.min_area,
         simplify_m=args.simplify,
+        gsd_m=args.gsd,
+        threshold=args.threshold,
     )
     o = run_batch(args.input, args.out, job, args.workers, args.ray_address, args.dashboard)
     rate = f", {o.megapixels / o.seconds:.1f} Mpx/s" if o.done else ""
@@ -333,7 +337,12 @@ def build_parser(ext: Extensions | None = None) -> argparse.ArgumentParser:
         "--tta", action=argparse.BooleanOptionalAction, default=None,
         help="average over the 8 flips and rotations (default: the model's own setting, on for raisa)",
     )  # fmt: skip
-    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--threshold", type=float, help="decision threshold (default: the model version's, from its manifest)")
+    p.add_argument(
+        "--gsd", type=float, metavar="M",
+        help="metres on the ground per pixel, for a raster without georeference or to override it "
+        "(default: from the georeference; the raster is resampled to the model's resolution)",
+    )  # fmt: skip
     p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     p.add_argument("--probabilities", type=Path, help="also write probabilities (uint8 0-255) here")
     p.add_argument("--polygons", type=Path, help="also write building polygons (GeoJSON, input CRS) here")
@@ -423,6 +432,12 @@ def build_parser(ext: Extensions | None = None) -> argparse.ArgumentParser:
     p.add_argument("--probabilities", action="store_true", help="also write probability GeoTIFFs")
     p.add_argument("--min-area", type=float, default=4.0, help="smallest building kept, m^2")
     p.add_argument("--simplify", type=float, default=0.5, help="outline simplification tolerance, m")
+    p.add_argument("--threshold", type=float, help="decision threshold (default: the model version's, from its manifest)")
+    p.add_argument(
+        "--gsd", type=float, metavar="M",
+        help="metres on the ground per pixel, for a raster without georeference or to override it "
+        "(default: from the georeference; the raster is resampled to the model's resolution)",
+    )  # fmt: skip
     p.add_argument("--gt", type=Path, help="reference masks (same names): print the benchmark's per-city table")
     p.set_defaults(func=_batch)
 

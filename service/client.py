@@ -107,6 +107,7 @@ class FootprintsClient:
         version: int = 0,
         window: int = 0,
         threshold: float | None = None,
+        gsd_m: float | None = None,
         tta: bool | None = None,
         probabilities: str | Path | None = None,
         polygons: str | Path | None = None,
@@ -125,8 +126,10 @@ class FootprintsClient:
             outputs=pb.Outputs(probabilities=probabilities is not None, polygons=polygons is not None),
             geotiff=pb.GeoTiffInput(size_bytes=image.stat().st_size),
         )
-        if threshold is not None:
+        if threshold is not None:  # unset: the model version's
             header.threshold = threshold
+        if gsd_m is not None:  # unset: from the georeference
+            header.gsd_m = gsd_m
         if tta is not None:  # unset: the model's default
             header.tta = tta
 
@@ -171,6 +174,7 @@ class FootprintsClient:
         window: int = 0,
         outputs: pb.Outputs | None = None,
         timeout: float | None = None,
+        gsd_m: float | None = None,
     ) -> tuple[np.ndarray, TileResult]:
         """Segment an in-memory ``(3, h, w)`` uint8 array sent as raw RGB rows."""
         _, h, w = rgb.shape
@@ -181,6 +185,8 @@ class FootprintsClient:
             outputs=outputs or pb.Outputs(),
             raw=pb.RawRgbInput(width=w, height=h, georeference=pb.Georeference(crs=crs, transform=list(transform.to_gdal()))),
         )
+        if gsd_m is not None:
+            header.gsd_m = gsd_m
         data = np.ascontiguousarray(rgb.transpose(1, 2, 0)).tobytes()
         plane = MaskPlane(w, h)
         chunks = (data[i : i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES))

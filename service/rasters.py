@@ -49,7 +49,7 @@ def ground_resolution(crs: CRS | None, transform: Affine, width: int, height: in
     if crs is None:
         return None
     dx, dy = float(np.hypot(transform.a, transform.d)), float(np.hypot(transform.b, transform.e))
-    cx, cy = transform * (width / 2, height / 2)
+    cx, cy = transform @ (width / 2, height / 2)
     if crs.is_geographic:
         lat = float(np.clip(cy, -89.9, 89.9))
         return dx * M_PER_DEGREE_LON * float(np.cos(np.radians(lat))), dy * M_PER_DEGREE_LAT

@@ -155,7 +155,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def _loao(args: argparse.Namespace) -> int:
     from training.data.sources import parse_root
-    from training.loao import as_json, leave_one_area_out, table
+    from training.loao import SWEEP, as_json, choose_threshold, leave_one_area_out, table, threshold_chart
 
     same_area = [g.split("+") for g in args.same_area or []]
     resolutions = [float(r) for r in args.resolutions.split(",")]
@@ -164,10 +164,15 @@ def _loao(args: argparse.Namespace) -> int:
         args.runs, [parse_root(d) for d in args.data], same_area, args.compare, args.store, args.overlays, resolutions, fine
     )
     print(table(results))
+    if SWEEP in results:
+        base = [a for a in results[SWEEP] if " at " not in a]
+        print(f"threshold with the best pooled held-out IoU: {choose_threshold(results[SWEEP], base):.2f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(as_json(results))
         print(f"wrote {args.json}")
+        if SWEEP in results:
+            print(f"chart: {threshold_chart(results, args.json.with_suffix('.thresholds.png'))}")
     return 0
 
 

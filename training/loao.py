@@ -15,6 +15,7 @@ area's tiles resampled (imagery with the serving resampler, masks by majority).
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,7 @@ def _resampled_tile(tile: Tile, target_m: float, cache: Path) -> Tile:
         mask = ref.read(1).astype(np.float32) / 255.0
         rows, cols = AxisMap(shape[0], mask.shape[0]), AxisMap(shape[1], mask.shape[1])
         share = cols.apply(rows.apply(mask, 0, 0, shape[0], axis=0), 0, 0, shape[1], axis=1)
-        transform = src.transform * src.transform.scale(src.width / shape[1], src.height / shape[0])
+        transform = src.transform @ src.transform.scale(src.width / shape[1], src.height / shape[0])
         crs = src.crs
     write_geotiff(image, rgb, crs=crs, transform=transform)
     write_geotiff(gt, np.where(share >= 0.5, 255, 0).astype(np.uint8), crs=crs, transform=transform)
@@ -102,24 +103,71 @@ def leave_one_area_out(
 ) -> dict[str, Any]:
     """Per resolution and area: the held-out model's counts (and the comparison model's).
     Rows are labelled ``held out`` (and the comparison's) at 0.3 m, ``... at R m`` else."""
-    import tempfile
-
     base = area_tiles(roots, same_area)
     cache = cache or Path(tempfile.mkdtemp(prefix="footprints-loao-"))
     results: dict[str, Any] = {}
+    sweeps: dict[str, dict[float, Counts]] = {}
     for r in resolutions:
-        rows = _one_resolution(
+        rows, sweep = _one_resolution(
             runs, at_resolution(base, r, fine, cache), compare, store, overlays if r == resolutions[0] else None
         )
         suffix = "" if abs(r - 0.3) < 1e-9 else f" at {r:g} m"
         results.update({f"{label}{suffix}": cells for label, cells in rows.items()})
+        sweeps.update({f"{area}{suffix}": counts for area, counts in sweep.items()})
+    if sweeps:
+        results["thresholds"] = sweeps  # per area (and resolution): counts at every threshold
     return results
+
+
+# Decision thresholds every held-out area is scored at (the 0.5 of the benchmark among them).
+THRESHOLDS = tuple(round(0.2 + 0.05 * i, 2) for i in range(13))
+
+
+def score_sweep(engine: TilingEngine, tiles: list[Tile], overlays: Path | None = None) -> dict[float, Counts]:
+    """Pooled counts of ``tiles`` at every threshold of :data:`THRESHOLDS`, each tile
+    segmented once as served (brought to the model's resolution and back); an overlay of
+    each city's first tile at 0.5."""
+    import rasterio
+
+    from service.outputs.overlay import write_overlay
+    from service.outputs.sinks import GeoTiffRows, ProbabilityPlane
+    from service.rasters import RGBRaster, ground_resolution
+    from service.tiling.pipeline import TileRun
+
+    counts = {t: Counts() for t in THRESHOLDS}
+    first: set[str] = set()
+    for tile in tiles:
+        with RGBRaster(tile.image) as src:
+            plane = ProbabilityPlane(src.width, src.height)
+            sinks: list = [plane]
+            overlay = overlays is not None and tile.city not in first
+            if overlay:
+                mask_path = Path(tempfile.mkdtemp(prefix="footprints-sweep-")) / tile.image.name
+                sinks.append(GeoTiffRows(mask_path, src.width, src.height, src.crs, src.transform))
+            TileRun(engine, src, sinks, 0.5, ground_resolution(src.crs, src.transform, src.width, src.height)).run()
+        with rasterio.open(tile.gt) as ref:
+            gt = ref.read(1) > 0
+        for t in THRESHOLDS:
+            counts[t] = counts[t] + Counts.from_masks(plane.plane >= t, gt)
+        if overlay:
+            first.add(tile.city)
+            write_overlay(tile.image, mask_path, overlays / f"{tile.name}.png", ref=tile.gt, max_side=600)
+    return counts
+
+
+def choose_threshold(sweep: dict[str, dict[float, Counts]], areas: Sequence[str] | None = None) -> float:
+    """The threshold with the best IoU pooled over ``areas`` (default: all of ``sweep``)."""
+    chosen = [a for a in (areas if areas is not None else sweep) if a in sweep]
+    return max(THRESHOLDS, key=lambda t: (pooled([sweep[a][t] for a in chosen]).iou, -abs(t - 0.5)))
 
 
 def _one_resolution(
     runs: Path, areas: dict[str, list[Tile]], compare: str | None, store: Path, overlays: Path | None
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[str, dict[float, Counts]]]:
+    """Counts at 0.5 per area (held out, and the comparison model), and the held-out
+    model's counts at every threshold per area."""
     held_out: dict[str, Counts] = {}
+    sweep: dict[str, dict[float, Counts]] = {}
     rows = {"held out": held_out}
     other: tuple[TilingEngine, dict[str, Counts]] | None = None
     if compare:
@@ -135,20 +183,36 @@ def _one_resolution(
         held = set(meta.get("data", {}).get("holdout_areas", []))
         if not {area, *area.split("+")} & held:
             raise ValueError(f"{run} did not hold out {area} (held out: {sorted(held)}); it cannot score that area")
-        # The device's default window, as served; one overlay per held-out city.
-        held_out[area] = score(TilingEngine(TorchEngine(model, "cpu")), tiles, overlays).overall
+        # As served: its plan window, its resolution; one overlay per held-out city.
+        sweep[area] = score_sweep(TilingEngine(TorchEngine(model, "cpu")), tiles, overlays)
+        held_out[area] = sweep[area][0.5]
         if other is not None:
             other[1][area] = score(other[0], tiles).overall
-    return {label: {**cells, "overall": pooled(list(cells.values()))} for label, cells in rows.items()}
+    rows = {label: {**cells, "overall": pooled(list(cells.values()))} for label, cells in rows.items()}
+    if sweep:
+        # The threshold an area would get, chosen on the other areas alone: the score a
+        # threshold chosen on held-out data earns, without choosing it on the area itself.
+        nested = {a: sweep[a][choose_threshold(sweep, [b for b in sweep if b != a])] for a in sweep}
+        rows["held out, threshold chosen on the other areas"] = {**nested, "overall": pooled(list(nested.values()))}
+    return rows, sweep
 
 
-def table(results: dict[str, dict[str, Counts]], labels: dict[str, str] | None = None) -> str:
+SWEEP = "thresholds"  # the results' key for per-area counts at every threshold
+
+
+def score_rows(results: dict[str, Any]) -> dict[str, dict[str, Counts]]:
+    """The table's rows of ``results`` (without the threshold sweep)."""
+    return {label: cells for label, cells in results.items() if label != SWEEP}
+
+
+def table(results: dict[str, Any], labels: dict[str, str] | None = None) -> str:
     """IoU % / accuracy % per area, pooled over the held-out areas, and the worst area's
     IoU, one row a model (and resolution)."""
-    areas = [a for a in next(iter(results.values())) if a != "overall"]
+    rows = score_rows(results)
+    areas = [a for a in next(iter(rows.values())) if a != "overall"]
     head = ["model", *areas, "Overall (held-out areas pooled)", "worst area"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for label, cells in results.items():
+    for label, cells in rows.items():
         shown = (labels or {}).get(label, label)
         present = [a for a in areas if a in cells]
         worst = min(present, key=lambda a: cells[a].iou) if present else None
@@ -157,5 +221,45 @@ def table(results: dict[str, dict[str, Counts]], labels: dict[str, str] | None =
     return "\n".join(lines)
 
 
-def as_json(results: dict[str, dict[str, Counts]]) -> str:
-    return json.dumps({label: {a: c.as_dict() for a, c in cells.items()} for label, cells in results.items()}, indent=2) + "\n"
+def as_json(results: dict[str, Any]) -> str:
+    out: dict[str, Any] = {label: {a: c.as_dict() for a, c in cells.items()} for label, cells in score_rows(results).items()}
+    if SWEEP in results:
+        out[SWEEP] = {area: {f"{t:.2f}": c.as_dict() for t, c in by_t.items()} for area, by_t in results[SWEEP].items()}
+    return json.dumps(out, indent=2) + "\n"
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A ``footprints loao --json`` file back as counts (the inverse of :func:`as_json`)."""
+    raw = json.loads(path.read_text())
+
+    def counts(c: dict[str, Any]) -> Counts:
+        return Counts(*(int(c[k]) for k in ("tp", "fp", "fn", "tn")))
+
+    out: dict[str, Any] = {label: {a: counts(c) for a, c in cells.items()} for label, cells in raw.items() if label != SWEEP}
+    if SWEEP in raw:
+        out[SWEEP] = {area: {float(t): counts(c) for t, c in by_t.items()} for area, by_t in raw[SWEEP].items()}
+    return out
+
+
+def threshold_chart(results: dict[str, Any], path: Path) -> Path:
+    """IoU against the decision threshold, one curve per held-out area (and resolution),
+    and the pooled curve of the 0.3 m areas."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sweep: dict[str, dict[float, Counts]] = results[SWEEP]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for area, by_t in sweep.items():
+        ax.plot(list(by_t), [100 * c.iou for c in by_t.values()], lw=1, alpha=0.6, ls="--" if " at " in area else "-", label=area)
+    base = [a for a in sweep if " at " not in a]
+    ax.plot(THRESHOLDS, [100 * pooled([sweep[a][t] for a in base]).iou for t in THRESHOLDS], "k", lw=2.5, label="pooled (0.3 m)")
+    ax.axvline(choose_threshold(sweep, base), color="k", ls=":", lw=1)
+    ax.set(xlabel="decision threshold", ylabel="IoU %", title="Held-out IoU against the threshold")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -144,12 +144,6 @@ def attribution(root: Path) -> str:
     return ATTRIBUTION.get(Path(root).name, f"{root}: see {Path(root) / 'README.md'} for provenance and licences.")
 
 
-def _counts(c: dict[str, Any]) -> Any:
-    from .metric import Counts
-
-    return Counts(**{k: int(c[k]) for k in ("tp", "fp", "fn", "tn")})
-
-
 def publish(
     checkpoint: Path,
     store: Path,
@@ -242,14 +236,14 @@ def publish(
         "",
     ]
     if loao is not None:
-        from .loao import table
+        from .loao import read_json, table
 
-        results = json.loads(Path(loao).read_text())
+        results = read_json(Path(loao))
         lines += [
             "## Leave-one-area-out (each real area scored by the same recipe trained without it)",
             "The measure of this model on real cities it has never seen; rows: the held-out runs, and the store model "
             "they are compared with on the same tiles.",
-            table({label: {a: _counts(c) for a, c in cells.items()} for label, cells in results.items()}),
+            table(results),
             "(IoU % / accuracy %, pooled over tiles; the last column pools every held-out area)",
             "",
         ]

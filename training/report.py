@@ -36,7 +36,7 @@ from service.tiling.engine import ArraySource, TilingEngine
 
 from .data.inria import InriaDataset, parse_tile_name
 from .data.sources import Root, area_of
-from .loao import area_tiles
+from .loao import area_tiles, read_json
 from .metric import Counts, pooled
 from .networks.cost import window_cost
 from .networks.model import load_checkpoint
@@ -122,8 +122,8 @@ def _loao(entry: ModelEntry) -> dict[str, Counts]:
     path = entry.folder / "loao.json"
     if not path.is_file():
         return {}
-    held = json.loads(path.read_text()).get("held out", {})
-    return {a: Counts(c["tp"], c["fp"], c["fn"], c["tn"]) for a, c in held.items() if a != "overall"}
+    held = read_json(path).get("held out", {})
+    return {a: c for a, c in held.items() if a != "overall"}
 
 
 def _recorded(entry: ModelEntry, names: set[str]) -> dict[str, Counts] | None:

@@ -33,6 +33,7 @@ class BatchedModel:
     def __init__(self, batcher: Batcher, loop: asyncio.AbstractEventLoop, engine: Engine, priority: float = 0.0) -> None:
         self.batcher, self.loop, self.priority = batcher, loop, priority
         self.geometry, self.device, self.window_bytes = engine.geometry, engine.device, engine.window_bytes
+        self.resolution_m, self.threshold = engine.resolution_m, engine.threshold
         self._cancelled = threading.Event()
         self._lock = threading.Lock()
         self._outstanding: set[Future] = set()

@@ -66,6 +66,9 @@ def model_info(m: LoadedModel, versions: list[int], default: bool) -> pb.ModelIn
         metrics_json=json.dumps(dict(e.manifest.metrics)),
         is_default=default,
         tta=geometry.tta,
+        resolution_m=e.manifest.resolution_m,
+        threshold=e.manifest.threshold,
+        members=[f"{x['name']}:{x['version']}" for x in e.manifest.members],
         **geometry.info(m.engine.device),  # type: ignore[arg-type]
     )
 

@@ -36,6 +36,7 @@ from service.outputs.polygons import geotiff_polygons
 from service.outputs.sinks import MaskPlane
 from service.tiling.engine import EngineConfig, TilingEngine, windows_that_fit
 from service.tiling.pipeline import RowSink, TileRun
+from service.tiling.resample import Resolution, raster_resolution
 
 __all__ = ["Limits", "SegmentationServicer"]
 
@@ -138,8 +139,18 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
             requested_mode(header, model)
             with decode(header, data, self.limits.max_raster_side) as raster:
                 keep = header.outputs.geotiff or header.outputs.polygons
-                # The float32 probability plane, and the mask plane and GeoTIFF when kept.
-                take(raster.width * raster.height * (6 if keep else 4), f"a {raster.width}x{raster.height} tile")
+                ground = raster_resolution(
+                    raster.crs, raster.transform, raster.width, raster.height, header.gsd_m if header.HasField("gsd_m") else None
+                )
+                resolution = Resolution(ground, model.engine.resolution_m) if ground else None  # out of range: refused here
+                mh, mw = resolution.model_shape(raster.height, raster.width) if resolution else (raster.height, raster.width)
+                # The float32 probability plane on the model's grid (and its resampled imagery),
+                # and the mask plane and GeoTIFF on the raster's when kept.
+                resampled = (mh, mw) != (raster.height, raster.width)
+                take(
+                    mh * mw * (7 if resampled else 4) + raster.width * raster.height * (2 if keep else 0),
+                    f"a {raster.width}x{raster.height} tile",
+                )
                 shared = BatchedModel(model.batcher, asyncio.get_running_loop(), model.engine, started)
                 config = EngineConfig(
                     window=header.window or None,
@@ -149,16 +160,18 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
                     window_seconds=model.window_seconds,
                 )
                 engine = TilingEngine(shared, config)
-                plan = engine.plan(raster.height, raster.width)  # bad windows fail here, before any work
-                engine.windows_in_flight(plan.window)  # and windows the server's memory cannot hold
+                engine.plan(mh, mw)  # bad windows fail here, before any work (resampling included)
                 messages = RowMessages(probabilities=header.outputs.probabilities)
                 plane = MaskPlane(raster.width, raster.height) if keep else None
                 sinks: list[RowSink] = [messages] + ([plane] if plane is not None else [])
-                run = TileRun(engine, raster.source, sinks, header.threshold if header.HasField("threshold") else 0.5, plan)
+                threshold = header.threshold if header.HasField("threshold") else None
+                run = await asyncio.to_thread(TileRun, engine, raster.source, sinks, threshold, ground)
+                plan = run.plan
+                engine.windows_in_flight(plan.window)  # and windows the server's memory cannot hold
                 # aclosing: leaving early (a cancel, a closed stream) stops the tile's threads
                 # here, before the raster they read is closed (left to the garbage collector,
                 # the generator outlived the raster and its reader crashed the process).
-                async with contextlib.aclosing(stream_rows(engine, raster.source, plan, shared)) as rows:
+                async with contextlib.aclosing(stream_rows(engine, run.model_source, plan, shared)) as rows:
                     async for r0, r1, prob in rows:
                         run.feed(r0, r1, prob)
                         for message in messages.drain():
@@ -176,6 +189,9 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
                         window=plan.window,
                         building_share=run.building_share,
                         georeference=georef_to_pb(raster.crs, raster.transform),
+                        ground_resolution_m=run.ground_m,
+                        resample_factor=run.factor,
+                        threshold=run.threshold,
                         timings=pb.Timings(
                             receive_seconds=t_received - t0, segment_seconds=t_done - t_received, total_seconds=t_done - t0
                         ),

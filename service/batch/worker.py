@@ -34,6 +34,8 @@ class Job:
     probabilities: bool = False
     min_area_m2: float = 4.0
     simplify_m: float = 0.5
+    gsd_m: float | None = None  # metres per pixel of tiles without (or with a wrong) georeference
+    threshold: float | None = None  # None: the model version's
     cores: list[int] | None = None  # pin the worker to these cores (one machine, workers <= cores)
 
 
@@ -99,7 +101,9 @@ class TileSegmenter:
         partial = mask.with_name(f".{tile.name}.{pid}.partial.tif")
         probs = out / "probabilities" / f"{tile.name}.tif"
         probs_partial = probs.with_name(f".{tile.name}.{pid}.partial.tif") if job.probabilities else None
-        summary = segment_file(self.engine, tile.path, partial, SegmentOptions(probabilities=probs_partial), progress=False)
+        summary = segment_file(
+            self.engine, tile.path, partial, SegmentOptions(job.threshold, job.gsd_m, probs_partial), progress=False
+        )
         traced, crs, frame = trace_mask(partial)  # once, for the tile's GeoJSON and the city layer
         outlines = tile_outlines(traced, crs, frame, job.min_area_m2, job.simplify_m)
         geojson = out / "polygons" / f"{tile.name}.geojson"

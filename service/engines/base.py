@@ -1,6 +1,7 @@
 """What every engine is: a loaded model version that turns window crops into building
 probabilities (``load`` is its constructor, then ``infer``, then ``close``), and what
-it states about itself (name, device, geometry, engine, precision, window memory).
+it states about itself (name, device, geometry, engine, precision, window memory, the
+ground resolution it was trained at and its decision threshold).
 
 ONNX Runtime, OpenVINO, PyTorch and TensorRT are engines; so are the remote model
 tier (:mod:`service.remote`) and TorchServe behind it, as far as the tiler can tell.
@@ -64,10 +65,20 @@ class Engine:
     engine = "none"  # "onnxruntime", "openvino", "torch", "tensorrt", "remote ...": what ListModels reports
 
     def __init__(
-        self, name: str, device: str, geometry: Geometry, window_bytes: Callable[[int], int], precision: str = "fp32"
+        self,
+        name: str,
+        device: str,
+        geometry: Geometry,
+        window_bytes: Callable[[int], int],
+        precision: str = "fp32",
+        resolution_m: float = 0.3,
+        threshold: float = 0.5,
     ) -> None:
         self.name, self.device, self.geometry, self.precision = name, device, geometry, precision
         self._window_bytes = window_bytes
+        # Every path brings a raster to ``resolution_m`` before the model sees it, and
+        # thresholds at ``threshold`` unless the request says otherwise.
+        self.resolution_m, self.threshold = resolution_m, threshold
 
     @classmethod
     def describe(cls, bundle: Bundle, device: str, precision: str = "fp32") -> dict[str, Any]:
@@ -78,6 +89,8 @@ class Engine:
             "geometry": bundle.geometry,
             "window_bytes": bundle.window_bytes,
             "precision": precision,
+            "resolution_m": bundle.manifest.resolution_m,
+            "threshold": bundle.manifest.threshold,
         }
 
     def window_bytes(self, window: int) -> int:

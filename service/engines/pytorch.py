@@ -37,9 +37,15 @@ class TorchEngine(Engine):
         name: str = "torch",
         geometry: Geometry | None = None,
         window_bytes: Callable[[int], int] | None = None,
+        resolution_m: float | None = None,
+        threshold: float = 0.5,
     ) -> None:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        super().__init__(name, device, geometry or module.geometry, window_bytes or module.window_bytes)
+        if resolution_m is None:  # a training module states its own
+            resolution_m = float(getattr(module, "resolution_m", 0.3))
+        super().__init__(
+            name, device, geometry or module.geometry, window_bytes or module.window_bytes, "fp32", resolution_m, threshold
+        )
         if isinstance(module, torch.nn.Module) and not isinstance(module, torch.fx.GraphModule):
             module = module.eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.module = module.to(self.device)
@@ -50,7 +56,11 @@ class TorchEngine(Engine):
         # torch counts the host's cores, not the container's.
         torch.set_num_threads(min(torch.get_num_threads(), available_cores()))
         program = torch.export.load(str(bundle.verify(PROGRAM)))
-        return cls(program.module(), device, f"{bundle.name}/{bundle.version}", bundle.geometry, bundle.window_bytes)
+        m = bundle.manifest
+        return cls(
+            program.module(), device, f"{bundle.name}/{bundle.version}", bundle.geometry, bundle.window_bytes,
+            m.resolution_m, m.threshold,
+        )  # fmt: skip
 
     @torch.inference_mode()
     def infer(self, inputs: list[np.ndarray]) -> np.ndarray:

@@ -1,6 +1,7 @@
 """``footprints segment`` in-process: one GeoTIFF through the tile pipeline into its
 outputs (mask and probability GeoTIFFs, polygons, an overlay). Every output keeps the
-input's CRS and transform; polygons are in the input's CRS."""
+input's CRS and transform, whatever resolution the model saw it at; polygons are in the
+input's CRS."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from service.outputs.sinks import GeoTiffRows
 from service.rasters import RGBRaster
 from service.tiling.engine import TilingEngine
 from service.tiling.pipeline import RowSink, TileRun
+from service.tiling.resample import raster_resolution
 
 
 @dataclass(frozen=True)
 class SegmentOptions:
-    threshold: float = 0.5
+    threshold: float | None = None  # None: the model version's (its manifest)
+    gsd_m: float | None = None  # metres per pixel, where the georeference lacks or misstates it
     probabilities: Path | None = None  # uint8 0-255 probability GeoTIFF
     polygons: Path | None = None  # GeoJSON in the input's CRS
     overlay: Path | None = None  # PNG for people
@@ -35,17 +38,24 @@ def segment_file(
     out = Path(out)
     with RGBRaster(image) as src:
         grid = dict(width=src.width, height=src.height, crs=src.crs, transform=src.transform)
-        plan = engine.plan(src.height, src.width)  # bad windows fail before any file is opened
-        sinks: list[RowSink] = [GeoTiffRows(out, **grid)]
+        ground = raster_resolution(src.crs, src.transform, src.width, src.height, opts.gsd_m)
+        sinks: list[RowSink] = []  # opened once the plan stands: bad windows fail before any file is
+        run = TileRun(engine, src, sinks, opts.threshold, ground)
+        sinks.append(GeoTiffRows(out, **grid))
         if opts.probabilities:
             sinks.append(GeoTiffRows(opts.probabilities, **grid, probabilities=True))
-        run = TileRun(engine, src, sinks, opts.threshold, plan).run(progress)
+        run.sinks = sinks
+        run.run(progress)
+        plan = run.plan
     model = engine.model
     summary = {
         "model": getattr(model, "name", "?"),
         "engine": f"{getattr(model, 'engine', '?')} {getattr(model, 'precision', '?')}",
         "windows": len(plan.windows),
         "window": plan.window,
+        "ground_resolution_m": run.ground_m,
+        "resample_factor": run.factor,
+        "threshold": run.threshold,
         "seconds": run.seconds,
         "width": grid["width"],
         "height": grid["height"],

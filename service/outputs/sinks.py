@@ -68,3 +68,18 @@ def mask_geotiff_bytes(mask: np.ndarray, crs, transform: Affine) -> bytes:
         with mem.open(**profile) as dst:
             dst.write(mask[None])
         return bytes(mem.read())
+
+
+class ProbabilityPlane:
+    """The whole float32 probability plane on the raster's grid (what choosing a threshold,
+    or averaging an ensemble's members, needs)."""
+
+    def __init__(self, width: int, height: int) -> None:
+        self.plane = np.zeros((height, width), np.float32)
+
+    def write(self, block: RowBlock) -> None:
+        assert block.probabilities is not None, "a block without probabilities"
+        self.plane[block.r0 : block.r1] = block.probabilities
+
+    def close(self) -> None:
+        pass

@@ -185,7 +185,8 @@ class RemoteEngine(Engine):
         g = bundle.geometry
         geometry = dataclasses.replace(g, default_window_px={**g.default_window_px, "remote": info.default_window})
         name = f"{bundle.name}/{bundle.version}@{','.join(servers.addresses)}"
-        super().__init__(name, "remote", geometry, bundle.window_bytes, info.precision or "fp32")
+        m = bundle.manifest  # resampling and thresholds happen here, in the front end
+        super().__init__(name, "remote", geometry, bundle.window_bytes, info.precision or "fp32", m.resolution_m, m.threshold)
         self.engine = f"remote {info.backend}"  # what the model server runs the windows on
         self.servers = servers
         self.model, self.version = bundle.name, bundle.version

@@ -31,6 +31,8 @@ class WindowModel(Protocol):
 
     geometry: Geometry
     device: str
+    resolution_m: float  # metres per pixel it was trained at
+    threshold: float  # its decision threshold
 
     def infer(self, inputs: list[np.ndarray]) -> np.ndarray: ...
 
@@ -44,6 +46,8 @@ class RasterSource(Protocol):
     width: int
 
     def read(self, row: int, col: int, size: int) -> np.ndarray: ...
+
+    def read_full(self) -> np.ndarray: ...
 
     def valid_rows(self, r0: int, r1: int) -> np.ndarray | None: ...
 
@@ -63,6 +67,9 @@ class ArraySource:
         rows = mirror_indices(row, size, self.height)
         cols = mirror_indices(col, size, self.width)
         return self.rgb[:, rows[:, None], cols[None, :]]
+
+    def read_full(self) -> np.ndarray:
+        return self.rgb
 
     def valid_rows(self, r0: int, r1: int) -> np.ndarray | None:
         return None if self.valid is None else self.valid[r0:r1]

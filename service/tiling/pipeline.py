@@ -16,8 +16,8 @@ from typing import Protocol
 
 import numpy as np
 
-from service.tiling.engine import RasterSource, TilingEngine
-from service.tiling.plans import TilePlan
+from service.tiling.engine import ArraySource, RasterSource, TilingEngine
+from service.tiling.resample import BackToRaster, Resolution, resample_image
 
 
 def to_mask(prob: np.ndarray, threshold: float) -> np.ndarray:
@@ -62,25 +62,59 @@ class RowSink(Protocol):
 
 
 class TileRun:
-    """One tile: the plan (made first, so bad windows fail before any work), the rows
-    fed to the sinks, and what the tile's summary says."""
+    """One tile: brought to its model's ground resolution (``raster_m``: metres per pixel
+    along x and y, None where unknown: served as it is), planned (first, so bad windows
+    fail before any work), its rows back on the raster's grid and fed to the sinks, and
+    what the tile's summary says."""
 
     def __init__(
         self,
         engine: TilingEngine,
         source: RasterSource,
         sinks: list[RowSink],
-        threshold: float = 0.5,
-        plan: TilePlan | None = None,
+        threshold: float | None = None,
+        raster_m: tuple[float, float] | None = None,
     ) -> None:
-        self.engine, self.source, self.sinks, self.threshold = engine, source, list(sinks), threshold
-        self.plan = plan or engine.plan(source.height, source.width)
+        self.engine, self.source, self.sinks = engine, source, list(sinks)
+        # None: the model version's own threshold (its manifest's, chosen on held-out data).
+        self.threshold = engine.model.threshold if threshold is None else threshold
+        self.raster_m = raster_m
+        self.resolution = Resolution(raster_m, engine.model.resolution_m) if raster_m else None
+        shape = self.resolution.model_shape(source.height, source.width) if self.resolution else (source.height, source.width)
+        self.model_shape = shape
+        self.plan = engine.plan(*shape)  # bad windows fail here, before any work
+        self.model_source: RasterSource = source
+        self.back: BackToRaster | None = None
+        if shape != (source.height, source.width):
+            # The model sees the raster at its own resolution; rows come back to the raster's grid.
+            self.model_source = ArraySource(resample_image(source.read_full(), shape))
+            self.back = BackToRaster((source.height, source.width), shape)
         self.building = 0
         self.started = time.perf_counter()
 
-    def feed(self, r0: int, r1: int, prob: np.ndarray) -> RowBlock:
-        """Threshold, count and hand one block of final rows to every sink."""
-        block = RowBlock(r0, to_mask(prob, self.threshold), prob, self.source.valid_rows(r0, r1))
+    @property
+    def factor(self) -> float:
+        """Model pixels per raster pixel (1.0: served as it is)."""
+        return self.model_shape[0] / self.source.height
+
+    @property
+    def ground_m(self) -> float:
+        """The raster's metres per pixel (the mean of x and y; 0.0: unknown)."""
+        return sum(self.raster_m) / 2 if self.raster_m else 0.0
+
+    def feed(self, r0: int, r1: int, prob: np.ndarray) -> RowBlock | None:
+        """One block of final rows on the model's grid: brought back to the raster's (where
+        resampled), thresholded, counted and handed to every sink."""
+        if self.back is not None:
+            back = self.back.feed(r0, prob)
+            if back is None:
+                return None
+            r0, prob = back
+            r1 = r0 + len(prob)
+        valid = self.source.valid_rows(r0, r1)
+        if valid is not None and self.back is not None:
+            prob[~valid] = 0.0
+        block = RowBlock(r0, to_mask(prob, self.threshold), prob, valid)
         self.building += int(np.count_nonzero(block.mask))
         for sink in self.sinks:
             sink.write(block)
@@ -89,7 +123,7 @@ class TileRun:
     def run(self, progress: bool = False) -> TileRun:
         """The whole tile in this thread (``segment``, the batch worker), sinks closed after."""
         try:
-            for r0, r1, prob in self.engine.run(self.source, progress=progress, plan=self.plan):
+            for r0, r1, prob in self.engine.run(self.model_source, progress=progress, plan=self.plan):
                 self.feed(r0, r1, prob)
         finally:
             self.close()

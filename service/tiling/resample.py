@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.errors import InputError
+from service.rasters import ground_resolution
 
 # What a model served at 0.3 m can be asked to see: finer imagery is downsampled (down to
 # about 6x), coarser is upsampled (up to 4x); beyond, what is left of a house is a blur.
@@ -55,6 +56,17 @@ class Resolution:
         if (fx, fy) == (1.0, 1.0):
             return height, width
         return max(1, round(height * fy)), max(1, round(width * fx))
+
+
+def raster_resolution(crs, transform, width: int, height: int, gsd_m: float | None = None) -> tuple[float, float] | None:
+    """A raster's metres per pixel along x and y: ``gsd_m`` where stated (``--gsd``, the
+    request's ``gsd_m``), else from its georeference; None where neither says (served as
+    it is)."""
+    if gsd_m is not None:
+        if not np.isfinite(gsd_m) or gsd_m <= 0:
+            raise InputError(f"gsd {gsd_m} m per pixel is not a positive number")
+        return float(gsd_m), float(gsd_m)
+    return ground_resolution(crs, transform, width, height)
 
 
 class AxisMap:

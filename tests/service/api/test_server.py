@@ -21,6 +21,7 @@ from service._pb import footprints_pb2 as pb
 from service.api.servicer import Limits
 from service.client import FootprintsClient
 from service.engines import open_engine
+from service.outputs.segment import SegmentOptions, segment_file
 from service.store.repository import ModelStore
 from service.tiling.engine import EngineConfig, TilingEngine
 from training.export import export
@@ -84,6 +85,24 @@ def test_dual_resolution_through_the_service_and_raw_rows(server, store, tmp_pat
     assert polygons["crs"]["properties"]["name"] == CRS and polygons["type"] == "FeatureCollection"
 
 
+def test_a_stated_resolution_is_served_at_the_models_and_returned_on_the_rasters_grid(server, store, tmp_path):
+    image = tile(tmp_path / "coarse.tif", 260, 300, seed=5)
+    with rasterio.open(image) as src:
+        rgb = src.read()
+    with FootprintsClient(server.address) as client:
+        mask, result = client.segment_array(rgb, CRS, TRANSFORM, model="amll", gsd_m=0.6)
+    s = result.summary
+    assert mask.shape == (260, 300) and (s.width, s.height) == (300, 260)
+    assert s.ground_resolution_m == pytest.approx(0.6) and s.resample_factor == pytest.approx(2.0)
+    assert s.threshold == pytest.approx(0.5)  # the version's own (its manifest)
+    entry = ModelStore(store).get("amll")
+    engine = TilingEngine(open_engine(entry, "onnxruntime"))
+    here = segment_file(engine, image, tmp_path / "here.tif", SegmentOptions(gsd_m=0.6), progress=False)
+    assert here["resample_factor"] == pytest.approx(2.0)
+    with rasterio.open(tmp_path / "here.tif") as m:
+        assert np.array_equal(m.read(1), mask)  # the server's mask, bit for bit
+
+
 def _call(address, messages, timeout=60):
     with FootprintsClient(address) as client:
         return list(client.stub.SegmentTile(iter(messages), timeout=timeout))
@@ -142,6 +161,16 @@ def _bad_inputs(tmp_path):
             "no model 'segnet'",
         ),
         "no raster": ([R(header=pb.TileHeader(model="amll"))], grpc.StatusCode.INVALID_ARGUMENT, "names no raster"),
+        "too coarse": (
+            [R(header=raw_header(300, 300, gsd_m=2.0)), R(chunk=good)],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "imagery of 2 m per pixel is outside what this model serves (0.05-1.2 m",
+        ),
+        "gsd not positive": (
+            [R(header=raw_header(300, 300, gsd_m=-0.3)), R(chunk=good)],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "gsd -0.3 m per pixel is not a positive number",
+        ),
     }
 
 
