@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling
-from rasterio.warp import transform as warp_points
 from tqdm import tqdm
 
+from service import rasters
 from service.errors import InputError
 from service.rasters import write_geotiff
 
@@ -58,18 +57,13 @@ def parse_root(text: str) -> Root:
 
 
 def ground_resolution(path: Path) -> float:
-    """Metres on the ground per pixel (x), from the raster's georeference."""
+    """Metres on the ground per pixel (x), from the raster's georeference, as serving
+    reads it (:func:`service.rasters.ground_resolution`)."""
     with rasterio.open(path) as src:
-        if src.crs is None:
-            raise InputError(f"{path}: no CRS; the ground resolution cannot be known")
-        res = abs(src.transform.a)
-        if src.crs.to_epsg() == 3857:
-            cx, cy = src.transform @ (src.width / 2, src.height / 2)
-            _, (lat,) = warp_points(src.crs, "EPSG:4326", [cx], [cy])
-            return res * math.cos(math.radians(lat))
-        if src.crs.is_geographic or not src.crs.linear_units.lower().startswith("met"):
-            raise InputError(f"{path}: CRS {src.crs} is not in metres; reproject it to a metric CRS (e.g. UTM) first")
-        return res
+        found = rasters.ground_resolution(src.crs, src.transform, src.width, src.height)
+    if found is None:
+        raise InputError(f"{path}: no CRS in metres or degrees; the ground resolution cannot be known")
+    return found[0]
 
 
 def _resampled(tile: Tile, scale: float, cache: Path) -> Tile:
