@@ -3,7 +3,7 @@
 ``--window-order``, side by side in one run. Throughput should match; mean latency
 should fall with concurrency (tiles end one after another instead of together).
 
-    .venv/bin/python benchmarks/scheduling.py [--duration 60] [--size 2500]
+    .venv/bin/python benchmarks/scheduling.py [--duration 60] [--size 2500] [--max-batch 1]
 
 Writes benchmarks/results/scheduling.json and scheduling.png and prints the table.
 """
@@ -34,7 +34,8 @@ def _free_port() -> int:
 def _run(store: Path, order: str, args: argparse.Namespace, tiles: Path) -> list[dict]:
     port = _free_port()
     proc, address = _report.serve(store, "--max-tiles", "8", "--max-tiles-per-client", "8", "--metrics-port", str(port),
-                                  "--window-order", order, "--tune", "off")  # fmt: skip
+                                  "--window-order", order, "--tune", "off",
+                                  "--max-batch", str(args.max_batch))  # fmt: skip
     out = _report.RESULTS / f"scheduling-{order}"
     try:
         subprocess.run(
@@ -55,6 +56,9 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=60.0, help="seconds per step")
     ap.add_argument("--size", type=int, default=2500, help="side of the synthetic tiles")
     ap.add_argument("--concurrency", default="1,2,4,8")
+    # A tile of one batch has nothing to reorder: keep batches small enough that each
+    # tile needs several, as a 5000^2 tile does at the default --max-batch.
+    ap.add_argument("--max-batch", type=int, default=1, help="the server's --max-batch")
     args = ap.parse_args()
     sys.path.insert(0, str(_report.ROOT))
     from loadtest.tiles import synthetic
@@ -71,7 +75,13 @@ def main() -> None:
                 "oldest_tile": {k: after[k] for k in ("tiles_per_s", "latency_s", "ok")},
             }
         )
-    result = {"machine": _report.machine(), "tile_px": args.size, "duration_s": args.duration, "rows": rows}
+    result = {
+        "machine": _report.machine(),
+        "tile_px": args.size,
+        "max_batch": args.max_batch,
+        "duration_s": args.duration,
+        "rows": rows,
+    }
     (_report.RESULTS / "scheduling.json").write_text(json.dumps(result, indent=1))
     print(
         f"{'clients':>7} | {'tiles/s before':>14} {'after':>7} | {'mean s before':>13} {'after':>7} | {'p99 s before':>12} {'after':>7}"

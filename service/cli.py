@@ -205,6 +205,16 @@ def _batch(args: argparse.Namespace) -> int:
     return 1 if o.failed else 0
 
 
+def _cut_and_resolution_args(p: argparse.ArgumentParser) -> None:
+    """The decision threshold and the ground resolution: segment and batch take both."""
+    p.add_argument("--threshold", type=float, help="decision threshold (default: the model version's, from its manifest)")
+    p.add_argument(
+        "--gsd", type=float, metavar="M",
+        help="metres on the ground per pixel, for a raster without georeference or to override it "
+        "(default: from the georeference; the raster is resampled to the model's resolution)",
+    )  # fmt: skip
+
+
 def _tune(args: argparse.Namespace) -> int:
     """Ahead of time (a Docker build, a new machine): measure the window speeds of the
     large-window models and compile every model's windows for a 5000 x 5000 tile into the
@@ -337,12 +347,7 @@ def build_parser(ext: Extensions | None = None) -> argparse.ArgumentParser:
         "--tta", action=argparse.BooleanOptionalAction, default=None,
         help="average over the 8 flips and rotations (default: the model's own setting, on for raisa)",
     )  # fmt: skip
-    p.add_argument("--threshold", type=float, help="decision threshold (default: the model version's, from its manifest)")
-    p.add_argument(
-        "--gsd", type=float, metavar="M",
-        help="metres on the ground per pixel, for a raster without georeference or to override it "
-        "(default: from the georeference; the raster is resampled to the model's resolution)",
-    )  # fmt: skip
+    _cut_and_resolution_args(p)
     p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     p.add_argument("--probabilities", type=Path, help="also write probabilities (uint8 0-255) here")
     p.add_argument("--polygons", type=Path, help="also write building polygons (GeoJSON, input CRS) here")
@@ -432,12 +437,7 @@ def build_parser(ext: Extensions | None = None) -> argparse.ArgumentParser:
     p.add_argument("--probabilities", action="store_true", help="also write probability GeoTIFFs")
     p.add_argument("--min-area", type=float, default=4.0, help="smallest building kept, m^2")
     p.add_argument("--simplify", type=float, default=0.5, help="outline simplification tolerance, m")
-    p.add_argument("--threshold", type=float, help="decision threshold (default: the model version's, from its manifest)")
-    p.add_argument(
-        "--gsd", type=float, metavar="M",
-        help="metres on the ground per pixel, for a raster without georeference or to override it "
-        "(default: from the georeference; the raster is resampled to the model's resolution)",
-    )  # fmt: skip
+    _cut_and_resolution_args(p)
     p.add_argument("--gt", type=Path, help="reference masks (same names): print the benchmark's per-city table")
     p.set_defaults(func=_batch)
 

@@ -188,6 +188,15 @@ def _finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ensemble(args: argparse.Namespace) -> int:
+    from service.store.ensemble import write_ensemble
+
+    entry = write_ensemble(args.store, args.name, args.member)
+    members = ", ".join(f"{m['name']}:{m['version']} ({m['weight']:g})" for m in entry.manifest.members)
+    print(f"{entry.name} v{entry.version}: the average of {members}; card {entry.folder / 'MODEL_CARD.md'}")
+    return 0
+
+
 def register(sub: Any, extensions: Any) -> None:
     """Add the training subcommands to ``footprints``' parser (``sub``), and let
     ``segment --checkpoint`` open training checkpoints."""
@@ -291,6 +300,12 @@ def register(sub: Any, extensions: Any) -> None:
     p.add_argument("--out-store", type=Path, help="where the new version goes (default: --store)")
     p.add_argument("--minutes", type=float, default=10.0, help="time budget on this machine, export included")
     p.set_defaults(func=_finetune)
+
+    p = sub.add_parser("ensemble", help="publish a store version that averages the probabilities of member versions")
+    p.add_argument("--name", required=True, help="the model to publish (a new name, or the next version of one)")
+    p.add_argument("--member", required=True, action="append", help="NAME:VERSION[@WEIGHT] (repeat; at least two)")
+    p.add_argument("--store", type=Path, default=Path("model_store"))
+    p.set_defaults(func=_ensemble)
 
     p = sub.add_parser("report", help="every store model scored and costed side by side, as the paper's Table 2")
     p.add_argument("--store", type=Path, default=Path("model_store"))

@@ -32,7 +32,7 @@ from torch import nn
 
 from service.errors import InputError
 from service.store.manifest import CHECKPOINT, ONNX, PROGRAM, Manifest, Parity, WindowMemory
-from service.store.repository import file_sha256
+from service.store.repository import file_sha256, next_version
 from service.store.triton import OUTPUT, onnx_config
 
 from .networks.model import SegmentationModel, checkpoint_meta, load_checkpoint, save_checkpoint
@@ -196,11 +196,6 @@ def check_program_parity(model: SegmentationModel, path: Path, inputs: list[np.n
     with torch.no_grad():
         got, want = program(*xs).numpy(), model(*xs).numpy()
     return _parity_verdict(model, got, want, f"{path}: the exported program")
-
-
-def next_version(store: Path, name: str) -> int:
-    versions = [int(p.name) for p in (store / name).glob("*") if p.is_dir() and p.name.isdigit()]
-    return max(versions, default=0) + 1
 
 
 def export(

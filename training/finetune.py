@@ -72,7 +72,9 @@ def finetune(
     """Fine-tune ``model`` (``NAME[:V]`` of ``store``) on ``roots`` within ``minutes`` and
     publish it as ``name`` (its next version) in ``out_store`` (default: ``store``).
     Returns what was done: base, version, steps, seconds."""
-    from .export import export, next_version
+    from service.store.repository import next_version
+
+    from .export import export
     from .loop import train
     from .publish import write_finetune_card
 

@@ -67,7 +67,12 @@ def _tensorrt(bundle: Bundle, device: str | None, precision: str) -> Engine:
 
 def open_engine(bundle: Bundle, name: str = "onnxruntime", device: str | None = None, precision: str = "auto") -> Engine:
     """Load ``bundle`` on the engine ``name`` (``auto``: the predicted one); ``precision``
-    (auto, fp32, bf16) matters to OpenVINO, and fp32 against fp16 to TensorRT."""
+    (auto, fp32, bf16) matters to OpenVINO, and fp32 against fp16 to TensorRT. An
+    ensemble version loads each of its members so."""
+    if bundle.manifest.members:
+        from service.engines.ensemble import open_ensemble
+
+        return open_ensemble(bundle, name, device, precision)
     if name == "auto":
         from service.engines.choice import predicted_engine
 

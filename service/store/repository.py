@@ -64,6 +64,13 @@ class ModelEntry:
         return path
 
 
+def next_version(store: Path, name: str) -> int:
+    """The version number a new version of ``name`` gets (any numbered folder counts,
+    readable or not, so a damaged version's number is never reused)."""
+    versions = [int(p.name) for p in (Path(store) / name).glob("*") if p.is_dir() and p.name.isdigit()]
+    return max(versions, default=0) + 1
+
+
 @dataclass(frozen=True)
 class Unreadable:
     """A version folder whose manifest cannot be used: which file, and why."""

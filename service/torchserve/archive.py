@@ -49,6 +49,11 @@ def build_archive(
 ) -> Path:
     """Write ``out/<name>-v<version>.mar`` for ``model`` (``NAME`` or ``NAME:VERSION``)."""
     entry = ModelStore(store).find(model)
+    if entry.manifest.members:
+        members = ", ".join(f"{m['name']}:{m['version']}" for m in entry.manifest.members)
+        raise InputError(
+            f"{entry.name} v{entry.version} is an ensemble ({members}): an archive holds one graph; archive each member"
+        )
     program = entry.verify(PROGRAM)  # refuses a graph that is not the one exported
     archiver = _tool("torch-model-archiver")
     if archiver is None:

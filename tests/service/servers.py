@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
+import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -58,18 +61,41 @@ def config(store, **kw) -> ServerConfig:
     return ServerConfig(store=store, port=0, metrics_port=0, limits=limits, grace_s=60, **kw)
 
 
-def small_effnet_store(root: Path, name: str, seed: int) -> Path:
-    """A store of one small EfficientNet U-Net (same padding: overlap windows), exported
-    as served: its geometry, plan window and checks in its manifest."""
+# Every export checks parity (ONNX, program, precision): seconds of CPU each. A test
+# session exports each small store once and copies its model folders wherever a test
+# asks for it, so tests still get a store of their own to change.
+_EXPORTS = Path(tempfile.mkdtemp(prefix="footprints-test-exports-"))
+Spec = tuple[str, str, dict, list[float], list[float] | None]  # name, network, args, mean, std
+
+
+def exported_store(root: Path, specs: list[Spec], seed: int) -> Path:
+    """``root`` holding ``specs``' models, built in that order after one seed and exported
+    as served (geometry, plan window and checks in each manifest)."""
     import torch
 
     from training.export import export
     from training.networks.model import SegmentationModel, save_checkpoint
 
-    torch.manual_seed(seed)
-    model = SegmentationModel("effnet_unet", {"decoder": [16, 16, 8, 8, 8]}, [124.0, 116.0, 104.0], [58.0, 57.0, 57.0])
-    export(save_checkpoint(root.parent / f"{name}.pt", model), root, name)
+    key = hashlib.sha256(json.dumps([specs, seed], sort_keys=True).encode()).hexdigest()[:16]
+    source = _EXPORTS / key / "store"
+    if not source.is_dir():
+        building = _EXPORTS / key / "building"
+        torch.manual_seed(seed)
+        for name, network, args, mean, std in specs:
+            model = SegmentationModel(network, args, mean, std)
+            export(save_checkpoint(building.parent / f"{name}.pt", model), building, name)
+        building.rename(source)  # whole or not at all
+    root.mkdir(parents=True, exist_ok=True)
+    for name, *_ in specs:
+        shutil.copytree(source / name, root / name)
     return root
+
+
+def small_effnet_store(root: Path, name: str, seed: int) -> Path:
+    """A store of one small EfficientNet U-Net (same padding: overlap windows)."""
+    return exported_store(
+        root, [(name, "effnet_unet", {"decoder": [16, 16, 8, 8, 8]}, [124.0, 116.0, 104.0], [58.0, 57.0, 57.0])], seed
+    )
 
 
 def tile(path: Path, h: int, w: int, seed: int = 0, dtype="uint8", bands: int = 3) -> Path:

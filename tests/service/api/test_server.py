@@ -13,7 +13,6 @@ import grpc
 import numpy as np
 import pytest
 import rasterio
-import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -24,11 +23,20 @@ from service.engines import open_engine
 from service.outputs.segment import SegmentOptions, segment_file
 from service.store.repository import ModelStore
 from service.tiling.engine import EngineConfig, TilingEngine
-from training.export import export
-from training.networks.model import SegmentationModel, save_checkpoint
 
 from ...conftest import REPO, wait_until
-from ..servers import CRS, TRANSFORM, RunningServer, config, in_process, raw_header, scrape, serve_process, tile
+from ..servers import (
+    CRS,
+    TRANSFORM,
+    RunningServer,
+    config,
+    in_process,
+    raw_header,
+    scrape,
+    serve_process,
+    small_effnet_store,
+    tile,
+)
 
 
 def _large_windows(store, side: int, window: int) -> int:
@@ -380,11 +388,7 @@ def test_the_memory_budget_bounds_windows_across_tiles(store, tmp_path):
 @pytest.fixture(scope="module")
 def overlap_store(tmp_path_factory):
     """A store with one same-padding model (EfficientNet U-Net, small decoder)."""
-    root = tmp_path_factory.mktemp("overlap-store")
-    torch.manual_seed(0)
-    model = SegmentationModel("effnet_unet", {"decoder": [16, 16, 8, 8, 8]}, [124.0, 116.0, 104.0], [58.0, 57.0, 57.0])
-    export(save_checkpoint(root.parent / "effnet.pt", model), root, "effnet")
-    return root
+    return small_effnet_store(tmp_path_factory.mktemp("overlap-store"), "effnet", seed=0)
 
 
 def test_overlap_windows_through_grpc_and_remote_model_servers(overlap_store, tmp_path):

@@ -1,0 +1,41 @@
+"""An ensemble version on any engine: each batch of windows runs through every member
+(each loaded on the engine asked for) and their probabilities are averaged with the
+manifest's weights (:mod:`service.store.ensemble`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from service.engines.base import Bundle, Engine
+from service.store.ensemble import members_of
+from service.store.repository import ModelStore
+
+
+class EnsembleEngine(Engine):
+    def __init__(self, bundle: Bundle, members: list[tuple[Engine, float]]) -> None:
+        super().__init__(**Engine.describe(bundle, members[0][0].device, members[0][0].precision))
+        self.members = members
+        self.engine = members[0][0].engine  # what ListModels reports: the members' engine
+
+    def infer(self, inputs: list[np.ndarray]) -> np.ndarray:
+        out: np.ndarray | None = None
+        for engine, weight in self.members:
+            p = engine.infer(inputs) * np.float32(weight)
+            out = p if out is None else out + p
+        assert out is not None
+        return out
+
+    def close(self) -> None:
+        for engine, _ in self.members:
+            engine.close()
+
+
+def open_ensemble(bundle: Bundle, name: str, device: str | None, precision: str) -> EnsembleEngine:
+    """``bundle``'s members from the store it lies in, each on ``name``'s engine."""
+    from service.engines import open_engine
+    from service.store.repository import ModelEntry
+
+    assert isinstance(bundle, ModelEntry)
+    store = ModelStore(bundle.folder.parent.parent)
+    members = [(open_engine(entry, name, device, precision), w) for entry, w in members_of(bundle, store)]
+    return EnsembleEngine(bundle, members)
