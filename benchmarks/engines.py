@@ -326,6 +326,7 @@ def main() -> None:
     ap.add_argument("--tile-models", help="comma-separated (default: the store's default model and nus)")
     ap.add_argument("--size", type=int, default=5000, help="tile side for the tile runs")
     ap.add_argument("--out", type=Path, default=_report.RESULTS / "engines.json")
+    ap.add_argument("--gemm-size", type=int, default=4096, help="side of the n^3 MatMul that measures the floor")
     args = ap.parse_args()
     store = ModelStore(args.store)
     names = [n for n in args.models.split(",") if n] if args.models is not None else store.names()
@@ -334,7 +335,7 @@ def main() -> None:
 
     from training.synthetic import style, synthesize_tile
 
-    rates = gemm_rates()
+    rates = gemm_rates(args.gemm_size)
     print(f"GEMM rate: fp32 {rates['fp32']:.0f} GFLOP/s, bf16 {rates['bf16']:.0f} GFLOP/s", flush=True)
     with tempfile.TemporaryDirectory(prefix="footprints-engines-") as tmp:
         image = synthesize_tile(Path(tmp), style("fairhaven"), 1, args.size, 1, seed=3).image

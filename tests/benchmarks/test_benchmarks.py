@@ -35,21 +35,15 @@ def test_serving_benchmark_imports_and_explains_itself():
 
 
 def test_engines_benchmark_compares_engines_and_the_grpc_tile_to_the_floor(tmp_path):
-    import torch
+    from ..service.servers import small_effnet_store
 
-    from training.export import export
-    from training.networks.model import SegmentationModel, save_checkpoint
-
-    torch.manual_seed(0)
-    model = SegmentationModel("effnet_unet", {"decoder": [16, 16, 8, 8, 8]}, [124.0, 116.0, 104.0], [58.0, 57.0, 57.0])
-    store = tmp_path / "store"
-    export(save_checkpoint(tmp_path / "tiny.pt", model), store, "tiny")
+    store = small_effnet_store(tmp_path / "store", "tiny", seed=3)
     out = tmp_path / "engines.json"
     done = subprocess.run(
         [
             sys.executable, str(REPO / "benchmarks/engines.py"), "--store", str(store), "--models", "tiny",
             "--engines", "torch-eager,onnxruntime-fp32,openvino-fp32", "--tile-models", "tiny", "--size", "640",
-            "--out", str(out),
+            "--gemm-size", "1024", "--out", str(out),
         ],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )  # fmt: skip

@@ -158,7 +158,7 @@ def test_bf16_mixed_precision_run_learns_and_keeps_fp32_weights(tmp_path, train_
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])  # bf16: the default AMLL recipe's
 def test_resume_after_a_kill_continues_where_it_stopped(tmp_path, train_cities, precision):
-    cfg = _config(tmp_path, schedule__steps_per_epoch=40, schedule__validate_every_steps=1000, optim__precision=precision)
+    cfg = _config(tmp_path, schedule__steps_per_epoch=24, schedule__validate_every_steps=1000, optim__precision=precision)
     straight = tmp_path / "straight"
     assert run_cli("train", "--config", str(cfg), "--data", str(train_cities), "--out", str(straight)).returncode == 0
 
@@ -173,7 +173,7 @@ def test_resume_after_a_kill_continues_where_it_stopped(tmp_path, train_cities, 
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     stopped_at = read_checkpoint(killed / "last.pt")["step"]
-    assert 10 <= stopped_at < 40
+    assert 10 <= stopped_at < 24
 
     done = run_cli("train", "--config", str(cfg), "--data", str(train_cities), "--out", str(killed), "--resume")
     assert done.returncode == 0, done.stderr[-2000:]
@@ -184,7 +184,7 @@ def test_resume_after_a_kill_continues_where_it_stopped(tmp_path, train_cities, 
         assert torch.allclose(p, q, atol=1e-6), name  # the same training, interrupted or not
     with (killed / "log.csv").open() as f:
         steps = [int(r["step"]) for r in csv.DictReader(f) if r["loss"]]
-    assert steps == sorted(set(steps)) and steps[-1] == 40  # no row logged twice
+    assert steps == sorted(set(steps)) and steps[-1] == 24  # no row logged twice
 
 
 def test_two_rank_distributed_training_keeps_weights_identical(tmp_path, train_cities):

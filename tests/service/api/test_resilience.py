@@ -96,8 +96,12 @@ def test_a_cancel_at_any_stage_leaves_the_server_serving_and_nothing_held(store,
             for _ in range(3):
                 assert _cancel_at(s.address, image, stage) == "CANCELLED", stage
                 wait_until(lambda: _idle(s.metrics_url), 30, f"the tile cancelled at {stage} to let go of everything")
-        cancelled = scrape(s.metrics_url)['footprints_requests_total{code="CANCELLED",method="SegmentTile"}']
-        assert cancelled == 12
+        counts = scrape(s.metrics_url)
+        cancelled = counts['footprints_requests_total{code="CANCELLED",method="SegmentTile"}']
+        # A cancel after the last rows may reach the server after it has sent its last
+        # message and counted the call OK: the client still sees CANCELLED (its own).
+        served = counts.get('footprints_requests_total{code="OK",method="SegmentTile"}', 0)
+        assert 9 <= cancelled <= 12 and cancelled + served == 12, (cancelled, served)
         with FootprintsClient(s.address) as client:  # and it still serves, exactly
             client.segment_file(image, tmp_path / "m.tif", model="amll", window=252, progress=False, timeout=120)
         import rasterio

@@ -35,7 +35,7 @@ def test_a_version_added_while_serving_takes_new_tiles_while_the_old_one_finishe
     shutil.copytree(store, root)
     s = RunningServer(config(root, watch_store_s=0.1, max_batch=1))
     try:
-        image = tile(tmp_path / "long.tif", 3000, 3000, seed=31)
+        image = tile(tmp_path / "long.tif", 1800, 1800, seed=31)  # 64 windows, one at a time: seconds
         long: dict = {}
 
         def run_long() -> None:
