@@ -1,7 +1,10 @@
 """Oldest tile first against first come, first served: the same server, model and tiles,
-``footprints loadtest`` in closed loop at 1, 2, 4 and 8 clients under each
-``--window-order``, side by side in one run. Throughput should match; mean latency
-should fall with concurrency (tiles end one after another instead of together).
+``footprints loadtest`` under each ``--window-order``, side by side in one run:
+- closed loop at 1, 2, 4 and 8 clients: throughput should match. Its mean latency cannot
+  move at equal throughput (Little's law: clients / tiles per second), whatever the order;
+- a burst: 8 tiles sent at once. First come, first served ends them all together; oldest
+  first ends them one after another, so their mean latency falls by about half;
+- open loop (``--rate``): Poisson arrivals with the same seed for both orders.
 
     .venv/bin/python benchmarks/scheduling.py [--duration 60] [--size 2500] [--max-batch 1]
 
@@ -31,23 +34,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(store: Path, order: str, args: argparse.Namespace, tiles: Path) -> list[dict]:
+def _loadtest(address: str, port: int, tiles: Path, out: Path, *step: str) -> list[dict]:
+    subprocess.run(
+        [str(Path(sys.executable).with_name("footprints")), "loadtest", "--server", address,
+         "--metrics", f"http://127.0.0.1:{port}/metrics", "--tiles", str(tiles), *step, "--out", str(out)],
+        check=True,
+    )  # fmt: skip
+    return json.loads((out / "report.json").read_text())["steps"]
+
+
+def _run(store: Path, order: str, args: argparse.Namespace, tiles: Path) -> dict[str, list[dict]]:
     port = _free_port()
     proc, address = _report.serve(store, "--max-tiles", "8", "--max-tiles-per-client", "8", "--metrics-port", str(port),
                                   "--window-order", order, "--tune", "off",
                                   "--max-batch", str(args.max_batch))  # fmt: skip
     out = _report.RESULTS / f"scheduling-{order}"
     try:
-        subprocess.run(
-            [str(Path(sys.executable).with_name("footprints")), "loadtest", "--server", address,
-             "--metrics", f"http://127.0.0.1:{port}/metrics", "--tiles", str(tiles), "--concurrency", args.concurrency,
-             "--duration", str(args.duration), "--out", str(out)],
-            check=True,
-        )  # fmt: skip
+        steps = {"closed": _loadtest(address, port, tiles, out, "--concurrency", args.concurrency, "--duration",
+                                     str(args.duration), *(["--rate", str(args.rate)] if args.rate else []))}  # fmt: skip
+        steps["burst"] = _loadtest(address, port, tiles, out.with_name(out.name + "-burst"), "--concurrency", "8",
+                                   "--count", "8", "--warmup", "1")  # fmt: skip
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(60)
-    return json.loads((out / "report.json").read_text())["steps"]
+    return steps
 
 
 def main() -> None:
@@ -59,6 +69,7 @@ def main() -> None:
     # A tile of one batch has nothing to reorder: keep batches small enough that each
     # tile needs several, as a 5000^2 tile does at the default --max-batch.
     ap.add_argument("--max-batch", type=int, default=1, help="the server's --max-batch")
+    ap.add_argument("--rate", type=float, help="also an open-loop step at this many tiles per second")
     args = ap.parse_args()
     sys.path.insert(0, str(_report.ROOT))
     from loadtest.tiles import synthetic
@@ -67,14 +78,17 @@ def main() -> None:
     synthetic(tiles, 4, args.size)
     steps = {order: _run(args.store, order, args, tiles) for order in ORDERS}
     rows = []
-    for before, after in zip(steps["arrival"], steps["oldest-tile"]):
-        rows.append(
-            {
-                "clients": int(before["step"][2:]),
-                "arrival": {k: before[k] for k in ("tiles_per_s", "latency_s", "ok")},
-                "oldest_tile": {k: after[k] for k in ("tiles_per_s", "latency_s", "ok")},
-            }
-        )
+    for kind in ("closed", "burst"):
+        for before, after in zip(steps["arrival"][kind], steps["oldest-tile"][kind]):
+            label = "burst of 8" if kind == "burst" else before["step"]
+            rows.append(
+                {
+                    "step": label,
+                    "clients": int(before["step"][2:]) if before["step"].startswith("c=") else None,
+                    "arrival": {k: before[k] for k in ("tiles_per_s", "latency_s", "ok")},
+                    "oldest_tile": {k: after[k] for k in ("tiles_per_s", "latency_s", "ok")},
+                }
+            )
     result = {
         "machine": _report.machine(),
         "tile_px": args.size,
@@ -84,15 +98,15 @@ def main() -> None:
     }
     (_report.RESULTS / "scheduling.json").write_text(json.dumps(result, indent=1))
     print(
-        f"{'clients':>7} | {'tiles/s before':>14} {'after':>7} | {'mean s before':>13} {'after':>7} | {'p99 s before':>12} {'after':>7}"
+        f"{'step':>12} | {'tiles/s before':>14} {'after':>7} | {'mean s before':>13} {'after':>7} | {'p99 s before':>12} {'after':>7}"
     )
     for r in rows:
         a, b = r["arrival"], r["oldest_tile"]
         print(
-            f"{r['clients']:>7} | {a['tiles_per_s']:>14.3f} {b['tiles_per_s']:>7.3f} | {a['latency_s']['mean']:>13.2f} "
+            f"{r['step']:>12} | {a['tiles_per_s']:>14.3f} {b['tiles_per_s']:>7.3f} | {a['latency_s']['mean']:>13.2f} "
             f"{b['latency_s']['mean']:>7.2f} | {a['latency_s']['p99']:>12.2f} {b['latency_s']['p99']:>7.2f}"
         )
-    _chart(rows, _report.RESULTS / "scheduling.png")
+    _chart([r for r in rows if r["clients"]], _report.RESULTS / "scheduling.png")
 
 
 def _chart(rows: list[dict], path: Path) -> None:
