@@ -84,7 +84,7 @@ def main() -> None:
             rows.append(
                 {
                     "step": label,
-                    "clients": int(before["step"][2:]) if before["step"].startswith("c=") else None,
+                    "clients": int(before["step"][2:]) if kind == "closed" and before["step"].startswith("c=") else None,
                     "arrival": {k: before[k] for k in ("tiles_per_s", "latency_s", "ok")},
                     "oldest_tile": {k: after[k] for k in ("tiles_per_s", "latency_s", "ok")},
                 }
