@@ -35,6 +35,19 @@ def parse_member(spec: str) -> tuple[str, int, float]:
     return name, int(version), w
 
 
+def _check_alike(member: ModelEntry, reference: ModelEntry) -> None:
+    """Members must cut windows as ``reference`` does (one geometry, the plan window
+    included) and serve at its ground resolution."""
+    mine, theirs = member.geometry.to_manifest(), reference.geometry.to_manifest()
+    if mine != theirs:
+        raise InputError(
+            f"{member.name} v{member.version} cuts windows differently from {reference.name} v{reference.version} "
+            f"({mine} against {theirs}): an ensemble's members must share one geometry"
+        )
+    if abs(member.manifest.resolution_m - reference.manifest.resolution_m) > 1e-9:
+        raise InputError(f"{member.name} v{member.version} serves at another ground resolution than {reference.name}")
+
+
 def members_of(entry: ModelEntry, store: ModelStore) -> list[tuple[ModelEntry, float]]:
     """An ensemble version's member versions (from ``store``) and their normalised weights,
     checked to cut windows as the ensemble does."""
@@ -43,11 +56,7 @@ def members_of(entry: ModelEntry, store: ModelStore) -> list[tuple[ModelEntry, f
         member = store.get(str(m["name"]), int(m["version"]))
         if member.manifest.members:
             raise InputError(f"{entry.name} v{entry.version}: member {member.name} v{member.version} is itself an ensemble")
-        if member.geometry.to_manifest() != entry.geometry.to_manifest():
-            raise InputError(
-                f"{entry.name} v{entry.version}: member {member.name} v{member.version} cuts windows differently "
-                f"({member.geometry.to_manifest()} against {entry.geometry.to_manifest()})"
-            )
+        _check_alike(member, entry)
         found.append((member, float(m.get("weight", 1.0))))
     if not found:
         raise InputError(f"{entry.name} v{entry.version} names no members")
@@ -63,13 +72,7 @@ def write_ensemble(store_root: Path, name: str, specs: Sequence[str], note: str 
         raise InputError("an ensemble needs at least two members")
     first = members[0][0].manifest
     for entry, _ in members[1:]:
-        if entry.geometry.to_manifest() != first.geometry.to_manifest():
-            raise InputError(
-                f"{entry.name} v{entry.version} cuts windows differently from {first.name} v{first.version}: "
-                "an ensemble's members must share one geometry"
-            )
-        if abs(entry.manifest.resolution_m - first.resolution_m) > 1e-9:
-            raise InputError(f"{entry.name} v{entry.version} was trained at another ground resolution than {first.name}")
+        _check_alike(entry, members[0][0])
     heaviest = max(members, key=lambda m: m[0].window_bytes(1024))[0].manifest.window_memory
     version = next_version(store.root, name)
     folder = store.root / name / str(version)
