@@ -72,7 +72,7 @@ def open_engine(bundle: Bundle, name: str = "onnxruntime", device: str | None = 
     if bundle.manifest.members:
         from service.engines.ensemble import open_ensemble
 
-        return open_ensemble(bundle, name, device, precision)
+        return open_ensemble(bundle, lambda member: open_engine(member, name, device, precision))
     if name == "auto":
         from service.engines.choice import predicted_engine
 

@@ -4,11 +4,13 @@ manifest's weights (:mod:`service.store.ensemble`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from service.engines.base import Bundle, Engine
 from service.store.ensemble import members_of
-from service.store.repository import ModelStore
+from service.store.repository import ModelEntry, ModelStore
 
 
 class EnsembleEngine(Engine):
@@ -30,12 +32,9 @@ class EnsembleEngine(Engine):
             engine.close()
 
 
-def open_ensemble(bundle: Bundle, name: str, device: str | None, precision: str) -> EnsembleEngine:
-    """``bundle``'s members from the store it lies in, each on ``name``'s engine."""
-    from service.engines import open_engine
-    from service.store.repository import ModelEntry
-
+def open_ensemble(bundle: Bundle, open_member: Callable[[ModelEntry], Engine]) -> EnsembleEngine:
+    """``bundle``'s members from the store it lies in, each opened by ``open_member``
+    (the engine the ensemble was asked for)."""
     assert isinstance(bundle, ModelEntry)
     store = ModelStore(bundle.folder.parent.parent)
-    members = [(open_engine(entry, name, device, precision), w) for entry, w in members_of(bundle, store)]
-    return EnsembleEngine(bundle, members)
+    return EnsembleEngine(bundle, [(open_member(entry), w) for entry, w in members_of(bundle, store)])
