@@ -164,8 +164,10 @@ def test_a_500_mib_message_is_refused_before_the_server_reads_it(store):
         refuse_both(500 * 2**20)
         refuse_both(500 * 2**20)
         channel.close()
-        # 2000 MiB sent, the server's peak unmoved by more than a few MB: not read.
-        assert _vm(proc.pid, "VmHWM") - peak < 16 * 2**20
+        # 2000 MiB sent, the server's peak moved by far less than one message: not read.
+        # (After the warm-up the transport's own growth is small but not fixed: 0.3 MB in
+        # most runs, 31 MB once in CI; a message read would add 500 MiB.)
+        assert _vm(proc.pid, "VmHWM") - peak < 64 * 2**20
         with FootprintsClient(address) as client:  # still serving
             assert {m.name for m in client.list_models()} == {"amll", "nus"}
     finally:
