@@ -32,10 +32,15 @@ def main() -> None:
     ap.add_argument("--models", required=True, help="NAME[:VERSION],...")
     ap.add_argument("--data", action="append", required=True, help="real imagery roots")
     ap.add_argument("--fine-data", action="append", default=[], help="the same tiles in finer real imagery")
+    ap.add_argument(
+        "--same-area", action="append", default=None,
+        help="CITY+CITY: cities scored as one area, as loao and report take it (default: nepal+banepa)",
+    )  # fmt: skip
     ap.add_argument("--resolutions", default="0.3,0.15,0.6")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    areas = area_tiles([Root(Path(d)) for d in args.data], [["nepal", "banepa"]])
+    same_area = [g.split("+") for g in args.same_area or ["nepal+banepa"]]
+    areas = area_tiles([Root(Path(d)) for d in args.data], same_area)
     cache = Path(tempfile.mkdtemp(prefix="footprints-resolutions-"))
     out: dict[str, dict[str, dict[str, float]]] = {}
     for spec in args.models.split(","):
