@@ -155,7 +155,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def _loao(args: argparse.Namespace) -> int:
     from training.data.sources import parse_root
-    from training.loao import SWEEP, as_json, choose_threshold, leave_one_area_out, table, threshold_chart
+    from training.loao import SWEEP, as_json, choose_threshold, held_out_threshold, leave_one_area_out, table, threshold_chart
 
     same_area = [g.split("+") for g in args.same_area or []]
     resolutions = [float(r) for r in args.resolutions.split(",")]
@@ -166,7 +166,10 @@ def _loao(args: argparse.Namespace) -> int:
     print(table(results))
     if SWEEP in results:
         base = [a for a in results[SWEEP] if " at " not in a]
-        print(f"threshold with the best pooled held-out IoU: {choose_threshold(results[SWEEP], base):.2f}")
+        print(
+            f"threshold with the best pooled held-out IoU at {resolutions[0]:g} m: {choose_threshold(results[SWEEP], base):.2f}"
+        )
+        print(f"at every resolution scored (what publish --loao records): {held_out_threshold(results):.2f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(as_json(results))

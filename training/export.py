@@ -248,6 +248,7 @@ def export(
         training={k: meta.get(k) for k in ("code_version", "step", "data")},
         parity=Parity(model.geometry.parity_window(), tuple(parity_names), diff, program_diff, share),
         precision_checks=checks,
+        threshold=float(meta.get("threshold", 0.5)),  # publish --loao chose it on held-out runs
     )
     manifest.write(folder)
     (store / name / "config.pbtxt").write_text(onnx_config(name, model.geometry))

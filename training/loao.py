@@ -158,7 +158,15 @@ def score_sweep(engine: TilingEngine, tiles: list[Tile], overlays: Path | None =
 def choose_threshold(sweep: dict[str, dict[float, Counts]], areas: Sequence[str] | None = None) -> float:
     """The threshold with the best IoU pooled over ``areas`` (default: all of ``sweep``)."""
     chosen = [a for a in (areas if areas is not None else sweep) if a in sweep]
-    return max(THRESHOLDS, key=lambda t: (pooled([sweep[a][t] for a in chosen]).iou, -abs(t - 0.5)))
+    scored = set.intersection(*(set(sweep[a]) for a in chosen)) if chosen else {0.5}  # every area has each
+    return max(sorted(scored), key=lambda t: (pooled([sweep[a][t] for a in chosen]).iou, -abs(t - 0.5)))
+
+
+def held_out_threshold(results: dict[str, Any]) -> float:
+    """The threshold a version serves at: the best IoU pooled over every held-out area at
+    every resolution scored (serving meets them all, resampled to the model's), 0.5 when
+    ``results`` has no sweep."""
+    return choose_threshold(results[SWEEP]) if results.get(SWEEP) else 0.5
 
 
 def _one_resolution(

@@ -183,6 +183,14 @@ def publish(
     }
     kept = checkpoint_meta(meta)
     kept["metrics"] = {"validation": meta.get("metrics"), **metrics}
+    results = None
+    if loao is not None:
+        from .loao import held_out_threshold, read_json
+
+        results = read_json(Path(loao))
+        # The decision threshold chosen on the held-out runs of this recipe; export
+        # writes it into the manifest, and every path cuts masks at it.
+        kept["threshold"] = held_out_threshold(results)
     if train_minutes:
         kept["train_minutes"] = train_minutes
     save_checkpoint(folder / "model.pt", model, half=True, **kept)
@@ -235,16 +243,17 @@ def publish(
         synthetic.table(name),
         "",
     ]
-    if loao is not None:
-        from .loao import read_json, table
+    if results is not None:
+        from .loao import table
 
-        results = read_json(Path(loao))
         lines += [
             "## Leave-one-area-out (each real area scored by the same recipe trained without it)",
             "The measure of this model on real cities it has never seen; rows: the held-out runs, and the store model "
             "they are compared with on the same tiles.",
             table(results),
             "(IoU % / accuracy %, pooled over tiles; the last column pools every held-out area)",
+            f"Decision threshold {kept['threshold']:.2f}: the best IoU pooled over these held-out runs at every "
+            "resolution scored; every path cuts masks at it unless a request says otherwise.",
             "",
         ]
     if real is not None:

@@ -25,7 +25,9 @@ def store(tmp_path_factory):
     for name, (net, args) in NETS.items():
         torch.manual_seed(0)
         model = SegmentationModel(net, args, [110.0, 112.0, 114.0])
-        ckpt = save_checkpoint(root.parent / f"{name}.pt", model, metrics={"overall": {"iou": 0.42}})
+        # publish --loao records a held-out threshold in the checkpoint; amll has none.
+        chosen = {"threshold": 0.35} if name == "nus" else {}
+        ckpt = save_checkpoint(root.parent / f"{name}.pt", model, metrics={"overall": {"iou": 0.42}}, **chosen)
         export_mod.export(ckpt, root, name)
     return root
 
@@ -46,6 +48,8 @@ def test_export_writes_a_triton_style_versioned_store(store):
         assert 'platform: "onnxruntime_onnx"' in config and "dims: [ 3, -1, -1 ]" in config
     assert [i["name"] for i in json.loads((store / "nus/1/manifest.json").read_text())["inputs"]] == ["rgb", "context"]
     assert json.loads((store / "amll/1/manifest.json").read_text())["geometry"]["margin"] == 92
+    # The decision threshold every path cuts at: the held-out one where publish chose it.
+    assert [ModelStore(store).get(n).manifest.threshold for n in ("amll", "nus")] == [0.5, 0.35]
 
 
 @pytest.mark.parametrize("name", ["amll", "nus"])

@@ -9,6 +9,22 @@ from training.networks.model import SegmentationModel, load_checkpoint, save_che
 from ..conftest import run_cli
 
 
+def _loao_json(path):
+    """Held-out counts where 0.4 wins pooled over both areas and resolutions, though 0.5
+    wins zanzibar at 0.3 m alone."""
+
+    def c(tp, fp, fn):
+        return {"tp": tp, "fp": fp, "fn": fn, "tn": 1000}
+
+    sweep = {
+        "zanzibar": {"0.40": c(50, 10, 10), "0.50": c(52, 8, 10)},
+        "kampala": {"0.40": c(60, 10, 10), "0.50": c(40, 5, 30)},
+        "zanzibar at 0.6 m": {"0.40": c(50, 10, 10), "0.50": c(45, 5, 20)},
+    }
+    path.write_text(json.dumps({"held out": {"zanzibar": c(52, 8, 10), "kampala": c(40, 5, 30)}, "thresholds": sweep}))
+    return path
+
+
 def test_publish_writes_fp16_model_metrics_and_card(tmp_path, tiny_cities, real_oam):
     torch.manual_seed(0)
     model = SegmentationModel("amll_unet", {"filters": (4, 8, 16, 32, 64)}, [110.0, 111.0, 112.0])
@@ -46,6 +62,8 @@ def test_publish_writes_fp16_model_metrics_and_card(tmp_path, tiny_cities, real_
         "footprints train --config x.yaml",
         "--train-minutes",
         "3",
+        "--loao",
+        str(_loao_json(tmp_path / "loao.json")),
     )
     assert done.returncode == 0, done.stderr[-2000:]
     folder = store / "tinynet" / "1"
@@ -68,6 +86,8 @@ def test_publish_writes_fp16_model_metrics_and_card(tmp_path, tiny_cities, real_
     card = (store / "tinynet" / "MODEL_CARD.md").read_text()
     assert (folder / "MODEL_CARD.md").read_text() == card  # the version keeps its own card
     assert meta["train_minutes"] == 3
+    # The threshold with the best IoU pooled over every held-out area at every resolution.
+    assert meta["threshold"] == 0.4 and "Decision threshold 0.40" in card
     overall = metrics["synthetic_test"]["overall"]
     assert f"{100 * overall['iou']:.2f} / {100 * overall['accuracy']:.2f}" in card
     assert "footprints train --config x.yaml" in card and "in 3 min" in card and "abc123" in card
