@@ -139,17 +139,32 @@ def _check_precision(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from service.errors import NotFoundError
+    from service.store.repository import ModelStore
     from training.data.sources import parse_root
-    from training.report import build_report, markdown, write_report
+    from training.report import build_report, choose_default, markdown, write_report
 
     models = [m for group in args.models or [] for m in group.split(",") if m]
     rows = build_report(
         args.store, models, args.test_data, [parse_root(d) for d in args.real_data or []],
         [g.split("+") for g in args.same_area or []], timing=not args.no_timing, rescore=args.rescore,
     )  # fmt: skip
-    print(markdown(rows))
-    for kind, path in write_report(rows, args.out).items():
+    store = ModelStore(args.store)
+    try:
+        current: str | None = store.default_name()
+    except NotFoundError:  # a store of several models that names none yet
+        current = None
+    print(markdown(rows, current))
+    for kind, path in write_report(rows, args.out, current).items():
         print(f"{kind}: {path}")
+    chosen, why = choose_default(rows, current)
+    if args.set_default and chosen is not None:
+        newest = store.get(chosen.name).version
+        if newest != chosen.version:
+            print(f"not setting the default: {chosen.label} is not the newest version of {chosen.name} (v{newest})")
+            return 1
+        store.set_default(chosen.name)
+        print(f"default: {chosen.name} ({why})")
     return 0
 
 
@@ -319,4 +334,8 @@ def register(sub: Any, extensions: Any) -> None:
     p.add_argument("--no-timing", action="store_true", help="skip timing a 5000 x 5000 tile per model")
     p.add_argument("--rescore", action="store_true", help="score the synthetic test cities even where publish recorded them")
     p.add_argument("--out", type=Path, default=Path("reports"), help="folder for report.md, report.json, report.png")
+    p.add_argument(
+        "--set-default", action="store_true",
+        help="make the model the leave-one-area-out yardstick chooses the store's default",
+    )  # fmt: skip
     p.set_defaults(func=_report)

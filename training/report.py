@@ -67,6 +67,9 @@ class ModelRow:
     seconds_per_tile: float | None = None
     train_minutes: float | None = None
     tta: bool = False
+    # Leave-one-area-out IoU per area at each resolution scored ({0.3: {area: Counts}}):
+    # the recipe trained without each area, the yardstick the default is chosen by.
+    yardstick: dict[float, dict[str, Counts]] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -90,7 +93,50 @@ class ModelRow:
             "seconds_per_5000_tile": self.seconds_per_tile,
             "train_minutes": self.train_minutes,
             "tta": self.tta,
+            "yardstick": {f"{r:g}": {a: c.as_dict() for a, c in cells.items()} for r, cells in self.yardstick.items()},
         }
+
+
+# The yardstick's resolutions: the training data's and the two a user most often brings
+# (municipal orthophotos near 0.15 m, NAIP-like 0.6 m).
+YARDSTICK_M = (0.3, 0.15, 0.6)
+SLOWEST = 1.5  # a candidate default may take at most this many times the current one's tile time
+
+
+def yardstick_figures(row: ModelRow) -> dict[str, float] | None:
+    """Pooled leave-one-area-out IoU at each yardstick resolution, the worst area at
+    any of them, and the worst pooled figure; None unless every resolution was scored on
+    the same areas."""
+    cells = [row.yardstick.get(r) for r in YARDSTICK_M]
+    if any(not c for c in cells) or len({frozenset(c) for c in cells if c}) != 1:
+        return None
+    pooled_iou = {f"{r:g} m": pooled(list(c.values())).iou for r, c in zip(YARDSTICK_M, cells, strict=True) if c}
+    worst_area = min(x.iou for c in cells if c for x in c.values())
+    return {**pooled_iou, "worst area": worst_area, "worst resolution": min(pooled_iou.values())}
+
+
+def choose_default(rows: Sequence[ModelRow], current: str | None) -> tuple[ModelRow | None, str]:
+    """The row the store's default should be, and why: among the models with the whole
+    yardstick, the best pooled IoU at its worst resolution (a model must hold at every
+    resolution a user brings, not shine at one), no slower than :data:`SLOWEST` times
+    the current default where both were timed."""
+    now = next((r for r in rows if r.name == current), None)
+    limit = now.seconds_per_tile * SLOWEST if now is not None and now.seconds_per_tile else None
+    scored = [(r, f) for r in rows if (f := yardstick_figures(r)) is not None]
+    if not scored:
+        return None, "no model has leave-one-area-out scores at every yardstick resolution"
+    fast = [(r, f) for r, f in scored if limit is None or r.seconds_per_tile is None or r.seconds_per_tile <= limit]
+    if not fast:
+        return None, f"every model with the yardstick takes over {SLOWEST}x the current default's tile time"
+    best, figures = max(fast, key=lambda rf: (rf[1]["worst resolution"], rf[1]["0.3 m"]))
+    kept = {r.label for r, _ in fast}
+    slow = [r.label for r, _ in scored if r.label not in kept]
+    why = (
+        f"{best.label}: pooled leave-one-area-out IoU {100 * figures['worst resolution']:.2f} % at its worst resolution, "
+        f"the best of {len(scored)} model(s) with the yardstick"
+        + (f" ({', '.join(slow)} left out: over {SLOWEST}x the current default's tile time)" if slow else "")
+    )
+    return best, why
 
 
 def _entries(store: ModelStore, models: Sequence[str]) -> list[ModelEntry]:
@@ -118,12 +164,18 @@ def _train_minutes(entry: ModelEntry, payload: dict[str, Any]) -> float | None:
     return float(found[1]) if found else None
 
 
-def _loao(entry: ModelEntry) -> dict[str, Counts]:
+def _loao(entry: ModelEntry) -> dict[float, dict[str, Counts]]:
+    """The version's leave-one-area-out counts per area, by resolution (0.3: the rows
+    ``held out``; others: ``held out at R m``)."""
     path = entry.folder / "loao.json"
     if not path.is_file():
         return {}
-    held = read_json(path).get("held out", {})
-    return {a: c for a, c in held.items() if a != "overall"}
+    out: dict[float, dict[str, Counts]] = {}
+    for label, cells in read_json(path).items():
+        found = re.fullmatch(r"held out(?: at ([0-9.]+) m)?", label)
+        if found:
+            out[float(found[1] or 0.3)] = {a: c for a, c in cells.items() if a != "overall"}
+    return out
 
 
 def _recorded(entry: ModelEntry, names: set[str]) -> dict[str, Counts] | None:
@@ -179,7 +231,8 @@ def build_report(
             row.synthetic, row.synthetic_source = recorded, "recorded"
         elif test_tiles:
             row.synthetic = score(engine, test_tiles).cities
-        seen, loao = trained_areas(payload, same_area), _loao(entry)
+        seen, row.yardstick = trained_areas(payload, same_area), _loao(entry)
+        loao = row.yardstick.get(0.3, {})
         for area, tiles in areas.items():
             if area not in seen:
                 row.real[area], row.real_source[area] = score(engine, tiles).overall, "held out"
@@ -208,13 +261,36 @@ def _cell(c: Counts | None) -> str:
     return f"{100 * c.iou:.2f} / {100 * c.accuracy:.2f}" if c is not None and c.total else "seen"
 
 
-def markdown(rows: Sequence[ModelRow]) -> str:
-    """Three tables: real areas (held out), synthetic test cities, and cost."""
+def yardstick_table(rows: Sequence[ModelRow], current: str | None) -> list[str]:
+    """Each model's leave-one-area-out figures at every yardstick resolution beside its
+    tile time, and the default they choose."""
+    lines = [
+        "Leave-one-area-out yardstick (the recipe trained without each real area; IoU % pooled over every area "
+        f"at {', '.join(f'{r:g}' for r in YARDSTICK_M)} m, the worst area at any of them) and the default it chooses",
+        "",
+        f"| model | {' | '.join(f'{r:g} m' for r in YARDSTICK_M)} | worst area | s / tile |",
+        "|---" * (len(YARDSTICK_M) + 3) + "|",
+    ]
+    for r in rows:
+        f = yardstick_figures(r)
+        secs = f"{r.seconds_per_tile:.1f}" if r.seconds_per_tile is not None else "-"
+        cells = [f"{100 * f[f'{m:g} m']:.2f}" for m in YARDSTICK_M] + [f"{100 * f['worst area']:.2f}"] if f else ["-"] * 4
+        lines.append(f"| {r.label} | {' | '.join(cells)} | {secs} |")
+    chosen, why = choose_default(rows, current)
+    lines += ["", f"Default: {why}." if chosen else f"Default unchanged ({current}): {why}."]
+    return lines
+
+
+def markdown(rows: Sequence[ModelRow], current: str | None = None) -> str:
+    """Four tables: the yardstick that chooses the default (``current``: the store's
+    default now), real areas (held out), synthetic test cities, and cost."""
     areas = sorted({a for r in rows for a in r.real_source})
     common = common_areas(rows)
     cities = sorted({c for r in rows for c in r.synthetic})
     both = f"{' + '.join(common)} (every model held out)"
     out = [
+        *yardstick_table(rows, current),
+        "",
         "Real areas never seen in training (IoU % / accuracy %, pooled over tiles; `seen`: the model trained on "
         "that area and has no leave-one-area-out run, so it is not scored there; * leave-one-area-out runs)",
         "",
@@ -288,13 +364,17 @@ def chart(rows: Sequence[ModelRow], png: Path) -> None:
     plt.close(fig)
 
 
-def write_report(rows: Sequence[ModelRow], out: Path) -> dict[str, Path]:
+def write_report(rows: Sequence[ModelRow], out: Path, current: str | None = None) -> dict[str, Path]:
     """report.md, report.json and report.png under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out / "report.md", "json": out / "report.json", "chart": out / "report.png"}
-    paths["markdown"].write_text(markdown(rows))
-    paths["json"].write_text(
-        json.dumps({"models": [r.as_dict() for r in rows], "common_areas": common_areas(rows)}, indent=2) + "\n"
-    )
+    paths["markdown"].write_text(markdown(rows, current))
+    chosen, why = choose_default(rows, current)
+    doc = {
+        "models": [r.as_dict() for r in rows],
+        "common_areas": common_areas(rows),
+        "default": {"current": current, "chosen": chosen.label if chosen else None, "why": why},
+    }
+    paths["json"].write_text(json.dumps(doc, indent=2) + "\n")
     chart(rows, paths["chart"])
     return paths

@@ -9,9 +9,10 @@ import torch
 
 from training.data.sources import Root
 from training.export import export
+from training.metric import Counts
 from training.networks.cost import window_cost
 from training.networks.model import SegmentationModel, save_checkpoint
-from training.report import build_report, markdown, write_report
+from training.report import ModelRow, build_report, choose_default, markdown, write_report
 
 from ..conftest import run_cli
 
@@ -27,9 +28,8 @@ def report_store(tmp_path_factory):
     raisa = SegmentationModel("stacked_unet", {"filters": (4, 8, 8, 16, 16)}, [110.0, 112.0, 114.0])
     for v in (1, 2):
         export(save_checkpoint(root.parent / "r.pt", raisa, data={"train_tiles": ["kampala1", "ashford1"]}), root, "raisa", v)
-    loao = {
-        "held out": {"kampala": {"tp": 30, "fp": 10, "fn": 10, "tn": 50}, "overall": {"tp": 30, "fp": 10, "fn": 10, "tn": 50}}
-    }
+    cells = {"kampala": {"tp": 30, "fp": 10, "fn": 10, "tn": 50}, "overall": {"tp": 30, "fp": 10, "fn": 10, "tn": 50}}
+    loao = {"held out": cells, "held out at 0.15 m": cells, "held out at 0.6 m": cells}
     (root / "raisa" / "2" / "loao.json").write_text(json.dumps(loao))
     return root
 
@@ -72,3 +72,41 @@ def test_report_cli_times_a_5000_px_tile(report_store, tmp_path, real_oam):
     assert done.returncode == 0, done.stderr
     (row,) = json.loads((tmp_path / "report.json").read_text())["models"]
     assert row["seconds_per_5000_tile"] > 0 and "| AMLL (Duke) | amll v1 |" in done.stdout
+    # raisa v2 has the whole leave-one-area-out yardstick: --set-default makes it the default.
+    done = run_cli(
+        "report", "--store", str(report_store), "--models", "amll,raisa:2", "--real-data", str(real_oam), "--no-timing",
+        "--set-default", "--out", str(tmp_path / "chosen"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (report_store / "DEFAULT").read_text() == "raisa\n" and "default: raisa (raisa v2: pooled" in done.stdout
+    assert json.loads((tmp_path / "chosen" / "report.json").read_text())["default"]["chosen"] == "raisa v2"
+
+
+def _row(name: str, ious: tuple[float, float, float] | None, seconds: float | None = 10.0) -> ModelRow:
+    """A model whose two areas score ``ious`` at 0.3, 0.15 and 0.6 m (IoU = tp / 100)."""
+    row = ModelRow(name, 1, "effnet_unet", seconds_per_tile=seconds)
+    if ious is not None:
+        for r, iou in zip((0.3, 0.15, 0.6), ious, strict=True):
+            tp = round(100 * iou)
+            row.yardstick[r] = {a: Counts(tp, 100 - tp, 0, 500) for a in ("kampala", "zanzibar")}
+    return row
+
+
+def test_the_default_is_chosen_by_the_worst_resolution_among_servable_models():
+    steady = _row("steady", (0.70, 0.68, 0.69))
+    sharp = _row("sharp", (0.75, 0.40, 0.70))  # best at 0.3 m, lost at 0.15 m
+    slow = _row("slow", (0.80, 0.80, 0.80), seconds=16.0)  # over 1.5x the current default's 10 s
+    untested = _row("untested", None)
+    chosen, why = choose_default([steady, sharp, slow, untested], current="sharp")
+    assert chosen is steady and "68.00 % at its worst resolution" in why and "slow v1 left out" in why
+    # Timed within the limit, the better model wins.
+    assert choose_default([steady, _row("slow", (0.8, 0.8, 0.8), seconds=14.0)], "sharp")[0].name == "slow"
+    # A yardstick missing a resolution is no yardstick.
+    del steady.yardstick[0.6]
+    assert choose_default([steady, untested], "sharp") == (
+        None,
+        "no model has leave-one-area-out scores at every yardstick resolution",
+    )
+    # A model with the whole yardstick is scored and shown in the report's first table.
+    text = markdown([sharp, untested], current="untested")
+    assert "| sharp v1 | 75.00 | 40.00 | 70.00 | 40.00 | 10.0 |" in text and "Default: sharp v1: pooled" in text
