@@ -86,8 +86,7 @@ def _segment(args: argparse.Namespace) -> int:
         probabilities=args.probabilities,
         polygons=args.polygons,
         overlay=args.overlay,
-        min_area_m2=args.min_area,
-        simplify_m=args.simplify,
+        polygon=polygon_args(args),
     )
     summary = segment_file(TilingEngine(backend, config), args.image, args.output, opts)
     print(", ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in summary.items()))
@@ -114,6 +113,7 @@ def _segment_remote(args: argparse.Namespace) -> int:
                 probabilities=args.probabilities,
                 polygons=args.polygons,
                 overlay=args.overlay,
+                polygon=polygon_args(args),
             )
         except grpc.RpcError as e:
             raise InputError(f"server {args.server} answered {e.code().name}: {e.details()}") from None
@@ -183,8 +183,7 @@ def _batch(args: argparse.Namespace) -> int:
         window=args.window,
         memory_budget_bytes=int(args.memory_budget_gb * 2**30) if args.memory_budget_gb else None,
         probabilities=args.probabilities,
-        min_area_m2=args.min_area,
-        simplify_m=args.simplify,
+        polygon=polygon_args(args),
         gsd_m=args.gsd,
         threshold=args.threshold,
     )
@@ -213,6 +212,23 @@ def _cut_and_resolution_args(p: argparse.ArgumentParser) -> None:
         help="metres on the ground per pixel, for a raster without georeference or to override it "
         "(default: from the georeference; the raster is resampled to the model's resolution)",
     )  # fmt: skip
+
+
+def _polygon_args(p: argparse.ArgumentParser) -> None:
+    """How masks become buildings: segment (in-process and --server) and batch take these."""
+    p.add_argument("--min-area", type=float, default=4.0, help="smallest building kept, in m^2")
+    p.add_argument("--simplify", type=float, default=0.5, help="outline simplification tolerance, in m")
+    p.add_argument(
+        "--no-regularize", dest="regularize", action="store_false",
+        help="keep outlines as traced (default: squared to their building's orientation, small houses as rectangles)",
+    )  # fmt: skip
+    p.add_argument("--wgs84", action="store_true", help="GeoJSON in RFC 7946 WGS 84 (lon, lat) instead of the input's CRS")
+
+
+def polygon_args(args: argparse.Namespace):
+    from service.outputs.polygons import PolygonOptions
+
+    return PolygonOptions(args.min_area, args.simplify, args.regularize, args.wgs84)
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -350,9 +366,8 @@ def build_parser(ext: Extensions | None = None) -> argparse.ArgumentParser:
     _cut_and_resolution_args(p)
     p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     p.add_argument("--probabilities", type=Path, help="also write probabilities (uint8 0-255) here")
-    p.add_argument("--polygons", type=Path, help="also write building polygons (GeoJSON, input CRS) here")
-    p.add_argument("--min-area", type=float, default=4.0, help="smallest polygon kept, in m^2")
-    p.add_argument("--simplify", type=float, default=0.5, help="polygon simplification tolerance, in m")
+    p.add_argument("--polygons", type=Path, help="also write the buildings (GeoJSON, input CRS or --wgs84) here")
+    _polygon_args(p)
     p.add_argument("--overlay", type=Path, help="also write an overlay PNG here")
     p.set_defaults(func=_segment)
 
@@ -435,8 +450,7 @@ def build_parser(ext: Extensions | None = None) -> argparse.ArgumentParser:
     p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard (embedded Ray only)")
     p.add_argument("--memory-budget-gb", type=float, help="window memory of all workers together (default: half the RAM)")
     p.add_argument("--probabilities", action="store_true", help="also write probability GeoTIFFs")
-    p.add_argument("--min-area", type=float, default=4.0, help="smallest building kept, m^2")
-    p.add_argument("--simplify", type=float, default=0.5, help="outline simplification tolerance, m")
+    _polygon_args(p)
     _cut_and_resolution_args(p)
     p.add_argument("--gt", type=Path, help="reference masks (same names): print the benchmark's per-city table")
     p.set_defaults(func=_batch)

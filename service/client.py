@@ -20,11 +20,18 @@ from tqdm import tqdm
 
 from service._pb import footprints_pb2 as pb
 from service._pb import footprints_pb2_grpc as pb_grpc
+from service.outputs.polygons import PolygonOptions
 from service.outputs.sinks import GeoTiffRows, MaskPlane
 from service.tiling.pipeline import RowBlock
 from service.transport import MESSAGE_OPTIONS, ClientSecurity
 
 CHUNK_BYTES = 2**20
+
+
+def polygon_options_pb(o: PolygonOptions) -> pb.PolygonOptions:
+    """The request's polygon controls (the server reads them back with
+    :func:`service.api.convert.polygon_options`)."""
+    return pb.PolygonOptions(min_area_m2=o.min_area_m2, simplify_m=o.simplify_m, no_regularize=not o.regularize, wgs84=o.wgs84)
 
 
 @dataclass
@@ -112,6 +119,7 @@ class FootprintsClient:
         probabilities: str | Path | None = None,
         polygons: str | Path | None = None,
         overlay: str | Path | None = None,
+        polygon: PolygonOptions | None = None,
         progress: bool = True,
         timeout: float | None = None,
     ) -> TileResult:
@@ -132,6 +140,8 @@ class FootprintsClient:
             header.gsd_m = gsd_m
         if tta is not None:  # unset: the model's default
             header.tta = tta
+        if polygon is not None:
+            header.polygon_options.CopyFrom(polygon_options_pb(polygon))
 
         def chunks() -> Iterator[bytes]:
             with image.open("rb") as f:

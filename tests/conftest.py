@@ -69,7 +69,7 @@ def tiny_cities(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def real_oam() -> Path:
     if not REAL_OAM.is_dir():
         pytest.skip(f"real imagery not found at {REAL_OAM} (shared/ sits beside the repository)")

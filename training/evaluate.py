@@ -21,6 +21,7 @@ from service.rasters import row_strips
 
 from .data.inria import LayoutError, parse_tile_name, tile_files
 from .metric import Counts, pooled
+from .objects import ObjectCounts, object_counts
 
 STRIP_ROWS = 512
 _BINARY_CODINGS = ({0, 1}, {0, 255})
@@ -82,6 +83,7 @@ class Report:
     """Counts per tile, pooled per city and overall."""
 
     tiles: dict[str, Counts] = field(default_factory=dict)
+    objects: dict[str, ObjectCounts] = field(default_factory=dict)  # buildings matched per tile
 
     @property
     def cities(self) -> dict[str, Counts]:
@@ -94,11 +96,27 @@ class Report:
     def overall(self) -> Counts:
         return pooled(list(self.tiles.values()))
 
+    @property
+    def city_objects(self) -> dict[str, ObjectCounts]:
+        by_city: dict[str, ObjectCounts] = {}
+        for name, c in sorted(self.objects.items()):
+            city = parse_tile_name(name)[0]
+            by_city[city] = by_city.get(city, ObjectCounts()) + c
+        return by_city
+
+    @property
+    def overall_objects(self) -> ObjectCounts:
+        return sum(self.objects.values(), ObjectCounts())
+
     def as_dict(self) -> dict:
+        def both(c: Counts, o: ObjectCounts | None) -> dict:
+            return {**c.as_dict(), **(o.as_dict() if o is not None else {})}
+
+        objects = self.city_objects
         return {
-            "overall": self.overall.as_dict(),
-            "cities": {k: v.as_dict() for k, v in self.cities.items()},
-            "tiles": {k: v.as_dict() for k, v in sorted(self.tiles.items())},
+            "overall": both(self.overall, self.overall_objects if self.objects else None),
+            "cities": {k: both(v, objects.get(k)) for k, v in self.cities.items()},
+            "tiles": {k: both(v, self.objects.get(k)) for k, v in sorted(self.tiles.items())},
         }
 
     def table(self, label: str) -> str:
@@ -112,7 +130,13 @@ class Report:
         head = ["method", *cities, "Overall"]
         row = [label, *(cell(c) for c in cities.values()), cell(self.overall)]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), "| " + " | ".join(row) + " |"]
-        return "\n".join(lines) + "\n(IoU % / accuracy %, pooled over tiles)"
+        if self.objects:
+            f1 = [*(o.f1 for o in self.city_objects.values()), self.overall_objects.f1]
+            lines.append("| object F1 | " + " | ".join("n/a" if np.isnan(x) else f"{100 * x:.2f}" for x in f1) + " |")
+        return (
+            "\n".join(lines)
+            + "\n(IoU % / accuracy %, pooled over tiles; object F1 %: buildings matched one-to-one at IoU >= 0.5)"
+        )
 
 
 def evaluate_dirs(pred_dir: str | Path, gt_dir: str | Path, progress: bool = True) -> Report:
@@ -134,7 +158,15 @@ def evaluate_pairs(pairs: dict[str, tuple[Path, Path]], progress: bool = True) -
     report = Report()
     for name in tqdm(sorted(pairs), desc="evaluate", unit="tile", disable=not progress):
         report.tiles[name] = tile_counts(*pairs[name])
+        report.objects[name] = tile_objects(*pairs[name])
     return report
+
+
+def tile_objects(pred_path: Path, gt_path: Path) -> ObjectCounts:
+    """Buildings of one predicted mask matched to its reference's (whole tile: a building
+    does not stop at a strip; :func:`tile_counts` has checked both masks)."""
+    with rasterio.open(pred_path) as pred, rasterio.open(gt_path) as gt:
+        return object_counts(pred.read(1), gt.read(1))
 
 
 def write_json(report: Report, path: str | Path) -> None:

@@ -15,6 +15,7 @@ from rasterio.transform import Affine
 from service._pb import footprints_pb2 as pb
 from service.errors import InputError
 from service.models.registry import LoadedModel
+from service.outputs.polygons import PolygonOptions
 from service.tiling.geometry import Geometry
 from service.tiling.pipeline import RowBlock
 
@@ -71,6 +72,23 @@ def model_info(m: LoadedModel, versions: list[int], default: bool) -> pb.ModelIn
         members=[f"{x['name']}:{x['version']}" for x in e.manifest.members],
         **geometry.info(m.engine.device),  # type: ignore[arg-type]
     )
+
+
+def polygon_options(o: pb.PolygonOptions) -> PolygonOptions:
+    """A request's polygon controls, its unset fields at the CLI's defaults; negative or
+    non-finite sizes are refused."""
+    d = PolygonOptions()
+    opts = PolygonOptions(
+        min_area_m2=o.min_area_m2 if o.HasField("min_area_m2") else d.min_area_m2,
+        simplify_m=o.simplify_m if o.HasField("simplify_m") else d.simplify_m,
+        regularize=not o.no_regularize,
+        wgs84=o.wgs84,
+    )
+    for name in ("min_area_m2", "simplify_m"):
+        value = getattr(opts, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise InputError(f"polygon_options.{name} must be a finite number >= 0, got {value}")
+    return opts
 
 
 def requested_mode(header: pb.TileHeader, model: LoadedModel) -> None:

@@ -21,6 +21,7 @@ from service.api.convert import (
     bytes_messages,
     georef_to_pb,
     model_info,
+    polygon_options,
     probabilities_response,
     requested_mode,
     window_crops,
@@ -32,7 +33,7 @@ from service.errors import InputError
 from service.metrics import Metrics
 from service.models.budget import MemoryBudget
 from service.models.registry import LoadedModel, ModelRegistry
-from service.outputs.polygons import geotiff_polygons
+from service.outputs.polygons import Source, geotiff_buildings
 from service.outputs.sinks import MaskPlane
 from service.tiling.engine import EngineConfig, TilingEngine, windows_that_fit
 from service.tiling.pipeline import RowSink, TileRun
@@ -148,7 +149,8 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
                 # and the mask plane and GeoTIFF on the raster's when kept.
                 resampled = (mh, mw) != (raster.height, raster.width)
                 take(
-                    mh * mw * (7 if resampled else 4) + raster.width * raster.height * (2 if keep else 0),
+                    mh * mw * (7 if resampled else 4)
+                    + raster.width * raster.height * ((2 if keep else 0) + (1 if header.outputs.polygons else 0)),
                     f"a {raster.width}x{raster.height} tile",
                 )
                 shared = BatchedModel(model.batcher, asyncio.get_running_loop(), model.engine, started)
@@ -162,7 +164,8 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
                 engine = TilingEngine(shared, config)
                 engine.plan(mh, mw)  # bad windows fail here, before any work (resampling included)
                 messages = RowMessages(probabilities=header.outputs.probabilities)
-                plane = MaskPlane(raster.width, raster.height) if keep else None
+                polygon_opts = polygon_options(header.polygon_options)  # bad values refused before any work
+                plane = MaskPlane(raster.width, raster.height, probabilities=header.outputs.polygons) if keep else None
                 sinks: list[RowSink] = [messages] + ([plane] if plane is not None else [])
                 threshold = header.threshold if header.HasField("threshold") else None
                 run = await asyncio.to_thread(TileRun, engine, raster.source, sinks, threshold, ground)
@@ -203,6 +206,8 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
                         for message in bytes_messages(tif):
                             yield message
                     if header.outputs.polygons:
-                        yield pb.SegmentTileResponse(polygons_geojson=await asyncio.to_thread(geotiff_polygons, tif))
+                        source = Source(model.entry.name, model.entry.version)
+                        text = await asyncio.to_thread(geotiff_buildings, tif, plane.probabilities, polygon_opts, source)
+                        yield pb.SegmentTileResponse(polygons_geojson=text)
             # Only tiles served count in the latency histogram (refusals take no time to speak of).
             self.metrics.tile_seconds.observe(time.perf_counter() - t0)

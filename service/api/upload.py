@@ -14,7 +14,7 @@ from rasterio.io import MemoryFile
 from rasterio.transform import Affine
 
 from service._pb import footprints_pb2 as pb
-from service.api.convert import MAX_CHUNK_BYTES, georef_from_pb
+from service.api.convert import MAX_CHUNK_BYTES, georef_from_pb, polygon_options
 from service.errors import InputError, Undecodable, UploadStalled
 from service.rasters import RGBRaster
 from service.tiling.engine import ArraySource, RasterSource
@@ -26,6 +26,7 @@ def check_header(h: pb.TileHeader, max_side: int) -> int:
     """Refuse a header that cannot be served; returns the raster bytes it declares."""
     if h.HasField("threshold") and not 0.0 < h.threshold < 1.0:
         raise InputError(f"threshold must be in (0, 1), got {h.threshold}")
+    polygon_options(h.polygon_options)
     if h.mode not in pb.Mode.values():
         raise InputError(f"unknown mode {h.mode}; known: {', '.join(f'{k} ({v})' for k, v in pb.Mode.items())}")
     kind = h.WhichOneof("raster")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import shapely
 
-from service.outputs.polygons import finish_polygons, ground_areas
+from service.outputs.polygons import PolygonOptions, finish_polygons, ground_areas
 
 JOIN_M = 0.01  # edges closer than this (1 cm: float rounding of shared tile edges) are one edge
 
@@ -50,7 +50,7 @@ def join_edges(pieces: list[tuple[shapely.Geometry, str]]) -> list[tuple[shapely
     return joined
 
 
-def city_layer(results: list[dict], min_area_m2: float, simplify_m: float) -> dict[str | None, tuple[list, list[str]]]:
+def city_layer(results: list[dict], opts: PolygonOptions) -> dict[str | None, tuple[list, list[str]]]:
     """Per CRS: the buildings and, for each, the tiles it comes from."""
     by_crs: dict[str | None, tuple[list, list[str]]] = defaultdict(lambda: ([], []))
     edges: dict[str | None, list[tuple[shapely.Geometry, str]]] = defaultdict(list)
@@ -63,7 +63,7 @@ def city_layer(results: list[dict], min_area_m2: float, simplify_m: float) -> di
     for crs, pieces in edges.items():
         geoms, tiles = by_crs[crs]
         for building, names in join_edges(pieces):
-            for finished in finish_polygons([building], min_area_m2, simplify_m, crs):
+            for finished in finish_polygons([building], opts, crs):
                 geoms.append(finished)
                 tiles.append(",".join(sorted(names)))
     return dict(by_crs)

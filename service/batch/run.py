@@ -106,8 +106,7 @@ def run_batch(
         ledger.forget([t.name for t in todo])  # stale or damaged: no longer counts as done
         # Tiles done earlier join the city layer from their masks on disk.
         results: list[dict] = [
-            {"name": n, **tile_outlines(*trace_mask(out / "masks" / f"{n}.tif"), job.min_area_m2, job.simplify_m)}
-            for n in skipped
+            {"name": n, **tile_outlines(*trace_mask(out / "masks" / f"{n}.tif"), job.polygon)} for n in skipped
         ]
         failed: dict[str, str] = {}
         done: list[str] = []
@@ -167,7 +166,7 @@ def run_batch(
         buildings = 0
         if results:
             layer = out / "buildings.gpkg"
-            buildings = write_gpkg(layer, city_layer(results, job.min_area_m2, job.simplify_m))
+            buildings = write_gpkg(layer, city_layer(results, job.polygon))
         return Outcome(done, skipped, failed, buildings, time.perf_counter() - t0, megapixels, layer)
     finally:
         ray.shutdown()

@@ -15,7 +15,7 @@ import shapely
 
 from service.batch.inputs import TileInput
 from service.engines import open_engine
-from service.outputs.polygons import finish_polygons, to_geojson, traced_polygons
+from service.outputs.polygons import PolygonOptions, finish_polygons, traced_polygons
 from service.outputs.segment import SegmentOptions, segment_file
 from service.store.repository import ModelStore, file_sha256
 from service.tiling.engine import EngineConfig, TilingEngine
@@ -32,8 +32,7 @@ class Job:
     window: int | None = None
     memory_budget_bytes: int | None = None  # this worker's share
     probabilities: bool = False
-    min_area_m2: float = 4.0
-    simplify_m: float = 0.5
+    polygon: PolygonOptions = PolygonOptions()
     gsd_m: float | None = None  # metres per pixel of tiles without (or with a wrong) georeference
     threshold: float | None = None  # None: the model version's
     cores: list[int] | None = None  # pin the worker to these cores (one machine, workers <= cores)
@@ -50,14 +49,12 @@ def trace_mask(mask: Path) -> tuple[list[shapely.Geometry], str | None, shapely.
     return traced, crs, shapely.box(left + px / 2, bottom + px / 2, right - px / 2, top - px / 2)
 
 
-def tile_outlines(
-    traced: list[shapely.Geometry], crs: str | None, frame: shapely.Geometry, min_area_m2: float, simplify_m: float
-) -> dict:
+def tile_outlines(traced: list[shapely.Geometry], crs: str | None, frame: shapely.Geometry, opts: PolygonOptions) -> dict:
     """A tile's outlines for the city layer (WKB): finished where they lie inside the
     tile, as traced where they touch its edge and may continue in a neighbour (the
     layer joins those first, then finishes them)."""
     inside = [frame.contains(g) for g in traced]
-    inner = finish_polygons([g for g, i in zip(traced, inside) if i], min_area_m2, simplify_m, crs)
+    inner = finish_polygons([g for g, i in zip(traced, inside) if i], opts, crs)
     return {"crs": crs, "inner": [g.wkb for g in inner], "edge": [g.wkb for g, i in zip(traced, inside) if not i]}
 
 
@@ -101,14 +98,11 @@ class TileSegmenter:
         partial = mask.with_name(f".{tile.name}.{pid}.partial.tif")
         probs = out / "probabilities" / f"{tile.name}.tif"
         probs_partial = probs.with_name(f".{tile.name}.{pid}.partial.tif") if job.probabilities else None
-        summary = segment_file(
-            self.engine, tile.path, partial, SegmentOptions(job.threshold, job.gsd_m, probs_partial), progress=False
-        )
-        traced, crs, frame = trace_mask(partial)  # once, for the tile's GeoJSON and the city layer
-        outlines = tile_outlines(traced, crs, frame, job.min_area_m2, job.simplify_m)
         geojson = out / "polygons" / f"{tile.name}.geojson"
         geojson_partial = geojson.with_name(f".{tile.name}.{pid}.partial.geojson")
-        geojson_partial.write_text(to_geojson(finish_polygons(traced, job.min_area_m2, job.simplify_m, crs), crs))
+        opts = SegmentOptions(job.threshold, job.gsd_m, probs_partial, polygons=geojson_partial, polygon=job.polygon)
+        summary = segment_file(self.engine, tile.path, partial, opts, progress=False)  # the tile's buildings, with confidence
+        outlines = tile_outlines(*trace_mask(partial), job.polygon)  # the city layer's pieces
         outputs = {
             f"masks/{tile.name}.tif": _replace(partial, mask),
             f"polygons/{tile.name}.geojson": _replace(geojson_partial, geojson),

@@ -1,11 +1,15 @@
-"""Building polygons of a mask: traced by GDAL, filtered and simplified in metres on
-the ground whatever the CRS, as GeoJSON in the mask's CRS with each building's area."""
+"""Building polygons of a mask: traced by GDAL; filtered, simplified and regularised in
+metres on the ground whatever the CRS (:mod:`service.outputs.regularize`); valid; as
+GeoJSON in the mask's CRS (or RFC 7946 WGS 84) with each building's area, confidence
+(mean probability inside it) and the model version that found it."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import rasterio
 import shapely
 import shapely.affinity
@@ -17,7 +21,18 @@ from rasterio.warp import transform as warp_points
 from rasterio.warp import transform_geom
 from rasterio.windows import Window
 
+from service.outputs.regularize import regularize
 from service.rasters import row_strips
+
+
+@dataclass(frozen=True)
+class PolygonOptions:
+    """How a mask becomes buildings (the CLI's and the request's polygon controls)."""
+
+    min_area_m2: float = 4.0  # smaller blobs are noise, not buildings
+    simplify_m: float = 0.5  # Douglas-Peucker tolerance before regularising
+    regularize: bool = True  # right angles and rectangles, as mappers draw
+    wgs84: bool = False  # GeoJSON in RFC 7946 WGS 84 (lon, lat) instead of the raster's CRS
 
 
 def traced_polygons(src) -> list[shapely.Geometry]:
@@ -61,19 +76,30 @@ def _moved(polys: list[shapely.Geometry], src: str, dst: str) -> list[shapely.Ge
     return [shapely.geometry.shape(g) for g in moved]
 
 
-def finish_polygons(
-    polys: list[shapely.Geometry], min_area_m2: float = 4.0, simplify_m: float = 0.5, crs: str | None = None
-) -> list[shapely.Geometry]:
-    """Drop specks under ``min_area_m2`` and simplify outlines by ``simplify_m``, both in
-    metres on the ground whatever ``crs`` (geographic and Web Mercator polygons are
-    measured in their local UTM zone); the result stays in ``crs``."""
+def _polygonal(g: shapely.Geometry) -> list[shapely.Polygon]:
+    """The valid polygons of ``g`` (``make_valid`` where needed; lines and points dropped)."""
+    if not g.is_valid:
+        g = shapely.make_valid(g)
+    return [p for p in getattr(g, "geoms", [g]) if p.geom_type == "Polygon" and not p.is_empty] + [
+        q for p in getattr(g, "geoms", []) if p.geom_type == "MultiPolygon" for q in p.geoms
+    ]
+
+
+def finish_polygons(polys: list[shapely.Geometry], opts: PolygonOptions, crs: str | None = None) -> list[shapely.Geometry]:
+    """Drop specks under ``opts.min_area_m2``, simplify outlines by ``opts.simplify_m``
+    and regularise them, all in metres on the ground whatever ``crs`` (geographic and Web
+    Mercator polygons are worked on in their local UTM zone); the result stays in
+    ``crs``, every geometry a valid polygon."""
     local = ground_crs(polys, crs)
     metric = _moved(polys, crs, local) if local and crs else polys
-    keep = [i for i, g in enumerate(metric) if g.area >= min_area_m2]
-    if simplify_m <= 0:
-        return [polys[i] for i in keep]
-    done = [metric[i].simplify(simplify_m, preserve_topology=True) for i in keep]
-    return _moved(done, local, crs) if local and crs and done else done
+    keep = [i for i, g in enumerate(metric) if g.area >= opts.min_area_m2]
+    if opts.simplify_m <= 0 and not opts.regularize:
+        return [p for i in keep for p in _polygonal(polys[i])]
+    done = [metric[i].simplify(opts.simplify_m, preserve_topology=True) if opts.simplify_m > 0 else metric[i] for i in keep]
+    parts = [p for g in done for p in _polygonal(g)]
+    if opts.regularize:
+        parts = [q for p in parts for q in _polygonal(regularize(p))]
+    return [p for g in (_moved(parts, local, crs) if local and crs and parts else parts) for p in _polygonal(g)]
 
 
 def ground_areas(polys: list[shapely.Geometry], crs: str | None) -> list[float]:
@@ -82,45 +108,97 @@ def ground_areas(polys: list[shapely.Geometry], crs: str | None) -> list[float]:
     return [g.area for g in (_moved(polys, crs, local) if local and crs else polys)]
 
 
-def mask_polygons(mask, min_area_m2: float = 4.0, simplify_m: float = 0.5) -> tuple[list[shapely.Geometry], str | None]:
-    """Building polygons of a 0/255 mask GeoTIFF (a path or an open dataset), in its
-    CRS, and that CRS as a string."""
-    if isinstance(mask, (str, Path)):
-        with rasterio.open(mask) as src:
-            return mask_polygons(src, min_area_m2, simplify_m)
-    crs = mask.crs.to_string() if mask.crs else None
-    return finish_polygons(traced_polygons(mask), min_area_m2, simplify_m, crs), crs
+def confidences(polys: list[shapely.Geometry], probabilities: np.ndarray, transform: Affine) -> list[float]:
+    """The mean probability (0-1) inside each polygon, from a uint8 0-255 probability
+    plane on the grid ``transform`` describes (polygons in its CRS). A polygon too small
+    to cover a pixel centre gets the pixel under its centroid."""
+    from rasterio.features import rasterize
+
+    if not polys:
+        return []
+    ids = rasterize(((g, i + 1) for i, g in enumerate(polys)), out_shape=probabilities.shape, transform=transform, dtype="int32")
+    n = len(polys) + 1
+    sums = np.bincount(ids.ravel(), weights=probabilities.ravel().astype(np.float64), minlength=n)
+    counts = np.bincount(ids.ravel(), minlength=n)
+    out = []
+    inverse = ~transform
+    for i, g in enumerate(polys, start=1):
+        if counts[i]:
+            out.append(float(sums[i] / counts[i] / 255.0))
+            continue
+        col, row = inverse * (g.centroid.x, g.centroid.y)
+        r = min(max(int(row), 0), probabilities.shape[0] - 1)
+        c = min(max(int(col), 0), probabilities.shape[1] - 1)
+        out.append(float(probabilities[r, c]) / 255.0)
+    return out
 
 
-def polygons_geojson(mask, min_area_m2: float = 4.0, simplify_m: float = 0.5) -> str:
-    """The mask's building polygons as a GeoJSON FeatureCollection string."""
-    return to_geojson(*mask_polygons(mask, min_area_m2, simplify_m))
+@dataclass(frozen=True)
+class Source:
+    """What the buildings' properties name: the model version that found them."""
+
+    model: str = ""
+    version: int = 0
 
 
-def to_geojson(polys: list[shapely.Geometry], crs: str | None) -> str:
-    """Polygons in ``crs`` as a GeoJSON FeatureCollection string, with their areas (m^2
-    on the ground)."""
-    features = [
-        {"type": "Feature", "properties": {"area_m2": round(a, 2)}, "geometry": shapely.geometry.mapping(p)}
-        for p, a in zip(polys, ground_areas(polys, crs))
-    ]
+def to_geojson(
+    polys: list[shapely.Geometry],
+    crs: str | None,
+    confidence: list[float] | None = None,
+    source: Source | None = None,
+    wgs84: bool = False,
+) -> str:
+    """Polygons in ``crs`` as a GeoJSON FeatureCollection string. Each building carries
+    its area (m^2 on the ground), its confidence where known, and the model version; in
+    ``crs`` (named in a ``crs`` member, as GDAL and QGIS read it) or, with ``wgs84``,
+    in RFC 7946 WGS 84 longitude and latitude."""
+    areas = ground_areas(polys, crs)
+    shown = _moved(polys, crs, "EPSG:4326") if wgs84 and crs and polys else polys
+    features = []
+    for i, (p, a) in enumerate(zip(shown, areas, strict=True)):
+        props: dict[str, object] = {"area_m2": round(a, 2)}
+        if confidence is not None:
+            props["confidence"] = round(confidence[i], 4)
+        if source is not None and source.model:
+            props.update(model=source.model, model_version=source.version)
+        features.append({"type": "Feature", "properties": props, "geometry": shapely.geometry.mapping(p)})
     collection: dict[str, object] = {"type": "FeatureCollection", "features": features}
-    if crs:
-        # RFC 7946 GeoJSON assumes WGS 84; polygons here stay in the raster's CRS,
-        # so name it the way GDAL and QGIS read it.
+    if crs and not wgs84:
         collection["crs"] = {"type": "name", "properties": {"name": crs}}
     return json.dumps(collection)
 
 
-def geotiff_polygons(tif: bytes) -> str:
-    """:func:`polygons_geojson` of a mask GeoTIFF held in memory."""
+def buildings_geojson(
+    mask, probabilities: np.ndarray | None, opts: PolygonOptions = PolygonOptions(), source: Source | None = None
+) -> str:
+    """The buildings of a 0/255 mask GeoTIFF (a path or an open dataset) as GeoJSON, each
+    with its confidence from ``probabilities`` (uint8 0-255 on the mask's grid) if given."""
+    if isinstance(mask, (str, Path)):
+        with rasterio.open(mask) as src:
+            return buildings_geojson(src, probabilities, opts, source)
+    crs = mask.crs.to_string() if mask.crs else None
+    polys = finish_polygons(traced_polygons(mask), opts, crs)
+    conf = confidences(polys, probabilities, mask.transform) if probabilities is not None else None
+    return to_geojson(polys, crs, conf, source, opts.wgs84)
+
+
+def geotiff_buildings(
+    tif: bytes, probabilities: np.ndarray | None, opts: PolygonOptions = PolygonOptions(), source: Source | None = None
+) -> str:
+    """:func:`buildings_geojson` of a mask GeoTIFF held in memory."""
     with MemoryFile(tif) as mem, mem.open() as ds:
-        return polygons_geojson(ds)
+        return buildings_geojson(ds, probabilities, opts, source)
 
 
-def write_polygons(mask_path: str | Path, out: str | Path, min_area_m2: float = 4.0, simplify_m: float = 0.5) -> int:
-    """Write the mask's building polygons as GeoJSON; returns the count."""
-    text = polygons_geojson(mask_path, min_area_m2, simplify_m)
+def write_buildings(
+    mask_path: str | Path,
+    out: str | Path,
+    probabilities: np.ndarray | None,
+    opts: PolygonOptions = PolygonOptions(),
+    source: Source | None = None,
+) -> int:
+    """Write the mask's buildings as GeoJSON; returns the count."""
+    text = buildings_geojson(mask_path, probabilities, opts, source)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(text)
     return len(json.loads(text)["features"])

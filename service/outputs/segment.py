@@ -5,12 +5,13 @@ input's CRS."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from service.outputs.overlay import write_overlay
-from service.outputs.polygons import write_polygons
-from service.outputs.sinks import GeoTiffRows
+from service.outputs.polygons import PolygonOptions, Source, geotiff_buildings
+from service.outputs.sinks import GeoTiffRows, MaskPlane
 from service.rasters import RGBRaster
 from service.tiling.engine import TilingEngine
 from service.tiling.pipeline import RowSink, TileRun
@@ -22,10 +23,16 @@ class SegmentOptions:
     threshold: float | None = None  # None: the model version's (its manifest)
     gsd_m: float | None = None  # metres per pixel, where the georeference lacks or misstates it
     probabilities: Path | None = None  # uint8 0-255 probability GeoTIFF
-    polygons: Path | None = None  # GeoJSON in the input's CRS
+    polygons: Path | None = None  # GeoJSON buildings (the input's CRS, or WGS 84)
     overlay: Path | None = None  # PNG for people
-    min_area_m2: float = 4.0  # smaller blobs are noise, not buildings
-    simplify_m: float = 0.5  # Douglas-Peucker tolerance for polygon outlines
+    polygon: PolygonOptions = PolygonOptions()
+
+
+def _source(engine_name: str) -> Source:
+    """The model version an engine serves: engines are named ``NAME/VERSION`` after
+    their store version (a checkpoint's engine has no version: 0)."""
+    name, sep, version = engine_name.rpartition("/")
+    return Source(name, int(version)) if sep and version.isdigit() else Source(engine_name, 0)
 
 
 def segment_file(
@@ -44,6 +51,9 @@ def segment_file(
         sinks.append(GeoTiffRows(out, **grid))
         if opts.probabilities:
             sinks.append(GeoTiffRows(opts.probabilities, **grid, probabilities=True))
+        plane = MaskPlane(src.width, src.height, probabilities=True) if opts.polygons else None
+        if plane is not None:
+            sinks.append(plane)  # buildings and their confidence come from the whole tile
         run.sinks = sinks
         run.run(progress)
         plan = run.plan
@@ -62,9 +72,13 @@ def segment_file(
         "building_share": run.building_share,
         "mask": str(out),
     }
-    if opts.polygons:
-        n = write_polygons(out, opts.polygons, opts.min_area_m2, opts.simplify_m)
-        summary.update(polygons=str(opts.polygons), polygon_count=n)
+    if opts.polygons and plane is not None:
+        source = _source(getattr(model, "name", ""))
+        tif = plane.geotiff_bytes(grid["crs"], grid["transform"])
+        text = geotiff_buildings(tif, plane.probabilities, opts.polygon, source)
+        opts.polygons.parent.mkdir(parents=True, exist_ok=True)
+        opts.polygons.write_text(text)
+        summary.update(polygons=str(opts.polygons), polygon_count=len(json.loads(text)["features"]))
     if opts.overlay:
         summary["overlay"] = str(write_overlay(image, out, opts.overlay))
     if opts.probabilities:

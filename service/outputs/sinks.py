@@ -45,13 +45,17 @@ class GeoTiffRows:
 
 
 class MaskPlane:
-    """The whole 0/255 mask, kept for what needs all of it (GeoTIFF bytes, polygons)."""
+    """The whole 0/255 mask, kept for what needs all of it (GeoTIFF bytes, polygons), and
+    with ``probabilities`` the 0-255 probabilities too (each building's confidence)."""
 
-    def __init__(self, width: int, height: int) -> None:
+    def __init__(self, width: int, height: int, probabilities: bool = False) -> None:
         self.plane = np.zeros((height, width), np.uint8)
+        self.probabilities = np.zeros((height, width), np.uint8) if probabilities else None
 
     def write(self, block: RowBlock) -> None:
         self.plane[block.r0 : block.r1] = block.mask
+        if self.probabilities is not None:
+            self.probabilities[block.r0 : block.r1] = block.probabilities_u8
 
     def close(self) -> None:
         pass

@@ -20,6 +20,7 @@ from service._pb import footprints_pb2 as pb
 from service.api.servicer import Limits
 from service.client import FootprintsClient
 from service.engines import open_engine
+from service.outputs.polygons import PolygonOptions
 from service.outputs.segment import SegmentOptions, segment_file
 from service.store.repository import ModelStore
 from service.tiling.engine import EngineConfig, TilingEngine
@@ -109,6 +110,31 @@ def test_a_stated_resolution_is_served_at_the_models_and_returned_on_the_rasters
     assert here["resample_factor"] == pytest.approx(2.0)
     with rasterio.open(tmp_path / "here.tif") as m:
         assert np.array_equal(m.read(1), mask)  # the server's mask, bit for bit
+
+
+def test_buildings_from_the_server_equal_the_in_process_ones_with_the_requests_controls(server, store, tmp_path):
+    image = tile(tmp_path / "b.tif", 400, 420, seed=11)
+    opts = PolygonOptions(min_area_m2=2.0, simplify_m=0.3, regularize=True, wgs84=True)
+    with FootprintsClient(server.address) as client:
+        client.segment_file(
+            image, tmp_path / "m.tif", model="amll", polygons=tmp_path / "remote.geojson", polygon=opts, progress=False
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            client.segment_file(
+                image, tmp_path / "x.tif", model="amll", polygons=tmp_path / "x.geojson", polygon=PolygonOptions(min_area_m2=-1)
+            )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "polygon_options.min_area_m2 must be a finite number >= 0, got -1.0" in refused.value.details()
+    engine = TilingEngine(open_engine(ModelStore(store).get("amll"), "onnxruntime"))
+    here = tmp_path / "here.geojson"
+    segment_file(engine, image, tmp_path / "here.tif", SegmentOptions(polygons=here, polygon=opts), progress=False)
+    remote = json.loads((tmp_path / "remote.geojson").read_text())
+    assert remote == json.loads(here.read_text()) and remote["features"]
+    assert {(f["properties"]["model"], f["properties"]["model_version"]) for f in remote["features"]} == {("amll", 1)}
+    assert all(0 <= f["properties"]["confidence"] <= 1 for f in remote["features"])
+    # WGS 84 as asked: longitude near the tile's (UTM zone 16N, 500 km easting: 87 degrees W).
+    lon = remote["features"][0]["geometry"]["coordinates"][0][0][0]
+    assert "crs" not in remote and -87.1 < lon < -86.9
 
 
 def _call(address, messages, timeout=60):

@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pytest
 import rasterio
+import rasterio.features
 import shapely
 import torch
 from rasterio.enums import ColorInterp
@@ -59,6 +60,7 @@ def test_segment_keeps_georeference_and_writes_every_output(tmp_path, checkpoint
         "0",
         "--simplify",
         "0",
+        "--no-regularize",
     )
     assert done.returncode == 0, done.stderr
     with rasterio.open(out) as m, rasterio.open(probs) as p, rasterio.open(img) as src:
@@ -75,12 +77,17 @@ def test_segment_keeps_georeference_and_writes_every_output(tmp_path, checkpoint
     with rasterio.open(img) as src:
         bounds = shapely.box(*src.bounds)
     assert all(bounds.buffer(1e-6).contains(p) for p in polys)  # in the input's CRS, on the tile
-    assert sum(p.area for p in polys) == pytest.approx((mask > 0).sum() * 0.09)  # 0.3 m pixels, unsimplified
+    assert sum(p.area for p in polys) == pytest.approx((mask > 0).sum() * 0.09)  # 0.3 m pixels, as traced
+    # Each building's confidence: the mean probability of the pixels inside it.
+    biggest = max(range(len(polys)), key=lambda i: polys[i].area)
+    inside = rasterio.features.geometry_mask([polys[biggest]], mask.shape, TRANSFORM, invert=True)
+    assert collection["features"][biggest]["properties"]["confidence"] == pytest.approx(prob[inside].mean() / 255, abs=1e-4)
+    assert all(f["properties"]["confidence"] >= 0.5 for f in collection["features"])  # cut at 0.5
     assert png.stat().st_size > 0
 
 
 def test_polygons_are_exact_in_the_crs_and_rejoined_across_strips(tmp_path):
-    from service.outputs.polygons import mask_polygons
+    from service.outputs.polygons import PolygonOptions, finish_polygons, traced_polygons
 
     mask = np.zeros((1200, 60), np.uint8)
     mask[10:20, 5:25] = 255  # 10 x 20 px = 3 m x 6 m = 18 m^2
@@ -88,7 +95,9 @@ def test_polygons_are_exact_in_the_crs_and_rejoined_across_strips(tmp_path):
     mask[500, 50] = 255  # one pixel, 0.09 m^2: below the minimum area
     path = tmp_path / "m.tif"
     write_geotiff(path, mask, crs=CRS, transform=TRANSFORM)
-    polys, crs = mask_polygons(path, min_area_m2=1.0, simplify_m=0.0)
+    with rasterio.open(path) as src:
+        crs = src.crs.to_string()
+        polys = finish_polygons(traced_polygons(src), PolygonOptions(min_area_m2=1.0, simplify_m=0.0, regularize=False), crs)
     assert crs == CRS and len(polys) == 2
     small = min(polys, key=lambda p: p.area)
     assert small.area == pytest.approx(18.0)
@@ -104,9 +113,10 @@ def test_minimum_area_simplification_and_areas_are_metres_on_the_ground_in_any_c
     a 1 m^2 speck is dropped, as in a UTM mask; the polygons stay in the mask's CRS."""
     import json
 
+    import rasterio.warp
     from rasterio.transform import from_origin
 
-    from service.outputs.polygons import mask_polygons, polygons_geojson
+    from service.outputs.polygons import PolygonOptions, buildings_geojson
 
     lat = 40.0  # where degrees of longitude and Web Mercator metres are far from ground metres
     if crs == "EPSG:4326":
@@ -119,12 +129,19 @@ def test_minimum_area_simplification_and_areas_are_metres_on_the_ground_in_any_c
     mask[100:103, 100:103] = 255  # 0.9 m x 0.9 m: under 4 m^2
     path = tmp_path / "m.tif"
     write_geotiff(path, mask, crs=crs, transform=from_origin(x0, y0, px_x, px_y))
-    polys, got_crs = mask_polygons(path)
-    assert got_crs == crs and len(polys) == 1
-    (feature,) = json.loads(polygons_geojson(path))["features"]
+    doc = json.loads(buildings_geojson(path, None))
+    (feature,) = doc["features"]
+    assert doc["crs"]["properties"]["name"] == crs
     assert feature["properties"]["area_m2"] == pytest.approx(54.0, rel=0.02)
     with rasterio.open(path) as src:
-        assert shapely.box(*src.bounds).contains(polys[0])  # still in the mask's own CRS
+        house = shapely.geometry.shape(feature["geometry"])
+        assert shapely.box(*src.bounds).contains(house)  # still in the mask's own CRS
+        # RFC 7946: the same house in WGS 84 longitude and latitude, with no crs member.
+        wgs84 = json.loads(buildings_geojson(path, None, PolygonOptions(wgs84=True)))
+        assert "crs" not in wgs84
+        lon, lat = shapely.geometry.shape(wgs84["features"][0]["geometry"]).centroid.coords[0]
+        [x], [y] = rasterio.warp.transform(src.crs, "EPSG:4326", [house.centroid.x], [house.centroid.y])
+        assert (lon, lat) == pytest.approx((x, y), abs=1e-6) and lat == pytest.approx(40.0, abs=0.01)
 
 
 def test_segment_dual_resolution_checkpoint(tmp_path, checkpoints):
