@@ -110,6 +110,15 @@ def read_window(
     return block[:, (rows - r0)[:, None], (cols - c0)[None, :]]
 
 
+def to_cog(src: str | Path, dst: str | Path, resampling: str = "NEAREST") -> None:
+    """Copy a GeoTIFF as a Cloud-Optimized GeoTIFF (GDAL's COG driver: 256-px tiles,
+    DEFLATE, overviews made with ``resampling``, the internal mask carried), so that a
+    reader fetches only the tiles and the zoom level it shows."""
+    from rasterio.shutil import copy
+
+    copy(str(src), str(dst), driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=256, OVERVIEW_RESAMPLING=resampling)
+
+
 def geotiff_profile(
     *,
     width: int,

@@ -16,21 +16,24 @@ from rasterio.io import MemoryFile
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
-from service.rasters import geotiff_profile
+from service.rasters import geotiff_profile, to_cog
 from service.tiling.pipeline import RowBlock
 
 
 class GeoTiffRows:
-    """Rows into a tiled, compressed GeoTIFF: the mask (0/255), or the probabilities
-    as 0-255 (``probabilities=True``)."""
+    """Rows into a Cloud-Optimized GeoTIFF: the mask (0/255), or the probabilities as
+    0-255 (``probabilities=True``). Rows go into a tiled GeoTIFF beside it as they come;
+    at close it becomes a COG (overviews need the whole raster, and GDAL's COG driver
+    only copies)."""
 
     def __init__(
         self, path: str | Path, width: int, height: int, crs: CRS | str | None, transform: Affine, probabilities: bool = False
     ) -> None:
         self.path, self.probabilities = Path(path), probabilities
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.rows = self.path.with_name(f".{self.path.name}.rows.tif")
         self.dst = rasterio.open(
-            self.path, "w", **geotiff_profile(width=width, height=height, count=1, crs=crs, transform=transform)
+            self.rows, "w", **geotiff_profile(width=width, height=height, count=1, crs=crs, transform=transform)
         )
 
     def write(self, block: RowBlock) -> None:
@@ -41,7 +44,12 @@ class GeoTiffRows:
             self.dst.write_mask(block.valid.astype(np.uint8) * 255, window=win)
 
     def close(self) -> None:
+        if self.dst.closed:
+            return
         self.dst.close()
+        # Probabilities average into their overviews; a mask's stay 0/255.
+        to_cog(self.rows, self.path, "AVERAGE" if self.probabilities else "NEAREST")
+        self.rows.unlink()
 
 
 class MaskPlane:
@@ -68,10 +76,11 @@ class MaskPlane:
 def mask_geotiff_bytes(mask: np.ndarray, crs, transform: Affine) -> bytes:
     """A whole 0/255 mask plane as GeoTIFF bytes."""
     profile = geotiff_profile(width=mask.shape[1], height=mask.shape[0], count=1, crs=crs, transform=transform)
-    with MemoryFile() as mem:
+    with MemoryFile() as mem, MemoryFile() as cog:
         with mem.open(**profile) as dst:
             dst.write(mask[None])
-        return bytes(mem.read())
+        to_cog(mem.name, cog.name)
+        return bytes(cog.read())
 
 
 class ProbabilityPlane:

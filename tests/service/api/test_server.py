@@ -90,6 +90,7 @@ def test_dual_resolution_through_the_service_and_raw_rows(server, store, tmp_pat
     assert result.summary.windows == 4 and result.summary.window == 384
     with rasterio.MemoryFile(result.geotiff) as mem, mem.open() as ds:
         assert np.array_equal(ds.read(1), expected) and ds.crs.to_string() == CRS and ds.transform == TRANSFORM
+        assert ds.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
     polygons = json.loads(result.polygons_geojson)
     assert polygons["crs"]["properties"]["name"] == CRS and polygons["type"] == "FeatureCollection"
 

@@ -68,6 +68,8 @@ def test_segment_keeps_georeference_and_writes_every_output(tmp_path, checkpoint
         assert p.crs == src.crs and p.transform == src.transform
         mask, prob = m.read(1), p.read(1)
         assert m.block_shapes[0] == (256, 256) and m.compression is not None
+        # Cloud-Optimized GeoTIFFs, as GDAL's COG driver lays them out.
+        assert m.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == p.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
     assert set(np.unique(mask)) <= {0, 255} and 0 < (mask > 0).mean() < 1
     np.testing.assert_array_equal(mask > 0, prob >= 128)  # threshold 0.5 on the same probabilities
 
@@ -295,3 +297,23 @@ def test_segment_with_no_model_flag_writes_the_default_models_mask(tmp_path):
         mask = a.read(1)
         assert np.array_equal(mask, b.read(1)) and a.crs == b.crs and a.transform == b.transform
     assert set(np.unique(mask)) == {0, 255}  # the real model finds buildings, not everything
+
+
+def test_masks_are_cloud_optimized_with_overviews_and_keep_the_inputs_nodata(tmp_path):
+    from service.outputs.sinks import GeoTiffRows
+    from service.tiling.pipeline import RowBlock
+
+    mask = np.zeros((1200, 1100), np.uint8)
+    mask[100:400, 200:700] = 255
+    valid = np.ones_like(mask, bool)
+    valid[:, 1000:] = False  # the input's nodata strip
+    sink = GeoTiffRows(tmp_path / "m.tif", 1100, 1200, CRS, TRANSFORM)
+    for r0 in range(0, 1200, 500):
+        sink.write(RowBlock(r0, mask[r0 : r0 + 500], valid=valid[r0 : r0 + 500]))
+    sink.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tif"]  # the row file is gone
+    with rasterio.open(tmp_path / "m.tif") as m:
+        assert m.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and m.overviews(1) == [2, 4, 8]
+        assert np.array_equal(m.read(1), mask) and m.crs == CRS and m.transform == TRANSFORM
+        assert np.array_equal(m.read_masks(1) > 0, valid)
+        assert set(np.unique(m.read(1, out_shape=(300, 275)))) <= {0, 255}  # nearest overviews stay 0/255
