@@ -266,6 +266,17 @@ def _overlay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _diff(args: argparse.Namespace) -> int:
+    from service.outputs.diff import LAYERS, diff
+
+    c = diff(args.buildings, args.reference, args.out, args.tiles, args.changed_iou, args.match_iou)
+    print(f"ours {c['ours']}, theirs {c['theirs']}: unchanged {c['unchanged']}, " + ", ".join(f"{n} {c[n]}" for n in LAYERS))
+    for tile, counts in c["tiles"].items():
+        print(f"  {tile}: " + ", ".join(f"{n} {counts[n]}" for n in LAYERS))
+    print(f"layers: {', '.join(str(args.out / f'{n}.geojson') for n in LAYERS)}; counts: {args.out / 'counts.json'}")
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -377,6 +388,15 @@ def build_parser(ext: Extensions | None = None) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, type=Path)
     p.add_argument("--reference", type=Path, help="reference mask: hits green, false alarms red, misses blue")
     p.set_defaults(func=_overlay)
+
+    p = sub.add_parser("diff", help="our buildings against an existing map: new, missing and changed layers, counted per tile")
+    p.add_argument("--buildings", required=True, type=Path, help="ours: GeoJSON or GeoPackage (segment --polygons, batch)")
+    p.add_argument("--reference", required=True, type=Path, help="theirs: an OSM extract or a cadastre (GeoJSON, GeoPackage)")
+    p.add_argument("--out", required=True, type=Path, help="folder for new/missing/changed.geojson and counts.json")
+    p.add_argument("--tiles", type=Path, help="GeoTIFFs whose extents count the layers per tile (inputs or masks)")
+    p.add_argument("--changed-iou", type=float, default=0.5, help="a matched building below this IoU is changed")
+    p.add_argument("--match-iou", type=float, default=0.1, help="buildings overlapping less than this do not match")
+    p.set_defaults(func=_diff)
 
     p = sub.add_parser("serve", help="run the gRPC service (SegmentTile, InferWindows, ListModels, health, reflection)")
     p.add_argument("--store", type=Path, default=Path("model_store"))

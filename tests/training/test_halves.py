@@ -20,7 +20,7 @@ def test_halves_split_every_tile_west_and_east_within_the_label_budget(real_oam,
         with rasterio.open(t.image) as src, rasterio.open(tune / "images" / t.image.name) as w, rasterio.open(e.image) as s:
             # The east half is the tile's right columns, pixel for pixel and in place.
             assert (s.height, s.width) == (src.height, src.width - src.width // 2)
-            assert s.crs == src.crs and s.transform == src.transform * src.transform.translation(src.width // 2, 0)
+            assert s.crs == src.crs and s.transform == src.transform @ src.transform.translation(src.width // 2, 0)
             assert np.array_equal(s.read(), src.read(window=((0, src.height), (src.width // 2, src.width))))
             # The west half starts at the tile's corner and never reaches the east half.
             assert w.transform == src.transform and w.width == src.width // 2 and w.height <= src.height
