@@ -160,7 +160,7 @@ def diff(
     theirs_here = _to(theirs, crs)
     d = compare(ours.geoms, theirs_here, changed_iou, match_iou)
     extents = tile_extents(tiles, crs)
-    layers = {
+    layers: dict[str, tuple[list[shapely.Geometry], list[dict[str, object]]]] = {
         "new": ([ours.geoms[i] for i in d.new], [{} for _ in d.new]),
         "missing": ([theirs_here[j] for j in d.missing], [{} for _ in d.missing]),
         "changed": ([ours.geoms[i] for i, _, _ in d.changed], [{"iou": round(iou, 4)} for *_, iou in d.changed]),
