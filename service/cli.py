@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from service.allocator import keep_freed_memory
@@ -121,7 +121,7 @@ def _segment_remote(args: argparse.Namespace) -> int:
     if s is None:
         raise InputError(f"server {args.server} ended the stream without a tile summary")
     print(
-        f"{args.image.name}: {s.width}x{s.height} by {s.model} v{s.model_version} ({s.backend} {s.precision}), {s.windows} windows of "
+        f"{PurePosixPath(str(args.image)).name}: {s.width}x{s.height} by {s.model} v{s.model_version} ({s.backend} {s.precision}), {s.windows} windows of "
         f"{s.window} px, building share {s.building_share:.4f}, {s.timings.total_seconds:.1f} s; mask {args.output}"
     )
     return 0
@@ -212,6 +212,13 @@ def _cut_and_resolution_args(p: argparse.ArgumentParser) -> None:
         help="metres on the ground per pixel, for a raster without georeference or to override it "
         "(default: from the georeference; the raster is resampled to the model's resolution)",
     )  # fmt: skip
+
+
+def _image_arg(text: str) -> Path | str:
+    """A path, or a URL kept as written (a Path would fold its '//')."""
+    from service.urls import is_url
+
+    return text if is_url(text) else Path(text)
 
 
 def _polygon_args(p: argparse.ArgumentParser) -> None:
@@ -307,6 +314,7 @@ def _serve(args: argparse.Namespace) -> int:
             upload_s=args.upload_timeout,
             max_tiles_per_client=args.max_tiles_per_client,
             tile_memory_bytes=int(args.tile_memory_gb * 2**30) if args.tile_memory_gb else None,
+            allow_url_prefixes=tuple(args.allow_url_prefix or ()),
         ),
         grace_s=args.grace,
         model_servers=args.model_servers.split(",") if args.model_servers else [],
@@ -344,7 +352,10 @@ def build_parser(ext: Extensions | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("segment", help="segment a GeoTIFF into a georeferenced building mask")
-    p.add_argument("image", type=Path, help="input GeoTIFF: uint8 RGB, or RGBA with alpha")
+    p.add_argument(
+        "image", type=_image_arg,
+        help="input GeoTIFF: uint8 RGB, or RGBA with alpha; a path, or an https:// or s3:// URL (read by range requests)",
+    )  # fmt: skip
     p.add_argument("-o", "--output", required=True, type=Path, help="output mask GeoTIFF (0/255)")
     which = p.add_mutually_exclusive_group()
     which.add_argument(
@@ -431,6 +442,11 @@ def build_parser(ext: Extensions | None = None) -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--max-tiles-per-client", type=int, default=2, help="tiles in flight per client (token, else address)")
     p.add_argument("--tile-memory-gb", type=float, help="memory the tiles in flight may hold (default: a quarter of the RAM)")
+    p.add_argument(
+        "--allow-url-prefix", action="append", metavar="PREFIX",
+        help="a request may name a GeoTIFF URL under this prefix (https://host/folder/, s3://bucket/; repeat); "
+        "any other URL is refused with PERMISSION_DENIED (default: none, bytes only)",
+    )  # fmt: skip
     p.add_argument(
         "--model-servers", help="HOST:PORT,... or torchserve://HOST:PORT: run windows there (health-checked, with failover)"
     )

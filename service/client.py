@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import rasterio
@@ -24,6 +24,7 @@ from service.outputs.polygons import PolygonOptions
 from service.outputs.sinks import GeoTiffRows, MaskPlane
 from service.tiling.pipeline import RowBlock
 from service.transport import MESSAGE_OPTIONS, ClientSecurity
+from service.urls import is_url
 
 CHUNK_BYTES = 2**20
 
@@ -123,8 +124,12 @@ class FootprintsClient:
         progress: bool = True,
         timeout: float | None = None,
     ) -> TileResult:
-        """Segment a GeoTIFF on the server; write the mask (and outputs) locally."""
-        image, out = Path(image), Path(out)
+        """Segment a GeoTIFF on the server; write the mask (and outputs) locally. An
+        ``https://`` or ``s3://`` image is not sent: the server reads it (if its
+        ``--allow-url-prefix`` list allows)."""
+        remote = is_url(image)
+        image = str(image) if remote else Path(image)
+        out = Path(out)
         with rasterio.open(image) as src:  # header only: the grid for the output
             grid = dict(width=src.width, height=src.height, crs=src.crs, transform=src.transform)
         header = pb.TileHeader(
@@ -132,8 +137,11 @@ class FootprintsClient:
             model_version=version,
             window=window,
             outputs=pb.Outputs(probabilities=probabilities is not None, polygons=polygons is not None),
-            geotiff=pb.GeoTiffInput(size_bytes=image.stat().st_size),
         )
+        if isinstance(image, str):
+            header.url = image
+        else:
+            header.geotiff.size_bytes = image.stat().st_size
         if threshold is not None:  # unset: the model version's
             header.threshold = threshold
         if gsd_m is not None:  # unset: from the georeference
@@ -144,6 +152,8 @@ class FootprintsClient:
             header.polygon_options.CopyFrom(polygon_options_pb(polygon))
 
         def chunks() -> Iterator[bytes]:
+            if isinstance(image, str):
+                return  # the server fetches a URL itself
             with image.open("rb") as f:
                 while block := f.read(CHUNK_BYTES):
                     yield block
@@ -151,7 +161,7 @@ class FootprintsClient:
         sinks = [GeoTiffRows(out, **grid)]
         if probabilities is not None:
             sinks.append(GeoTiffRows(probabilities, **grid, probabilities=True))
-        bar = tqdm(total=grid["height"], desc=f"segment {image.name}", unit="row", disable=not progress)
+        bar = tqdm(total=grid["height"], desc=f"segment {PurePosixPath(str(image)).name}", unit="row", disable=not progress)
 
         def write(rows: pb.MaskRows) -> None:
             block = received(rows)

@@ -8,6 +8,11 @@ class InputError(ValueError):
     """
 
 
+class NotAllowed(PermissionError):
+    """A request for something the server may not do for it, such as fetching a URL
+    outside its allow-list (gRPC: PERMISSION_DENIED)."""
+
+
 class NotFoundError(LookupError):
     """A model, version or artefact that does not exist (gRPC: NOT_FOUND)."""
 

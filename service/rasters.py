@@ -201,7 +201,12 @@ class RGBRaster:
     """
 
     def __init__(self, path: str | Path, dataset: rasterio.io.DatasetReader | None = None) -> None:
-        self.path = Path(path)
+        from service.urls import is_url, remote_reads
+
+        remote = is_url(path)
+        self.path: str | Path = str(path) if remote else Path(path)
+        if remote:
+            remote_reads()
         try:
             self.src = dataset if dataset is not None else rasterio.open(self.path)
         except rasterio.errors.RasterioIOError as e:

@@ -36,6 +36,7 @@ class Limits:
     upload_s: float = 60.0  # an upload must be whole this long after its header (per 100 MB declared)
     max_tiles_per_client: int = 2  # tiles in flight per client (its bearer token, else its address)
     tile_memory_bytes: int | None = None  # uploads and planes of all tiles (None: a quarter of the RAM)
+    allow_url_prefixes: tuple[str, ...] = ()  # URLs a header may name instead of bytes (none: streamed bytes only)
 
     def receive_bytes(self) -> int:
         """The largest request message any method legally sends, the transport's cap:

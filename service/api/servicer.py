@@ -128,7 +128,7 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
                 # NOT_FOUND before any byte is accepted; the tile keeps this version
                 # to the end, even if a newer one is loaded meanwhile.
                 pinned.append(held.enter_context(self.registry.use(header.model, header.model_version)))
-                declared = check_header(header, self.limits.max_raster_side)
+                declared = check_header(header, self.limits.max_raster_side, self.limits.allow_url_prefixes)
                 held.enter_context(self.admission.slot(client_of(context)))  # a slot only for a valid header
                 take(declared, f"an upload of {declared} bytes")
                 return declared
@@ -138,7 +138,8 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
             model = pinned[0]
             note_model(model.entry.name, model.entry.version)
             requested_mode(header, model)
-            with decode(header, data, self.limits.max_raster_side) as raster:
+            # In a thread: a URL's header is fetched over the network.
+            with await asyncio.to_thread(decode, header, data, self.limits.max_raster_side) as raster:
                 keep = header.outputs.geotiff or header.outputs.polygons
                 ground = raster_resolution(
                     raster.crs, raster.transform, raster.width, raster.height, header.gsd_m if header.HasField("gsd_m") else None

@@ -14,7 +14,7 @@ import grpc
 
 from service.api import logs
 from service.api.bridge import Cancelled
-from service.errors import InputError, NotFoundError, NotReady, OverBudget, Undecodable, UploadStalled
+from service.errors import InputError, NotAllowed, NotFoundError, NotReady, OverBudget, Undecodable, UploadStalled
 from service.models.batcher import QueueFull
 
 
@@ -30,6 +30,7 @@ STATUS: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (InputError, grpc.StatusCode.INVALID_ARGUMENT),
     (Undecodable, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (NotAllowed, grpc.StatusCode.PERMISSION_DENIED),
     (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (OverBudget, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Cancelled, grpc.StatusCode.CANCELLED),

@@ -4,7 +4,7 @@ bytes or raw RGB rows) into something the tiling engine reads."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,12 +18,14 @@ from service.api.convert import MAX_CHUNK_BYTES, georef_from_pb, polygon_options
 from service.errors import InputError, Undecodable, UploadStalled
 from service.rasters import RGBRaster
 from service.tiling.engine import ArraySource, RasterSource
+from service.urls import check_allowed
 
 STREAM_END_GRACE_S = 0.1
 
 
-def check_header(h: pb.TileHeader, max_side: int) -> int:
-    """Refuse a header that cannot be served; returns the raster bytes it declares."""
+def check_header(h: pb.TileHeader, max_side: int, allowed_urls: Sequence[str] = ()) -> int:
+    """Refuse a header that cannot be served; returns the raster bytes it declares (none
+    for a URL, which must lie under ``allowed_urls``)."""
     if h.HasField("threshold") and not 0.0 < h.threshold < 1.0:
         raise InputError(f"threshold must be in (0, 1), got {h.threshold}")
     polygon_options(h.polygon_options)
@@ -46,7 +48,10 @@ def check_header(h: pb.TileHeader, max_side: int) -> int:
             raise InputError(f"raster size {w}x{hgt} exceeds the maximum side of {max_side} px")
         georef_from_pb(h.raw.georeference)
         return int(w * hgt * 3)
-    raise InputError("the header names no raster: set geotiff or raw")
+    if kind == "url":
+        check_allowed(h.url, allowed_urls)  # PERMISSION_DENIED before anything is fetched
+        return 0
+    raise InputError("the header names no raster: set geotiff, raw or url")
 
 
 # An upload's whole time is --upload-timeout per this many declared bytes (a 5000 x 5000
@@ -165,6 +170,12 @@ def decode(header: pb.TileHeader, data: bytes, max_side: int) -> Raster:
         rgb = np.frombuffer(data, np.uint8).reshape(header.raw.height, header.raw.width, 3).transpose(2, 0, 1)
         crs, transform = georef_from_pb(header.raw.georeference)
         return Raster(ArraySource(np.ascontiguousarray(rgb)), crs, transform)
+    if header.WhichOneof("raster") == "url":
+        src = RGBRaster(header.url)
+        if max(src.width, src.height) > max_side:
+            src.close()
+            raise InputError(f"raster size {src.width}x{src.height} exceeds the maximum side of {max_side} px")
+        return Raster(src, src.crs, src.transform, [src.close])
     memfile = MemoryFile(data)
     closers = [memfile.close]
     try:
