@@ -194,6 +194,8 @@ def _batch(args: argparse.Namespace) -> int:
         print(f"  failed {name}: {why}")
     if o.layer is not None:
         print(f"city layer {o.layer}: {o.buildings} buildings")
+    if o.stac is not None:
+        print(f"STAC collection {o.stac}: an item per tile")
     if args.gt:
         masks = args.out / "masks"
         pairs = {p.name: (p, args.gt / p.name) for p in sorted(masks.glob("*.tif")) if (args.gt / p.name).is_file()}

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from service.batch.inputs import TileInput, resolve
 from service.batch.layer import city_layer, write_gpkg
 from service.batch.ledger import Ledger
+from service.batch.stac import write_stac
 from service.batch.worker import Job, tile_outlines, trace_mask
 from service.errors import InputError
 from service.machine import available_cores, half_the_ram
@@ -36,6 +37,7 @@ class Outcome:
     seconds: float
     megapixels: float
     layer: Path | None
+    stac: Path | None = None  # the run's STAC Collection (an Item per tile)
 
 
 OUTPUT_FOLDERS = ("masks", "polygons", "probabilities")
@@ -167,7 +169,9 @@ def run_batch(
         if results:
             layer = out / "buildings.gpkg"
             buildings = write_gpkg(layer, city_layer(results, job.polygon))
-        return Outcome(done, skipped, failed, buildings, time.perf_counter() - t0, megapixels, layer)
+        finished_now = set(done) | set(skipped)
+        stac = write_stac(out, [t for t in tiles if t.name in finished_now], entry) if finished_now else None
+        return Outcome(done, skipped, failed, buildings, time.perf_counter() - t0, megapixels, layer, stac)
     finally:
         ray.shutdown()
 

@@ -23,6 +23,7 @@ from pyogrio.raw import read
 from rasterio.transform import from_origin
 from scipy import ndimage
 
+from service.batch.stac import validate_offline
 from service.engines import open_engine
 from service.rasters import RGBRaster, write_geotiff
 from service.store.repository import ModelStore
@@ -97,6 +98,21 @@ def test_a_city_gives_segments_masks_one_layer_and_the_seam_joined(store, city, 
             assert m.crs == src.crs and m.transform == src.transform  # georeferenced like its tile
     ledger = json.loads((out / "batch-manifest.json").read_text())["tiles"]
     assert set(ledger) == {p.stem for p in city.glob("*.tif")} and all(r["model"] == "amll:1" for r in ledger.values())
+    # Each tile's buildings carry their confidence and the model version.
+    features = json.loads((out / "polygons" / "seam1.geojson").read_text())["features"]
+    assert features and all(f["properties"]["model"] == "amll" and 0 <= f["properties"]["confidence"] <= 1 for f in features)
+
+    # Provenance: a STAC Collection with an Item per tile, valid against STAC's core schemas.
+    assert f"STAC collection {out / 'stac' / 'collection.json'}" in done.stdout
+    assert validate_offline(out / "stac" / "collection.json") == 1 + 6
+    item_path = out / "stac" / "seam1" / "seam1.json"
+    item = json.loads(item_path.read_text())
+    assert item["properties"]["mlm:name"] == "amll:1" and item["properties"]["gsd"] == pytest.approx(PX)
+    assert item["properties"]["proj:code"] == CRS and item["properties"]["proj:shape"] == [SIDE, SIDE]
+    assert (item_path.parent / item["assets"]["mask"]["href"]).resolve() == (out / "masks" / "seam1.tif").resolve()
+    assert item["assets"]["mask"]["type"].endswith("profile=cloud-optimized")
+    assert Path(item["assets"]["source"]["href"]).resolve() == (city / "seam1.tif").resolve()
+    assert {"buildings", "source", "mask"} <= set(item["assets"])
 
     # The seam: every building of the two halves' mosaic that crosses it is one polygon
     # of the layer, joined from both tiles.
