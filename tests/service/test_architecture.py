@@ -13,7 +13,7 @@ from ..conftest import REPO
 
 # Lower first: a package may import its own modules and those of the layers before it.
 LAYERS = [
-    {"errors", "machine", "allocator", "_pb", "metrics", "transport", "codegen"},
+    {"errors", "machine", "allocator", "_pb", "metrics", "transport", "codegen", "urls"},
     {"rasters"},
     {"tiling"},
     {"outputs", "store"},
