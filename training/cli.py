@@ -170,7 +170,17 @@ def _report(args: argparse.Namespace) -> int:
 
 def _loao(args: argparse.Namespace) -> int:
     from training.data.sources import parse_root
-    from training.loao import SWEEP, as_json, choose_threshold, held_out_threshold, leave_one_area_out, table, threshold_chart
+    from training.loao import (
+        OBJECTS,
+        SWEEP,
+        as_json,
+        choose_threshold,
+        held_out_threshold,
+        leave_one_area_out,
+        object_table,
+        table,
+        threshold_chart,
+    )
 
     same_area = [g.split("+") for g in args.same_area or []]
     resolutions = [float(r) for r in args.resolutions.split(",")]
@@ -179,6 +189,8 @@ def _loao(args: argparse.Namespace) -> int:
         args.runs, [parse_root(d) for d in args.data], same_area, args.compare, args.store, args.overlays, resolutions, fine
     )
     print(table(results))
+    if OBJECTS in results:
+        print(object_table(results))
     if SWEEP in results:
         base = [a for a in results[SWEEP] if " at " not in a]
         print(

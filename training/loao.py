@@ -32,6 +32,7 @@ from .data.inria import InriaDataset, Tile
 from .data.sources import Root, area_of
 from .metric import Counts, pooled
 from .networks.model import load_checkpoint
+from .objects import ObjectCounts, object_counts
 from .publish import score
 
 
@@ -107,26 +108,46 @@ def leave_one_area_out(
     cache = cache or Path(tempfile.mkdtemp(prefix="footprints-loao-"))
     results: dict[str, Any] = {}
     sweeps: dict[str, dict[float, Counts]] = {}
+    objects: dict[str, ObjectCounts] = {}
     for r in resolutions:
-        rows, sweep = _one_resolution(
+        rows, sweep, found = _one_resolution(
             runs, at_resolution(base, r, fine, cache), compare, store, overlays if r == resolutions[0] else None
         )
         suffix = "" if abs(r - 0.3) < 1e-9 else f" at {r:g} m"
         results.update({f"{label}{suffix}": cells for label, cells in rows.items()})
         sweeps.update({f"{area}{suffix}": counts for area, counts in sweep.items()})
+        objects.update({f"{area}{suffix}": o for area, o in found.items()})
     if sweeps:
-        results["thresholds"] = sweeps  # per area (and resolution): counts at every threshold
+        results[SWEEP] = sweeps  # per area (and resolution): counts at every threshold
+        results[OBJECTS] = objects  # per area (and resolution): buildings matched at 0.5
     return results
+
+
+def object_table(results: dict[str, Any]) -> str:
+    """Object precision, recall and F1 % of the held-out runs per area at each resolution,
+    and pooled over the areas."""
+    found: dict[str, ObjectCounts] = results.get(OBJECTS, {})
+    by_res: dict[str, dict[str, ObjectCounts]] = {}
+    for key, o in found.items():
+        area, _, res = key.partition(" at ")
+        by_res.setdefault(res or "0.3 m", {})[area] = o
+    lines = ["| resolution | area | object precision | object recall | object F1 |", "|---|---|---|---|---|"]
+    for res, cells in by_res.items():
+        for area, o in [*cells.items(), ("pooled", sum(cells.values(), ObjectCounts()))]:
+            lines.append(f"| {res} | {area} | {100 * o.precision:.2f} | {100 * o.recall:.2f} | {100 * o.f1:.2f} |")
+    return "\n".join(lines)
 
 
 # Decision thresholds every held-out area is scored at (the 0.5 of the benchmark among them).
 THRESHOLDS = tuple(round(0.2 + 0.05 * i, 2) for i in range(13))
 
 
-def score_sweep(engine: TilingEngine, tiles: list[Tile], overlays: Path | None = None) -> dict[float, Counts]:
-    """Pooled counts of ``tiles`` at every threshold of :data:`THRESHOLDS`, each tile
-    segmented once as served (brought to the model's resolution and back); an overlay of
-    each city's first tile at 0.5."""
+def score_sweep(
+    engine: TilingEngine, tiles: list[Tile], overlays: Path | None = None
+) -> tuple[dict[float, Counts], ObjectCounts]:
+    """Pooled counts of ``tiles`` at every threshold of :data:`THRESHOLDS`, and their
+    buildings matched at 0.5, each tile segmented once as served (brought to the model's
+    resolution and back); an overlay of each city's first tile at 0.5."""
     import rasterio
 
     from service.outputs.overlay import write_overlay
@@ -135,6 +156,7 @@ def score_sweep(engine: TilingEngine, tiles: list[Tile], overlays: Path | None =
     from service.tiling.pipeline import TileRun
 
     counts = {t: Counts() for t in THRESHOLDS}
+    objects = ObjectCounts()
     first: set[str] = set()
     for tile in tiles:
         with RGBRaster(tile.image) as src:
@@ -149,10 +171,11 @@ def score_sweep(engine: TilingEngine, tiles: list[Tile], overlays: Path | None =
             gt = ref.read(1) > 0
         for t in THRESHOLDS:
             counts[t] = counts[t] + Counts.from_masks(plane.plane >= t, gt)
+        objects += object_counts(plane.plane >= 0.5, gt)
         if overlay:
             first.add(tile.city)
             write_overlay(tile.image, mask_path, overlays / f"{tile.name}.png", ref=tile.gt, max_side=600)
-    return counts
+    return counts, objects
 
 
 def choose_threshold(sweep: dict[str, dict[float, Counts]], areas: Sequence[str] | None = None) -> float:
@@ -171,11 +194,12 @@ def held_out_threshold(results: dict[str, Any]) -> float:
 
 def _one_resolution(
     runs: Path, areas: dict[str, list[Tile]], compare: str | None, store: Path, overlays: Path | None
-) -> tuple[dict[str, Any], dict[str, dict[float, Counts]]]:
+) -> tuple[dict[str, Any], dict[str, dict[float, Counts]], dict[str, ObjectCounts]]:
     """Counts at 0.5 per area (held out, and the comparison model), and the held-out
-    model's counts at every threshold per area."""
+    model's counts at every threshold and its buildings matched at 0.5, per area."""
     held_out: dict[str, Counts] = {}
     sweep: dict[str, dict[float, Counts]] = {}
+    objects: dict[str, ObjectCounts] = {}
     rows = {"held out": held_out}
     other: tuple[TilingEngine, dict[str, Counts]] | None = None
     if compare:
@@ -192,7 +216,7 @@ def _one_resolution(
         if not {area, *area.split("+")} & held:
             raise ValueError(f"{run} did not hold out {area} (held out: {sorted(held)}); it cannot score that area")
         # As served: its plan window, its resolution; one overlay per held-out city.
-        sweep[area] = score_sweep(TilingEngine(TorchEngine(model, "cpu")), tiles, overlays)
+        sweep[area], objects[area] = score_sweep(TilingEngine(TorchEngine(model, "cpu")), tiles, overlays)
         held_out[area] = sweep[area][0.5]
         if other is not None:
             other[1][area] = score(other[0], tiles).overall
@@ -202,15 +226,16 @@ def _one_resolution(
         # threshold chosen on held-out data earns, without choosing it on the area itself.
         nested = {a: sweep[a][choose_threshold(sweep, [b for b in sweep if b != a])] for a in sweep}
         rows["held out, threshold chosen on the other areas"] = {**nested, "overall": pooled(list(nested.values()))}
-    return rows, sweep
+    return rows, sweep, objects
 
 
 SWEEP = "thresholds"  # the results' key for per-area counts at every threshold
+OBJECTS = "objects"  # and for per-area buildings matched at 0.5
 
 
 def score_rows(results: dict[str, Any]) -> dict[str, dict[str, Counts]]:
     """The table's rows of ``results`` (without the threshold sweep)."""
-    return {label: cells for label, cells in results.items() if label != SWEEP}
+    return {label: cells for label, cells in results.items() if label not in (SWEEP, OBJECTS)}
 
 
 def table(results: dict[str, Any], labels: dict[str, str] | None = None) -> str:
@@ -233,6 +258,8 @@ def as_json(results: dict[str, Any]) -> str:
     out: dict[str, Any] = {label: {a: c.as_dict() for a, c in cells.items()} for label, cells in score_rows(results).items()}
     if SWEEP in results:
         out[SWEEP] = {area: {f"{t:.2f}": c.as_dict() for t, c in by_t.items()} for area, by_t in results[SWEEP].items()}
+    if OBJECTS in results:
+        out[OBJECTS] = {area: o.as_dict() for area, o in results[OBJECTS].items()}
     return json.dumps(out, indent=2) + "\n"
 
 
@@ -243,7 +270,14 @@ def read_json(path: Path) -> dict[str, Any]:
     def counts(c: dict[str, Any]) -> Counts:
         return Counts(*(int(c[k]) for k in ("tp", "fp", "fn", "tn")))
 
-    out: dict[str, Any] = {label: {a: counts(c) for a, c in cells.items()} for label, cells in raw.items() if label != SWEEP}
+    out: dict[str, Any] = {
+        label: {a: counts(c) for a, c in cells.items()} for label, cells in raw.items() if label not in (SWEEP, OBJECTS)
+    }
+    if OBJECTS in raw:
+        out[OBJECTS] = {
+            area: ObjectCounts(o["objects_matched"], o["objects_predicted"], o["objects_reference"])
+            for area, o in raw[OBJECTS].items()
+        }
     if SWEEP in raw:
         out[SWEEP] = {area: {float(t): counts(c) for t, c in by_t.items()} for area, by_t in raw[SWEEP].items()}
     return out

@@ -271,12 +271,18 @@ def test_fine_tuning_a_pretrained_encoder_freezes_it_first_and_init_starts_from_
     assert len(moved) > len(weights) // 2  # unfrozen after 2 steps: the encoder trains too
 
     # The run held ashford out: it may score ashford in a leave-one-area-out table, not brookline.
-    from training.loao import leave_one_area_out, table
+    from training.loao import as_json, leave_one_area_out, object_table, read_json, table
 
     (tmp_path / "loao-ashford").symlink_to(tmp_path / "frozen")
     results = leave_one_area_out(tmp_path, [Root(train_cities)], [], overlays=tmp_path / "overlays")
     assert list(results["held out"]) == ["ashford", "overall"] and 0 <= results["held out"]["ashford"].iou <= 1
     assert "| held out |" in table(results) and (tmp_path / "overlays/ashford1.png").is_file()
+    # Buildings too: the held-out area's objects, kept through the JSON file.
+    objects = results["objects"]["ashford"]
+    assert objects.reference > 0 and 0 <= objects.matched <= min(objects.predicted, objects.reference)
+    (tmp_path / "loao.json").write_text(as_json(results))
+    assert read_json(tmp_path / "loao.json")["objects"] == results["objects"]
+    assert "| 0.3 m | ashford |" in object_table(results)
     (tmp_path / "loao-brookline").symlink_to(tmp_path / "frozen")
     with pytest.raises(ValueError, match="did not hold out brookline"):
         leave_one_area_out(tmp_path, [Root(train_cities)], [])
