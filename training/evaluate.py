@@ -21,7 +21,7 @@ from service.rasters import row_strips
 
 from .data.inria import LayoutError, parse_tile_name, tile_files
 from .metric import Counts, pooled
-from .objects import ObjectCounts, object_counts
+from .objects import BoundaryCounts, ObjectCounts, boundary_counts, object_counts
 
 STRIP_ROWS = 512
 _BINARY_CODINGS = ({0, 1}, {0, 255})
@@ -84,6 +84,7 @@ class Report:
 
     tiles: dict[str, Counts] = field(default_factory=dict)
     objects: dict[str, ObjectCounts] = field(default_factory=dict)  # buildings matched per tile
+    boundaries: dict[str, BoundaryCounts] = field(default_factory=dict)  # outline bands per tile
 
     @property
     def cities(self) -> dict[str, Counts]:
@@ -109,14 +110,25 @@ class Report:
         return sum(self.objects.values(), ObjectCounts())
 
     def as_dict(self) -> dict:
-        def both(c: Counts, o: ObjectCounts | None) -> dict:
-            return {**c.as_dict(), **(o.as_dict() if o is not None else {})}
+        def both(c: Counts, o: ObjectCounts | None, b: BoundaryCounts | None) -> dict:
+            out = {**c.as_dict(), **(o.as_dict() if o is not None else {})}
+            if b is not None:
+                out["boundary_iou"] = None if np.isnan(b.iou) else b.iou
+            return out
 
-        objects = self.city_objects
+        def by_city(per_tile: dict) -> dict:
+            out: dict = {}
+            for name, c in sorted(per_tile.items()):
+                city = parse_tile_name(name)[0]
+                out[city] = out[city] + c if city in out else c
+            return out
+
+        objects, bounds = self.city_objects, by_city(self.boundaries)
+        overall_bounds = sum(self.boundaries.values(), BoundaryCounts()) if self.boundaries else None
         return {
-            "overall": both(self.overall, self.overall_objects if self.objects else None),
-            "cities": {k: both(v, objects.get(k)) for k, v in self.cities.items()},
-            "tiles": {k: both(v, self.objects.get(k)) for k, v in sorted(self.tiles.items())},
+            "overall": both(self.overall, self.overall_objects if self.objects else None, overall_bounds),
+            "cities": {k: both(v, objects.get(k), bounds.get(k)) for k, v in self.cities.items()},
+            "tiles": {k: both(v, self.objects.get(k), self.boundaries.get(k)) for k, v in sorted(self.tiles.items())},
         }
 
     def table(self, label: str) -> str:
@@ -158,15 +170,17 @@ def evaluate_pairs(pairs: dict[str, tuple[Path, Path]], progress: bool = True) -
     report = Report()
     for name in tqdm(sorted(pairs), desc="evaluate", unit="tile", disable=not progress):
         report.tiles[name] = tile_counts(*pairs[name])
-        report.objects[name] = tile_objects(*pairs[name])
+        report.objects[name], report.boundaries[name] = tile_objects(*pairs[name])
     return report
 
 
-def tile_objects(pred_path: Path, gt_path: Path) -> ObjectCounts:
-    """Buildings of one predicted mask matched to its reference's (whole tile: a building
-    does not stop at a strip; :func:`tile_counts` has checked both masks)."""
+def tile_objects(pred_path: Path, gt_path: Path) -> tuple[ObjectCounts, BoundaryCounts]:
+    """Buildings of one predicted mask matched to its reference's, and their outline bands
+    (whole tile: a building does not stop at a strip; :func:`tile_counts` has checked
+    both masks)."""
     with rasterio.open(pred_path) as pred, rasterio.open(gt_path) as gt:
-        return object_counts(pred.read(1), gt.read(1))
+        p, g = pred.read(1), gt.read(1)
+    return object_counts(p, g), boundary_counts(p, g)
 
 
 def write_json(report: Report, path: str | Path) -> None:

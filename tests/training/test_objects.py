@@ -68,6 +68,7 @@ def test_evaluate_reports_object_scores_per_city_and_overall(tmp_path):
     assert report["cities"]["split"]["object_f1"] == pytest.approx(4 / 5)
     assert report["cities"]["empty"]["object_recall"] is None and report["cities"]["empty"]["object_precision"] == 0
     assert "| object F1 |" in done.stdout
+    assert overall["boundary_iou"] is not None and 0 <= overall["boundary_iou"] <= 1
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +130,19 @@ def test_regularising_keeps_object_f1_within_two_points(real_buildings):
         traced += match(*polygon_labels(raw, ref.shape, transform), *reference)
     assert traced.reference > 100 and traced.f1 > 0.3
     assert square.f1 >= traced.f1 - 0.02
+
+
+def test_boundary_iou_falls_when_outlines_move_while_pixel_iou_barely_does():
+    from training.metric import Counts
+    from training.objects import boundary_counts
+
+    ref = np.zeros((200, 200), np.uint8)
+    ref[50:150, 50:150] = 255  # a 30 m square house at 0.3 m
+    fat = np.zeros_like(ref)
+    fat[47:153, 47:153] = 255  # drawn 3 px (about 1 m) too wide on every side
+    assert Counts.from_masks(fat, ref).iou > 0.88
+    # The bands (3 px inside each outline) no longer overlap at all.
+    assert boundary_counts(fat, ref).iou == 0.0
+    assert boundary_counts(ref, ref).iou == 1.0
+    shifted = np.roll(ref, 1, axis=1)  # 1 px off: a third of each band is lost
+    assert 0.4 < boundary_counts(shifted, ref).iou < 0.8 < Counts.from_masks(shifted, ref).iou
