@@ -4,6 +4,7 @@ one polygon), written as a GeoPackage through GDAL (pyogrio)."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -69,6 +70,51 @@ def city_layer(results: list[dict], opts: PolygonOptions) -> dict[str | None, tu
     return dict(by_crs)
 
 
+def _named_layers(layers: dict[str | None, tuple[list, list[str]]]):
+    """Per CRS, in a stable order: the layer's name (``buildings``, or ``buildings_<crs>``
+    when tiles differ), the CRS, its polygons and each one's tiles."""
+    for crs, (geoms, tiles) in sorted(layers.items(), key=lambda kv: str(kv[0])):
+        name = "buildings" if len(layers) == 1 else f"buildings_{str(crs).replace(':', '_')}"
+        polys: list[shapely.Geometry] = []
+        owners: list[str] = []
+        for g, t in zip(geoms, tiles):  # a building simplified into several parts: each a polygon
+            parts = [g] if g.geom_type == "Polygon" else list(g.geoms) if g.geom_type == "MultiPolygon" else []
+            polys += parts
+            owners += [t] * len(parts)
+        yield name, crs, polys, owners
+
+
+def write_geoparquet(folder: Path, layers: dict[str | None, tuple[list, list[str]]]) -> list[Path]:
+    """The same layers as GeoParquet 1.1 files (``<layer>.parquet``: WKB geometry, its CRS
+    as PROJJSON, the bbox; ``tiles`` and ``area_m2``), written through pyarrow, which GDAL,
+    DuckDB and geopandas read. Returns the files written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from rasterio.crs import CRS
+
+    paths = []
+    for name, crs, polys, owners in _named_layers(layers):
+        column: dict[str, object] = {"encoding": "WKB", "geometry_types": ["Polygon"]}
+        if crs is not None:
+            column["crs"] = CRS.from_user_input(crs).to_dict(projjson=True)
+        if polys:
+            column["bbox"] = [float(v) for v in shapely.total_bounds(polys)]
+        geo = {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": column}}
+        table = pa.table(
+            {
+                "tiles": pa.array(owners, pa.string()),
+                "area_m2": pa.array(np.round(np.array(ground_areas(polys, crs), dtype=np.float64), 2)),
+                "geometry": pa.array([p.wkb for p in polys], pa.binary()),
+            }
+        ).replace_schema_metadata({"geo": json.dumps(geo)})
+        path = folder / f"{name}.parquet"
+        partial = path.with_name(f".partial.{path.name}")
+        pq.write_table(table, partial)
+        os.replace(partial, path)
+        paths.append(path)
+    return paths
+
+
 def write_gpkg(path: Path, layers: dict[str | None, tuple[list, list[str]]]) -> int:
     """One GeoPackage layer per CRS (``buildings``, or ``buildings_<crs>`` when tiles
     differ), written to a temporary name and renamed; returns the building count."""
@@ -77,14 +123,7 @@ def write_gpkg(path: Path, layers: dict[str | None, tuple[list, list[str]]]) -> 
     partial = path.with_name(f".partial.{path.name}")  # GDAL picks the driver by extension
     partial.unlink(missing_ok=True)
     count = 0
-    for i, (crs, (geoms, tiles)) in enumerate(sorted(layers.items(), key=lambda kv: str(kv[0]))):
-        name = "buildings" if len(layers) == 1 else f"buildings_{str(crs).replace(':', '_')}"
-        polys: list[shapely.Geometry] = []
-        owners: list[str] = []
-        for g, t in zip(geoms, tiles):  # a building simplified into several parts: each a polygon
-            parts = [g] if g.geom_type == "Polygon" else list(g.geoms) if g.geom_type == "MultiPolygon" else []
-            polys += parts
-            owners += [t] * len(parts)
+    for i, (name, crs, polys, owners) in enumerate(_named_layers(layers)):
         write(
             str(partial),
             geometry=np.array([p.wkb for p in polys], dtype=object),

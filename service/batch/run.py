@@ -16,7 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from service.batch.inputs import TileInput, resolve
-from service.batch.layer import city_layer, write_gpkg
+from service.batch.layer import city_layer, write_geoparquet, write_gpkg
 from service.batch.ledger import Ledger
 from service.batch.stac import write_stac
 from service.batch.worker import Job, tile_outlines, trace_mask
@@ -168,7 +168,9 @@ def run_batch(
         buildings = 0
         if results:
             layer = out / "buildings.gpkg"
-            buildings = write_gpkg(layer, city_layer(results, job.polygon))
+            city = city_layer(results, job.polygon)
+            buildings = write_gpkg(layer, city)
+            write_geoparquet(out, city)  # the same layer for Arrow readers
         finished_now = set(done) | set(skipped)
         stac = write_stac(out, [t for t in tiles if t.name in finished_now], entry) if finished_now else None
         return Outcome(done, skipped, failed, buildings, time.perf_counter() - t0, megapixels, layer, stac)

@@ -102,6 +102,16 @@ def test_a_city_gives_segments_masks_one_layer_and_the_seam_joined(store, city, 
     features = json.loads((out / "polygons" / "seam1.geojson").read_text())["features"]
     assert features and all(f["properties"]["model"] == "amll" and 0 <= f["properties"]["confidence"] <= 1 for f in features)
 
+    # The same city layer as GeoParquet 1.1: WKB, its CRS as PROJJSON, the same buildings.
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out / "buildings.parquet")
+    geo = json.loads(table.schema.metadata[b"geo"])
+    assert geo["primary_column"] == "geometry" and geo["columns"]["geometry"]["encoding"] == "WKB"
+    assert geo["columns"]["geometry"]["crs"]["id"] == {"authority": "EPSG", "code": 32616}
+    parquet = sorted(shapely.from_wkb(g).wkt for g in table.column("geometry").to_pylist())
+    assert parquet == sorted(shapely.from_wkb(g).wkt for g in read(str(out / "buildings.gpkg"))[2])
+
     # Provenance: a STAC Collection with an Item per tile, valid against STAC's core schemas.
     assert f"STAC collection {out / 'stac' / 'collection.json'}" in done.stdout
     assert validate_offline(out / "stac" / "collection.json") == 1 + 6
