@@ -36,10 +36,11 @@ from service.tiling.engine import ArraySource, TilingEngine
 
 from .data.inria import InriaDataset, parse_tile_name
 from .data.sources import Root, area_of
-from .loao import area_tiles, read_json
+from .loao import OBJECTS, area_tiles, read_json
 from .metric import Counts, pooled
 from .networks.cost import window_cost
 from .networks.model import load_checkpoint
+from .objects import ObjectCounts
 from .publish import CARD, score
 
 METHODS = {
@@ -61,6 +62,7 @@ class ModelRow:
     synthetic: dict[str, Counts] = field(default_factory=dict)
     real: dict[str, Counts] = field(default_factory=dict)  # held-out areas only
     real_source: dict[str, str] = field(default_factory=dict)  # "held out" or "loao"; "seen": trained on, unscored
+    real_objects: dict[str, ObjectCounts] = field(default_factory=dict)  # buildings matched, where scored
     synthetic_source: str = "scored"  # or "recorded": publish's counts for the same tiles
     parameters: int = 0
     kmac_per_px: float = 0.0
@@ -88,6 +90,7 @@ class ModelRow:
             "synthetic_source": self.synthetic_source,
             "real": {k: v.as_dict() for k, v in self.real.items()},
             "real_source": self.real_source,
+            "real_objects": {k: v.as_dict() for k, v in self.real_objects.items()},
             "parameters": self.parameters,
             "kmac_per_output_px": self.kmac_per_px,
             "seconds_per_5000_tile": self.seconds_per_tile,
@@ -178,6 +181,14 @@ def _loao(entry: ModelEntry) -> dict[float, dict[str, Counts]]:
     return out
 
 
+def _loao_objects(entry: ModelEntry) -> dict[str, ObjectCounts]:
+    """The version's leave-one-area-out buildings matched at 0.3 m, per area (none in
+    files written before loao matched buildings)."""
+    path = entry.folder / "loao.json"
+    found = read_json(path).get(OBJECTS, {}) if path.is_file() else {}
+    return {a: o for a, o in found.items() if " at " not in a}
+
+
 def _recorded(entry: ModelEntry, names: set[str]) -> dict[str, Counts] | None:
     """Publish's synthetic test counts per city, if it scored exactly the tiles ``names``."""
     path = entry.folder / "metrics.json"
@@ -232,12 +243,17 @@ def build_report(
         elif test_tiles:
             row.synthetic = score(engine, test_tiles).cities
         seen, row.yardstick = trained_areas(payload, same_area), _loao(entry)
+        loao_objects = _loao_objects(entry)
         loao = row.yardstick.get(0.3, {})
         for area, tiles in areas.items():
             if area not in seen:
-                row.real[area], row.real_source[area] = score(engine, tiles).overall, "held out"
+                scored = score(engine, tiles)
+                row.real[area], row.real_source[area] = scored.overall, "held out"
+                row.real_objects[area] = scored.overall_objects
             elif area in loao:
                 row.real[area], row.real_source[area] = loao[area], "loao"
+                if area in loao_objects:
+                    row.real_objects[area] = loao_objects[area]
             else:
                 row.real_source[area] = "seen"
         if timing:
@@ -294,14 +310,16 @@ def markdown(rows: Sequence[ModelRow], current: str | None = None) -> str:
         "Real areas never seen in training (IoU % / accuracy %, pooled over tiles; `seen`: the model trained on "
         "that area and has no leave-one-area-out run, so it is not scored there; * leave-one-area-out runs)",
         "",
-        f"| method | model | {' | '.join(areas)} | held-out overall | {both} |",
-        "|---" * (len(areas) + 4) + "|",
+        f"| method | model | {' | '.join(areas)} | held-out overall | object F1 (held-out overall) | {both} |",
+        "|---" * (len(areas) + 5) + "|",
     ]
     for r in rows:
         cells = [_cell(r.real.get(a)) + ("*" if r.real_source.get(a) == "loao" else "") for a in areas]
         overall = pooled(list(r.real.values())) if r.real else None
         pair = pooled([r.real[a] for a in common]) if common else None
-        out.append(f"| {r.method} | {r.label} | {' | '.join(cells)} | {_cell(overall)} | {_cell(pair)} |")
+        objects = sum(r.real_objects.values(), ObjectCounts())
+        f1 = f"{100 * objects.f1:.2f}" if r.real_objects and r.real_objects.keys() == r.real.keys() else "-"
+        out.append(f"| {r.method} | {r.label} | {' | '.join(cells)} | {_cell(overall)} | {f1} | {_cell(pair)} |")
     if cities:
         out += [
             "",

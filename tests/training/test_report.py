@@ -12,6 +12,7 @@ from training.export import export
 from training.metric import Counts
 from training.networks.cost import window_cost
 from training.networks.model import SegmentationModel, save_checkpoint
+from training.objects import ObjectCounts
 from training.report import ModelRow, build_report, choose_default, markdown, write_report
 
 from ..conftest import run_cli
@@ -48,7 +49,12 @@ def test_the_report_scores_held_out_areas_only_and_counts_tta_in_the_cost(report
     one_pass = window_cost(model, ((1, 3, 512, 512),))["macs"] / 512**2 / 1e3
     assert raisa1.kmac_per_px > 8 * one_pass and amll.kmac_per_px > 0
 
+    # Buildings beside pixels: each area amll scored held out has its object counts, and the
+    # table shows their pooled F1; raisa v2's loao file has none, so it shows none.
+    assert amll.real_objects.keys() == amll.real.keys() and all(o.reference > 0 for o in amll.real_objects.values())
+    f1 = 100 * sum(amll.real_objects.values(), ObjectCounts()).f1
     table = markdown(rows)
+    assert f" | {f1:.2f} | " in next(line for line in table.splitlines() if line.startswith("| AMLL (Duke) | amll v1 |"))
     assert "| AMLL (Duke) | amll v1 |" in table and "| Raisa | raisa v1 |" in table
     assert "nepal + zanzibar (every model held out)" in table and "60.00 / 80.00*" in table
     paths = write_report(rows, tmp_path / "out")
