@@ -69,14 +69,15 @@ def test_serving_works_with_only_the_serving_dependencies(serving_venv, tmp_path
     )
     assert probe.stdout.split() == ["None", "None"], probe.stdout + probe.stderr  # neither torch nor training
     commands = re.search(r"\{([a-z,-]+)\}", _run(env, "--help", cwd=tmp_path).stdout)
-    serving = ["segment", "overlay", "serve", "tune", "batch", "build-engine", "torchserve"]
+    serving = ["segment", "overlay", "diff", "serve", "tune", "batch", "build-engine", "torchserve"]
     assert commands and commands.group(1).split(",") == serving  # no training (or load-test) commands
 
     image = _tile(tmp_path / "city")
     default = ModelStore(STORE).default_name()
     with RGBRaster(image) as src:
-        engine = TilingEngine(open_engine(ModelStore(STORE).get(default), "auto"), EngineConfig())
-        expected = np.where(engine.probabilities(src) >= 0.5, 255, 0).astype(np.uint8)
+        entry = ModelStore(STORE).get(default)
+        engine = TilingEngine(open_engine(entry, "auto"), EngineConfig())
+        expected = np.where(engine.probabilities(src) >= entry.manifest.threshold, 255, 0).astype(np.uint8)
     assert 0 < np.count_nonzero(expected) < expected.size
 
     # In-process, from the store: with no model flag, and with the model named.
