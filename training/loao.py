@@ -187,9 +187,22 @@ def choose_threshold(sweep: dict[str, dict[float, Counts]], areas: Sequence[str]
 
 def held_out_threshold(results: dict[str, Any]) -> float:
     """The threshold a version serves at: the best IoU pooled over every held-out area at
-    every resolution scored (serving meets them all, resampled to the model's), 0.5 when
-    ``results`` has no sweep."""
-    return choose_threshold(results[SWEEP]) if results.get(SWEEP) else 0.5
+    every resolution scored (serving meets them all, resampled to the model's), if choosing
+    it on held-out data pays: each area scored at the threshold chosen on the other areas
+    (that area at any resolution left out) must beat 0.5, pooled. Otherwise, and without a
+    sweep, 0.5: a threshold that only fits the areas it was chosen on is noise."""
+    sweep = results.get(SWEEP)
+    if not sweep:
+        return 0.5
+
+    def place(key: str) -> str:
+        return key.split(" at ")[0]
+
+    nested = [sweep[a][choose_threshold(sweep, [b for b in sweep if place(b) != place(a)])] for a in sweep]
+    at_half = [by_t[0.5] for by_t in sweep.values() if 0.5 in by_t]
+    if len(at_half) == len(sweep) and pooled(nested).iou <= pooled(at_half).iou:
+        return 0.5
+    return choose_threshold(sweep)
 
 
 def _one_resolution(
