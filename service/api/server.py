@@ -295,12 +295,8 @@ async def serve_forever(cfg: ServerConfig) -> None:
     server = await Server.start(cfg)
     tls = " (mutual TLS)" if cfg.tls_client_ca else " (TLS)" if cfg.tls_cert else ""
     metrics = f", metrics on http://{cfg.host}:{server.metrics_port}/metrics" if server.metrics_port else ""
-    print(f"footprints listening on {cfg.host}:{server.port}{tls}{metrics}; loading models", flush=True)
-    try:
-        await server.ready()
-    except InputError:
-        await server.stop()
-        raise
+    # Signals are handled from the moment the port listens: health can say SERVING before
+    # ready() returns here, and a SIGTERM sent on seeing it must drain, not kill.
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -313,6 +309,20 @@ async def serve_forever(cfg: ServerConfig) -> None:
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, hangup)
+    print(f"footprints listening on {cfg.host}:{server.port}{tls}{metrics}; loading models", flush=True)
+    ready = asyncio.ensure_future(server.ready())
+    stopped = asyncio.ensure_future(server.wait())
+    await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if not ready.done():  # stopped while loading: drained already
+        ready.cancel()
+        print("footprints server stopped", flush=True)
+        return
+    stopped.cancel()
+    try:
+        ready.result()
+    except InputError:
+        await server.stop()
+        raise
     models = ", ".join(f"{n} v{v}" + (" (default)" if n == server.registry.default else "") for n, v in server.models)
     loading = [n for n, state in server.registry.states.items() if state == "loading"]
     more = f"; loading {', '.join(loading)}" if loading else ""
