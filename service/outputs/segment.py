@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.outputs.overlay import write_overlay
-from service.outputs.polygons import PolygonOptions, Source, geotiff_buildings
+from service.outputs.polygons import PolygonOptions, Source, buildings_geojson
 from service.outputs.sinks import GeoTiffRows, MaskPlane
 from service.rasters import RGBRaster
 from service.tiling.engine import TilingEngine
@@ -74,8 +74,8 @@ def segment_file(
     }
     if opts.polygons and plane is not None:
         source = _source(getattr(model, "name", ""))
-        tif = plane.geotiff_bytes(grid["crs"], grid["transform"])
-        text = geotiff_buildings(tif, plane.probabilities, opts.polygon, source)
+        # Traced from the mask just written: no second GeoTIFF encoded in memory to read back.
+        text = buildings_geojson(out, plane.probabilities, opts.polygon, source)
         opts.polygons.parent.mkdir(parents=True, exist_ok=True)
         opts.polygons.write_text(text)
         summary.update(polygons=str(opts.polygons), polygon_count=len(json.loads(text)["features"]))
