@@ -232,12 +232,16 @@ def _polygon_args(p: argparse.ArgumentParser) -> None:
         help="keep outlines as traced (default: squared to their building's orientation, small houses as rectangles)",
     )  # fmt: skip
     p.add_argument("--wgs84", action="store_true", help="GeoJSON in RFC 7946 WGS 84 (lon, lat) instead of the input's CRS")
+    p.add_argument(
+        "--no-separate", dest="separate", action="store_false",
+        help="touching buildings as one outline (default: separated where the probability dips between them)",
+    )  # fmt: skip
 
 
 def polygon_args(args: argparse.Namespace):
     from service.outputs.polygons import PolygonOptions
 
-    return PolygonOptions(args.min_area, args.simplify, args.regularize, args.wgs84)
+    return PolygonOptions(args.min_area, args.simplify, args.regularize, args.wgs84, args.separate)
 
 
 def _tune(args: argparse.Namespace) -> int:

@@ -32,7 +32,13 @@ CHUNK_BYTES = 2**20
 def polygon_options_pb(o: PolygonOptions) -> pb.PolygonOptions:
     """The request's polygon controls (the server reads them back with
     :func:`service.api.convert.polygon_options`)."""
-    return pb.PolygonOptions(min_area_m2=o.min_area_m2, simplify_m=o.simplify_m, no_regularize=not o.regularize, wgs84=o.wgs84)
+    return pb.PolygonOptions(
+        min_area_m2=o.min_area_m2,
+        simplify_m=o.simplify_m,
+        no_regularize=not o.regularize,
+        wgs84=o.wgs84,
+        no_separate=not o.separate,
+    )
 
 
 @dataclass

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from service.engines import open_engine
 from service.engines.pytorch import TorchEngine
+from service.outputs.instances import separate
 from service.store.repository import ModelStore
 from service.tiling.engine import TilingEngine
 
@@ -32,7 +33,7 @@ from .data.inria import InriaDataset, Tile
 from .data.sources import Root, area_of
 from .metric import Counts, pooled
 from .networks.model import load_checkpoint
-from .objects import ObjectCounts, object_counts
+from .objects import ObjectCounts, components, match
 from .publish import score
 
 
@@ -109,32 +110,46 @@ def leave_one_area_out(
     results: dict[str, Any] = {}
     sweeps: dict[str, dict[float, Counts]] = {}
     objects: dict[str, ObjectCounts] = {}
+    instances: dict[str, ObjectCounts] = {}
     for r in resolutions:
-        rows, sweep, found = _one_resolution(
+        rows, sweep, found, split = _one_resolution(
             runs, at_resolution(base, r, fine, cache), compare, store, overlays if r == resolutions[0] else None
         )
         suffix = "" if abs(r - 0.3) < 1e-9 else f" at {r:g} m"
         results.update({f"{label}{suffix}": cells for label, cells in rows.items()})
         sweeps.update({f"{area}{suffix}": counts for area, counts in sweep.items()})
         objects.update({f"{area}{suffix}": o for area, o in found.items()})
+        instances.update({f"{area}{suffix}": o for area, o in split.items()})
     if sweeps:
         results[SWEEP] = sweeps  # per area (and resolution): counts at every threshold
         results[OBJECTS] = objects  # per area (and resolution): buildings matched at 0.5
+        results[INSTANCES] = instances  # the same, touching buildings separated
     return results
 
 
 def object_table(results: dict[str, Any]) -> str:
     """Object precision, recall and F1 % of the held-out runs per area at each resolution,
-    and pooled over the areas."""
+    and pooled over the areas: buildings as the mask's components, and as the instances
+    touching buildings are separated into (where scored)."""
     found: dict[str, ObjectCounts] = results.get(OBJECTS, {})
-    by_res: dict[str, dict[str, ObjectCounts]] = {}
+    split: dict[str, ObjectCounts] = results.get(INSTANCES, {})
+    by_res: dict[str, dict[str, tuple[ObjectCounts, ObjectCounts | None]]] = {}
     for key, o in found.items():
         area, _, res = key.partition(" at ")
-        by_res.setdefault(res or "0.3 m", {})[area] = o
-    lines = ["| resolution | area | object precision | object recall | object F1 |", "|---|---|---|---|---|"]
-    for res, cells in by_res.items():
-        for area, o in [*cells.items(), ("pooled", sum(cells.values(), ObjectCounts()))]:
-            lines.append(f"| {res} | {area} | {100 * o.precision:.2f} | {100 * o.recall:.2f} | {100 * o.f1:.2f} |")
+        by_res.setdefault(res or "0.3 m", {})[area] = (o, split.get(key))
+    head = "| resolution | area | object precision | object recall | object F1 | separated: precision | recall | F1 |"
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
+
+    def cells(o: ObjectCounts | None) -> list[str]:
+        return [f"{100 * v:.2f}" for v in (o.precision, o.recall, o.f1)] if o is not None else ["-"] * 3
+
+    for res, areas in by_res.items():
+        rows = list(areas.items())
+        whole = sum((o for o, _ in areas.values()), ObjectCounts())
+        parts = [s for _, s in areas.values()]
+        rows.append(("pooled", (whole, sum(parts, ObjectCounts()) if all(p is not None for p in parts) else None)))  # type: ignore[arg-type]
+        for area, (o, s) in rows:
+            lines.append("| " + " | ".join([res, area, *cells(o), *cells(s)]) + " |")
     return "\n".join(lines)
 
 
@@ -144,10 +159,12 @@ THRESHOLDS = tuple(round(0.2 + 0.05 * i, 2) for i in range(13))
 
 def score_sweep(
     engine: TilingEngine, tiles: list[Tile], overlays: Path | None = None
-) -> tuple[dict[float, Counts], ObjectCounts]:
+) -> tuple[dict[float, Counts], ObjectCounts, ObjectCounts]:
     """Pooled counts of ``tiles`` at every threshold of :data:`THRESHOLDS`, and their
-    buildings matched at 0.5, each tile segmented once as served (brought to the model's
-    resolution and back); an overlay of each city's first tile at 0.5."""
+    buildings matched at 0.5, as the mask's components and as the instances
+    :func:`~service.outputs.instances.separate` splits them into, each tile segmented
+    once as served (brought to the model's resolution and back); an overlay of each
+    city's first tile at 0.5."""
     import rasterio
 
     from service.outputs.overlay import write_overlay
@@ -156,7 +173,7 @@ def score_sweep(
     from service.tiling.pipeline import TileRun
 
     counts = {t: Counts() for t in THRESHOLDS}
-    objects = ObjectCounts()
+    objects, instances = ObjectCounts(), ObjectCounts()
     first: set[str] = set()
     for tile in tiles:
         with RGBRaster(tile.image) as src:
@@ -166,16 +183,20 @@ def score_sweep(
             if overlay:
                 mask_path = Path(tempfile.mkdtemp(prefix="footprints-sweep-")) / tile.image.name
                 sinks.append(GeoTiffRows(mask_path, src.width, src.height, src.crs, src.transform))
-            TileRun(engine, src, sinks, 0.5, ground_resolution(src.crs, src.transform, src.width, src.height)).run()
+            gsd = ground_resolution(src.crs, src.transform, src.width, src.height)
+            TileRun(engine, src, sinks, 0.5, gsd).run()
         with rasterio.open(tile.gt) as ref:
             gt = ref.read(1) > 0
         for t in THRESHOLDS:
             counts[t] = counts[t] + Counts.from_masks(plane.plane >= t, gt)
-        objects += object_counts(plane.plane >= 0.5, gt)
+        mask = plane.plane >= 0.5
+        reference = components(gt)
+        objects += match(*components(mask), *reference)
+        instances += match(*separate(mask, plane.plane, sum(gsd) / 2 if gsd else 0.3), *reference)
         if overlay:
             first.add(tile.city)
             write_overlay(tile.image, mask_path, overlays / f"{tile.name}.png", ref=tile.gt, max_side=600)
-    return counts, objects
+    return counts, objects, instances
 
 
 def choose_threshold(sweep: dict[str, dict[float, Counts]], areas: Sequence[str] | None = None) -> float:
@@ -207,12 +228,14 @@ def held_out_threshold(results: dict[str, Any]) -> float:
 
 def _one_resolution(
     runs: Path, areas: dict[str, list[Tile]], compare: str | None, store: Path, overlays: Path | None
-) -> tuple[dict[str, Any], dict[str, dict[float, Counts]], dict[str, ObjectCounts]]:
+) -> tuple[dict[str, Any], dict[str, dict[float, Counts]], dict[str, ObjectCounts], dict[str, ObjectCounts]]:
     """Counts at 0.5 per area (held out, and the comparison model), and the held-out
-    model's counts at every threshold and its buildings matched at 0.5, per area."""
+    model's counts at every threshold and its buildings matched at 0.5 (components,
+    then separated instances), per area."""
     held_out: dict[str, Counts] = {}
     sweep: dict[str, dict[float, Counts]] = {}
     objects: dict[str, ObjectCounts] = {}
+    instances: dict[str, ObjectCounts] = {}
     rows = {"held out": held_out}
     other: tuple[TilingEngine, dict[str, Counts]] | None = None
     if compare:
@@ -229,7 +252,7 @@ def _one_resolution(
         if not {area, *area.split("+")} & held:
             raise ValueError(f"{run} did not hold out {area} (held out: {sorted(held)}); it cannot score that area")
         # As served: its plan window, its resolution; one overlay per held-out city.
-        sweep[area], objects[area] = score_sweep(TilingEngine(TorchEngine(model, "cpu")), tiles, overlays)
+        sweep[area], objects[area], instances[area] = score_sweep(TilingEngine(TorchEngine(model, "cpu")), tiles, overlays)
         held_out[area] = sweep[area][0.5]
         if other is not None:
             other[1][area] = score(other[0], tiles).overall
@@ -239,16 +262,17 @@ def _one_resolution(
         # threshold chosen on held-out data earns, without choosing it on the area itself.
         nested = {a: sweep[a][choose_threshold(sweep, [b for b in sweep if b != a])] for a in sweep}
         rows["held out, threshold chosen on the other areas"] = {**nested, "overall": pooled(list(nested.values()))}
-    return rows, sweep, objects
+    return rows, sweep, objects, instances
 
 
 SWEEP = "thresholds"  # the results' key for per-area counts at every threshold
-OBJECTS = "objects"  # and for per-area buildings matched at 0.5
+OBJECTS = "objects"  # and for per-area buildings matched at 0.5 (the mask's components)
+INSTANCES = "instances"  # and as separated instances
 
 
 def score_rows(results: dict[str, Any]) -> dict[str, dict[str, Counts]]:
     """The table's rows of ``results`` (without the threshold sweep)."""
-    return {label: cells for label, cells in results.items() if label not in (SWEEP, OBJECTS)}
+    return {label: cells for label, cells in results.items() if label not in (SWEEP, OBJECTS, INSTANCES)}
 
 
 def table(results: dict[str, Any], labels: dict[str, str] | None = None) -> str:
@@ -271,8 +295,9 @@ def as_json(results: dict[str, Any]) -> str:
     out: dict[str, Any] = {label: {a: c.as_dict() for a, c in cells.items()} for label, cells in score_rows(results).items()}
     if SWEEP in results:
         out[SWEEP] = {area: {f"{t:.2f}": c.as_dict() for t, c in by_t.items()} for area, by_t in results[SWEEP].items()}
-    if OBJECTS in results:
-        out[OBJECTS] = {area: o.as_dict() for area, o in results[OBJECTS].items()}
+    for key in (OBJECTS, INSTANCES):
+        if key in results:
+            out[key] = {area: o.as_dict() for area, o in results[key].items()}
     return json.dumps(out, indent=2) + "\n"
 
 
@@ -284,13 +309,16 @@ def read_json(path: Path) -> dict[str, Any]:
         return Counts(*(int(c[k]) for k in ("tp", "fp", "fn", "tn")))
 
     out: dict[str, Any] = {
-        label: {a: counts(c) for a, c in cells.items()} for label, cells in raw.items() if label not in (SWEEP, OBJECTS)
+        label: {a: counts(c) for a, c in cells.items()}
+        for label, cells in raw.items()
+        if label not in (SWEEP, OBJECTS, INSTANCES)
     }
-    if OBJECTS in raw:
-        out[OBJECTS] = {
-            area: ObjectCounts(o["objects_matched"], o["objects_predicted"], o["objects_reference"])
-            for area, o in raw[OBJECTS].items()
-        }
+    for key in (OBJECTS, INSTANCES):
+        if key in raw:
+            out[key] = {
+                area: ObjectCounts(o["objects_matched"], o["objects_predicted"], o["objects_reference"])
+                for area, o in raw[key].items()
+            }
     if SWEEP in raw:
         out[SWEEP] = {area: {float(t): counts(c) for t, c in by_t.items()} for area, by_t in raw[SWEEP].items()}
     return out

@@ -83,6 +83,7 @@ def polygon_options(o: pb.PolygonOptions) -> PolygonOptions:
         simplify_m=o.simplify_m if o.HasField("simplify_m") else d.simplify_m,
         regularize=not o.no_regularize,
         wgs84=o.wgs84,
+        separate=not o.no_separate,
     )
     for name in ("min_area_m2", "simplify_m"):
         value = getattr(opts, name)

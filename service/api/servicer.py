@@ -208,7 +208,9 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
                             yield message
                     if header.outputs.polygons:
                         source = Source(model.entry.name, model.entry.version)
-                        text = await asyncio.to_thread(geotiff_buildings, tif, plane.probabilities, polygon_opts, source)
+                        text = await asyncio.to_thread(
+                            geotiff_buildings, tif, plane.probabilities, polygon_opts, source, run.ground_m or None
+                        )
                         yield pb.SegmentTileResponse(polygons_geojson=text)
             # Only tiles served count in the latency histogram (refusals take no time to speak of).
             self.metrics.tile_seconds.observe(time.perf_counter() - t0)

@@ -19,7 +19,7 @@ from service.batch.inputs import TileInput, resolve
 from service.batch.layer import city_layer, write_geoparquet, write_gpkg
 from service.batch.ledger import Ledger
 from service.batch.stac import write_stac
-from service.batch.worker import Job, tile_outlines, trace_mask
+from service.batch.worker import Job, read_outlines
 from service.errors import InputError
 from service.machine import available_cores, half_the_ram
 from service.store.repository import ModelStore
@@ -102,14 +102,17 @@ def run_batch(
         entry = ModelStore(job.store).find(job.model)
         model = f"{entry.name}:{entry.version}"  # what the ledger checks finished tiles against
         ledger = Ledger(out)
-        finished = {t.name for t in tiles if ledger.done(t.name, model, t.fingerprint(), out)}
+        # Done: this model version, this input, every output intact, the city layer's pieces among them.
+        finished = {
+            t.name
+            for t in tiles
+            if ledger.done(t.name, model, t.fingerprint(), out) and (out / "outlines" / f"{t.name}.json").is_file()
+        }
         todo = [t for t in tiles if t.name not in finished]
         skipped = [t.name for t in tiles if t.name in finished]
         ledger.forget([t.name for t in todo])  # stale or damaged: no longer counts as done
-        # Tiles done earlier join the city layer from their masks on disk.
-        results: list[dict] = [
-            {"name": n, **tile_outlines(*trace_mask(out / "masks" / f"{n}.tif"), job.polygon)} for n in skipped
-        ]
+        # Tiles done earlier join the city layer with the pieces they left on disk.
+        results: list[dict] = [{"name": n, **read_outlines(out / "outlines" / f"{n}.json")} for n in skipped]
         failed: dict[str, str] = {}
         done: list[str] = []
         megapixels = 0.0

@@ -5,6 +5,7 @@ joined with their neighbours' pieces first)."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import shapely
 
 from service.batch.inputs import TileInput
 from service.engines import open_engine
-from service.outputs.polygons import PolygonOptions, finish_polygons, traced_polygons
+from service.outputs.polygons import PolygonOptions, finish_polygons
 from service.outputs.segment import SegmentOptions, segment_file
 from service.store.repository import ModelStore, file_sha256
 from service.tiling.engine import EngineConfig, TilingEngine
@@ -38,15 +39,14 @@ class Job:
     cores: list[int] | None = None  # pin the worker to these cores (one machine, workers <= cores)
 
 
-def trace_mask(mask: Path) -> tuple[list[shapely.Geometry], str | None, shapely.Geometry]:
-    """A mask's outlines as traced, its CRS, and the frame inside which an outline
-    cannot continue in a neighbouring tile (half a pixel in from the tile's edge)."""
+def mask_frame(mask: Path) -> tuple[str | None, shapely.Geometry]:
+    """A mask's CRS, and the frame inside which an outline cannot continue in a
+    neighbouring tile (half a pixel in from the tile's edge)."""
     with rasterio.open(mask) as src:
-        traced = traced_polygons(src)
         crs = src.crs.to_string() if src.crs else None
         left, bottom, right, top = src.bounds
         px = abs(src.transform.a)
-    return traced, crs, shapely.box(left + px / 2, bottom + px / 2, right - px / 2, top - px / 2)
+    return crs, shapely.box(left + px / 2, bottom + px / 2, right - px / 2, top - px / 2)
 
 
 def tile_outlines(traced: list[shapely.Geometry], crs: str | None, frame: shapely.Geometry, opts: PolygonOptions) -> dict:
@@ -56,6 +56,17 @@ def tile_outlines(traced: list[shapely.Geometry], crs: str | None, frame: shapel
     inside = [frame.contains(g) for g in traced]
     inner = finish_polygons([g for g, i in zip(traced, inside) if i], opts, crs)
     return {"crs": crs, "inner": [g.wkb for g in inner], "edge": [g.wkb for g, i in zip(traced, inside) if not i]}
+
+
+def write_outlines(outlines: dict, path: Path) -> None:
+    """A tile's city-layer pieces on disk (WKB as hex), so that a resumed run joins
+    the same pieces as the run that made them."""
+    path.write_text(json.dumps({"crs": outlines["crs"], **{k: [g.hex() for g in outlines[k]] for k in ("inner", "edge")}}))
+
+
+def read_outlines(path: Path) -> dict:
+    raw = json.loads(path.read_text())
+    return {"crs": raw["crs"], **{k: [bytes.fromhex(h) for h in raw[k]] for k in ("inner", "edge")}}
 
 
 def _replace(partial: Path, final: Path) -> str:
@@ -91,7 +102,7 @@ class TileSegmenter:
     def _segment(self, tile: TileInput, out: Path) -> dict:
         t0 = time.perf_counter()
         job = self.job
-        for sub in ("masks", "polygons", "probabilities"):
+        for sub in ("masks", "polygons", "probabilities", "outlines"):
             (out / sub).mkdir(parents=True, exist_ok=True)
         mask = out / "masks" / f"{tile.name}.tif"
         pid = os.getpid()
@@ -101,11 +112,16 @@ class TileSegmenter:
         geojson = out / "polygons" / f"{tile.name}.geojson"
         geojson_partial = geojson.with_name(f".{tile.name}.{pid}.partial.geojson")
         opts = SegmentOptions(job.threshold, job.gsd_m, probs_partial, polygons=geojson_partial, polygon=job.polygon)
-        summary = segment_file(self.engine, tile.path, partial, opts, progress=False)  # the tile's buildings, with confidence
-        outlines = tile_outlines(*trace_mask(partial), job.polygon)  # the city layer's pieces
+        traced: list[shapely.Geometry] = []  # the buildings as traced once: the tile's GeoJSON and the city layer's pieces
+        summary = segment_file(self.engine, tile.path, partial, opts, progress=False, outlines=traced)
+        outlines = tile_outlines(traced, *mask_frame(partial), job.polygon)
+        pieces = out / "outlines" / f"{tile.name}.json"
+        pieces_partial = pieces.with_name(f".{tile.name}.{pid}.partial.json")
+        write_outlines(outlines, pieces_partial)
         outputs = {
             f"masks/{tile.name}.tif": _replace(partial, mask),
             f"polygons/{tile.name}.geojson": _replace(geojson_partial, geojson),
+            f"outlines/{tile.name}.json": _replace(pieces_partial, pieces),
         }
         if probs_partial is not None:
             outputs[f"probabilities/{tile.name}.tif"] = _replace(probs_partial, probs)

@@ -21,8 +21,11 @@ from rasterio.warp import transform as warp_points
 from rasterio.warp import transform_geom
 from rasterio.windows import Window
 
+from service.outputs.instances import separate
 from service.outputs.regularize import regularize
-from service.rasters import row_strips
+from service.rasters import ground_resolution, row_strips
+
+DEFAULT_GSD_M = 0.3  # the resolution every model here is trained at: an ungeoreferenced mask's guess
 
 
 @dataclass(frozen=True)
@@ -33,27 +36,43 @@ class PolygonOptions:
     simplify_m: float = 0.5  # Douglas-Peucker tolerance before regularising
     regularize: bool = True  # right angles and rectangles, as mappers draw
     wgs84: bool = False  # GeoJSON in RFC 7946 WGS 84 (lon, lat) instead of the raster's CRS
+    separate: bool = True  # touching buildings apart (service.outputs.instances), where probabilities are known
 
 
-def traced_polygons(src) -> list[shapely.Geometry]:
+def traced_polygons(src, instances: np.ndarray | None = None) -> list[shapely.Geometry]:
     """Every building outline of an open 0/255 mask dataset, in its CRS, as traced:
-    neither filtered by area nor simplified (a city layer joins tiles' pieces first)."""
+    neither filtered by area nor simplified (a city layer joins tiles' pieces first).
+    With ``instances`` (a label image on the mask's grid: :func:`building_instances`)
+    each instance is an outline of its own, however closely it touches the next."""
     # Strips keep memory flat. Polygons are traced in pixel coordinates; only those
-    # touching a strip edge can continue in the next strip, so only they are
-    # unioned (a noisy mask has ~10^5 specks, and one union of all is very slow).
+    # touching a strip edge can continue in the next strip, so only they are unioned,
+    # each with the pieces of its own value (a noisy mask has ~10^5 specks, and one
+    # union of all is very slow).
     inner: list[shapely.Geometry] = []
-    edge: list[shapely.Geometry] = []
+    edge: dict[float, list[shapely.Geometry]] = {}
     for r0, r1 in row_strips(src.height, 1024):
-        band = src.read(1, window=Window(0, r0, src.width, r1 - r0))
-        for geom, _ in shapes(band, mask=band > 0, transform=Affine.translation(0, r0)):
+        band = instances[r0:r1] if instances is not None else src.read(1, window=Window(0, r0, src.width, r1 - r0))
+        for geom, value in shapes(band, mask=band > 0, transform=Affine.translation(0, r0)):
             g = shapely.geometry.shape(geom)
             _, y0, _, y1 = g.bounds
-            (edge if (y0 == r0 and r0 > 0) or (y1 == r1 and r1 < src.height) else inner).append(g)
-    if edge:
-        merged = shapely.union_all(edge)
+            if (y0 == r0 and r0 > 0) or (y1 == r1 and r1 < src.height):
+                edge.setdefault(value, []).append(g)
+            else:
+                inner.append(g)
+    for pieces in edge.values():
+        merged = shapely.union_all(pieces)
         inner += list(getattr(merged, "geoms", [merged]))
     t = src.transform
     return [shapely.affinity.affine_transform(g, [t.a, t.b, t.d, t.e, t.c, t.f]) for g in inner]
+
+
+def building_instances(src, probabilities: np.ndarray, gsd_m: float | None = None) -> np.ndarray:
+    """The instance labels of an open mask dataset (:func:`service.outputs.instances.separate`),
+    from its probabilities (uint8 0-255 on its grid); ``gsd_m`` where the grid has no
+    ground resolution of its own (unknown: the models' 0.3 m)."""
+    ground = ground_resolution(src.crs, src.transform, src.width, src.height)
+    gsd = sum(ground) / 2 if ground else gsd_m or DEFAULT_GSD_M
+    return separate(src.read(1), probabilities, gsd)[0]
 
 
 def ground_crs(polys: list[shapely.Geometry], crs: str | None) -> str | None:
@@ -168,26 +187,51 @@ def to_geojson(
     return json.dumps(collection)
 
 
+def mask_outlines(
+    src, probabilities: np.ndarray | None, opts: PolygonOptions, gsd_m: float | None = None
+) -> list[shapely.Geometry]:
+    """A mask's outlines as traced: its instances where ``opts.separate`` and the
+    probabilities are known, else its components."""
+    instances = building_instances(src, probabilities, gsd_m) if opts.separate and probabilities is not None else None
+    return traced_polygons(src, instances)
+
+
 def buildings_geojson(
-    mask, probabilities: np.ndarray | None, opts: PolygonOptions = PolygonOptions(), source: Source | None = None
+    mask,
+    probabilities: np.ndarray | None,
+    opts: PolygonOptions = PolygonOptions(),
+    source: Source | None = None,
+    gsd_m: float | None = None,
 ) -> str:
     """The buildings of a 0/255 mask GeoTIFF (a path or an open dataset) as GeoJSON, each
-    with its confidence from ``probabilities`` (uint8 0-255 on the mask's grid) if given."""
+    with its confidence from ``probabilities`` (uint8 0-255 on the mask's grid) if given,
+    touching buildings separated (``opts.separate``) where they are."""
     if isinstance(mask, (str, Path)):
         with rasterio.open(mask) as src:
-            return buildings_geojson(src, probabilities, opts, source)
+            return buildings_geojson(src, probabilities, opts, source, gsd_m)
+    return outlines_geojson(mask_outlines(mask, probabilities, opts, gsd_m), mask, probabilities, opts, source)
+
+
+def outlines_geojson(
+    traced: list[shapely.Geometry], mask, probabilities: np.ndarray | None, opts: PolygonOptions, source: Source | None
+) -> str:
+    """Traced outlines of the open ``mask`` finished (:func:`finish_polygons`) as GeoJSON."""
     crs = mask.crs.to_string() if mask.crs else None
-    polys = finish_polygons(traced_polygons(mask), opts, crs)
+    polys = finish_polygons(traced, opts, crs)
     conf = confidences(polys, probabilities, mask.transform) if probabilities is not None else None
     return to_geojson(polys, crs, conf, source, opts.wgs84)
 
 
 def geotiff_buildings(
-    tif: bytes, probabilities: np.ndarray | None, opts: PolygonOptions = PolygonOptions(), source: Source | None = None
+    tif: bytes,
+    probabilities: np.ndarray | None,
+    opts: PolygonOptions = PolygonOptions(),
+    source: Source | None = None,
+    gsd_m: float | None = None,
 ) -> str:
     """:func:`buildings_geojson` of a mask GeoTIFF held in memory."""
     with MemoryFile(tif) as mem, mem.open() as ds:
-        return buildings_geojson(ds, probabilities, opts, source)
+        return buildings_geojson(ds, probabilities, opts, source, gsd_m)
 
 
 def write_buildings(

@@ -9,8 +9,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import rasterio
+import shapely
+
 from service.outputs.overlay import write_overlay
-from service.outputs.polygons import PolygonOptions, Source, buildings_geojson
+from service.outputs.polygons import PolygonOptions, Source, mask_outlines, outlines_geojson
 from service.outputs.sinks import GeoTiffRows, MaskPlane
 from service.rasters import RGBRaster
 from service.tiling.engine import TilingEngine
@@ -36,11 +39,18 @@ def _source(engine_name: str) -> Source:
 
 
 def segment_file(
-    engine: TilingEngine, image: str | Path, out: str | Path, opts: SegmentOptions = SegmentOptions(), progress: bool = True
+    engine: TilingEngine,
+    image: str | Path,
+    out: str | Path,
+    opts: SegmentOptions = SegmentOptions(),
+    progress: bool = True,
+    outlines: list[shapely.Geometry] | None = None,
 ) -> dict:
     """Segment one GeoTIFF into a 0/255 mask GeoTIFF (and the optional outputs).
 
-    Returns a summary: size, building share, the paths written.
+    Returns a summary: size, building share, the paths written. With ``opts.polygons``,
+    ``outlines`` (if given) receives the buildings' outlines as traced, before they are
+    finished (a batch's city layer joins the pieces at tile edges first).
     """
     out = Path(out)
     with RGBRaster(image) as src:
@@ -75,7 +85,11 @@ def segment_file(
     if opts.polygons and plane is not None:
         source = _source(getattr(model, "name", ""))
         # Traced from the mask just written: no second GeoTIFF encoded in memory to read back.
-        text = buildings_geojson(out, plane.probabilities, opts.polygon, source)
+        with rasterio.open(out) as mask:
+            traced = mask_outlines(mask, plane.probabilities, opts.polygon, run.ground_m or None)
+            text = outlines_geojson(traced, mask, plane.probabilities, opts.polygon, source)
+        if outlines is not None:
+            outlines.extend(traced)
         opts.polygons.parent.mkdir(parents=True, exist_ok=True)
         opts.polygons.write_text(text)
         summary.update(polygons=str(opts.polygons), polygon_count=len(json.loads(text)["features"]))

@@ -1,0 +1,79 @@
+"""Touching buildings apart: a seeded watershed on the building probability.
+
+A mask's 8-connected components merge houses that share a wall or stand less than a
+pixel apart, and a tasking manager then counts one building where there are three.
+The probability tells them apart where the mask cannot: the network is sure in the
+middle of each roof and less sure along the wall or gap between two. So each
+building's seed is a confident core (probability at least ``SEED_PROBABILITY``, at
+least ``SEED_DEPTH_M`` in from the mask's edge, at least ``MIN_SEED_M2``), and the
+mask is flooded from the seeds down the probability (scikit-image's ``watershed``): the
+split between two seeds runs along the probability's valley. A component with no seed (a small or faint building) stays
+whole, and no pixel changes class: the instances cover exactly the mask, so pixel IoU
+cannot move.
+
+scipy's ``watershed_ift`` was declined: on a plateau of equal cost (a roof the network
+is equally sure of everywhere) the last seed takes every pixel it reaches, across the
+valley; scikit-image's priority flood grows seeds evenly there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+from skimage.segmentation import watershed
+
+SEED_PROBABILITY = 0.75  # a confident roof, well above the 0.5 that makes a building pixel
+SEED_DEPTH_M = 2.0  # a seed lies at least this far inside the mask: a house is >= 4 m wide
+MIN_SEED_M2 = 1.0  # smaller cores are texture on one roof, not a building of their own
+_EIGHT = np.ones((3, 3), bool)
+
+
+def separate(
+    mask: np.ndarray,
+    probability: np.ndarray,
+    gsd_m: float,
+    seed_probability: float = SEED_PROBABILITY,
+    seed_depth_m: float = SEED_DEPTH_M,
+) -> tuple[np.ndarray, int]:
+    """Building instances of ``mask`` (non-zero is building) on its grid: a label
+    image (0 outside, 1..n) and n. ``probability`` is the building probability on the
+    same grid, float 0-1 or uint8 0-255; ``gsd_m`` the grid's metres per pixel."""
+    if mask.shape != probability.shape:
+        raise ValueError(f"mask shape {mask.shape} != probability shape {probability.shape}")
+    inside = mask != 0
+    components, n_comp = ndimage.label(inside, structure=_EIGHT)
+    if not n_comp:
+        return components.astype(np.int32), 0
+    p8 = probability if probability.dtype == np.uint8 else np.clip(np.rint(probability * 255), 0, 255).astype(np.uint8)
+    cores = inside & (p8 >= round(seed_probability * 255))
+    depth_px = int(np.ceil(seed_depth_m / gsd_m))
+    if depth_px > 1:  # at least depth_px pixels from the edge in every direction (chessboard)
+        cores &= ndimage.binary_erosion(inside, structure=_EIGHT, iterations=depth_px - 1, border_value=1)
+    seeds, n_seeds = ndimage.label(cores, structure=_EIGHT)
+    out = components.astype(np.int32)
+    if not n_seeds:
+        return out, n_comp
+    # Seeds under the minimum area are dropped; components with two seeds or more are
+    # flooded from them (one call: the components do not touch, so no flood crosses).
+    sizes = np.bincount(seeds.ravel(), minlength=n_seeds + 1)
+    small = sizes < max(1.0, MIN_SEED_M2 / gsd_m**2)
+    small[0] = True
+    seeds[small[seeds]] = 0
+    owner = np.zeros(n_seeds + 1, np.int64)
+    where = seeds > 0
+    owner[seeds[where]] = components[where]  # every pixel of a seed lies in one component
+    per_component = np.bincount(owner[np.flatnonzero(~small)], minlength=n_comp + 1)
+    split = per_component >= 2
+    split[0] = False
+    following = n_comp
+    if split.any():
+        region = split[components]
+        flooded = watershed(255 - p8, np.where(region, seeds, 0), mask=region, connectivity=2)
+        out[region] = n_comp + flooded[region]
+        following = n_comp + n_seeds
+    # Number the instances 1..n (the ids of split components drop out).
+    present = np.zeros(following + 1, bool)
+    present[out] = True
+    present[0] = False
+    relabel = np.cumsum(present, dtype=np.int32) * present
+    return relabel[out], int(present.sum())
