@@ -20,7 +20,8 @@ from service.engines.precision import PRECISIONS  # leaf modules: no heavy impor
 from service.errors import InputError, NotFoundError
 
 ENTRY_POINTS = "footprints.cli"
-BACKENDS = ("auto", "onnxruntime", "openvino", "torch", "tensorrt")
+# service.engines.ENGINES, without importing the engines package to print --help.
+BACKENDS = ("auto", "onnxruntime", "openvino", "torch", "tensorrt", "null")
 
 
 @dataclass
@@ -340,6 +341,24 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _health(args: argparse.Namespace) -> int:
+    """The container's health check: SERVING -> 0; anything else, or no answer -> 1."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(args.server) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+            )
+        except grpc.RpcError as e:
+            print(f"{args.server}: {e.code().name}: {e.details()}")
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{args.server}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
 def _load_extensions(sub: Any, ext: Extensions) -> None:
     """Let installed packages register their subcommands; a package whose code is
     absent (a serving-only install) adds nothing."""
@@ -472,6 +491,12 @@ def build_parser(ext: Extensions | None = None) -> argparse.ArgumentParser:
         help="memory all windows in flight may take, every tile and model together (default: half the RAM)",
     )
     p.set_defaults(func=_serve)
+
+    p = sub.add_parser("health", help="ask a server's grpc.health.v1 service; exit 0 only when it answers SERVING")
+    p.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT")
+    p.add_argument("--service", default="", help="the service to ask about ('': the server as a whole)")
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
+    p.set_defaults(func=_health)
 
     p = sub.add_parser("tune", help="measure window speeds and compile engines ahead of time (a Docker build, a new machine)")
     p.add_argument("--store", type=Path, default=Path("model_store"))

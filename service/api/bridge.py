@@ -19,6 +19,7 @@ import numpy as np
 from service.engines.base import Engine
 from service.models.batcher import Batcher
 from service.tiling.engine import RasterSource, TilePlan, TilingEngine
+from service.tiling.stages import Stages
 
 
 class Cancelled(Exception):
@@ -79,7 +80,7 @@ class BatchedModel:
 
 
 async def stream_rows(
-    engine: TilingEngine, source: RasterSource, plan: TilePlan, model: BatchedModel
+    engine: TilingEngine, source: RasterSource, plan: TilePlan, model: BatchedModel, stages: Stages | None = None
 ) -> AsyncGenerator[tuple[int, int, np.ndarray], None]:
     """Run ``engine`` over ``source`` in a worker thread; yield its ``(r0, r1, rows)``
     blocks on the event loop as they become final. If the consumer stops early
@@ -90,7 +91,7 @@ async def stream_rows(
 
     def work() -> None:
         try:
-            for r0, r1, prob in engine.run(source, plan=plan):
+            for r0, r1, prob in engine.run(source, plan=plan, stages=stages):
                 # Final rows: the stitcher never writes them again, so no copy is needed.
                 loop.call_soon_threadsafe(queue.put_nowait, (r0, r1, prob))
             loop.call_soon_threadsafe(queue.put_nowait, done)

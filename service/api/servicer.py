@@ -38,6 +38,7 @@ from service.outputs.sinks import MaskPlane
 from service.tiling.engine import EngineConfig, TilingEngine, windows_that_fit
 from service.tiling.pipeline import RowSink, TileRun
 from service.tiling.resample import Resolution, raster_resolution
+from service.tiling.stages import Stages
 
 __all__ = ["Limits", "SegmentationServicer"]
 
@@ -135,11 +136,15 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
 
             header, data = await receive(request_iterator, check, self.limits.upload_idle_s, self.limits.upload_s)
             t_received = time.perf_counter()
+            stages = Stages()
+            stages.add("receive", t_received - t0)
             model = pinned[0]
             note_model(model.entry.name, model.entry.version)
             requested_mode(header, model)
             # In a thread: a URL's header is fetched over the network.
-            with await asyncio.to_thread(decode, header, data, self.limits.max_raster_side) as raster:
+            with stages("decode"):
+                opened = await asyncio.to_thread(decode, header, data, self.limits.max_raster_side)
+            with opened as raster:
                 keep = header.outputs.geotiff or header.outputs.polygons
                 ground = raster_resolution(
                     raster.crs, raster.transform, raster.width, raster.height, header.gsd_m if header.HasField("gsd_m") else None
@@ -169,13 +174,13 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
                 plane = MaskPlane(raster.width, raster.height, probabilities=header.outputs.polygons) if keep else None
                 sinks: list[RowSink] = [messages] + ([plane] if plane is not None else [])
                 threshold = header.threshold if header.HasField("threshold") else None
-                run = await asyncio.to_thread(TileRun, engine, raster.source, sinks, threshold, ground)
+                run = await asyncio.to_thread(TileRun, engine, raster.source, sinks, threshold, ground, stages)
                 plan = run.plan
                 engine.windows_in_flight(plan.window)  # and windows the server's memory cannot hold
                 # aclosing: leaving early (a cancel, a closed stream) stops the tile's threads
                 # here, before the raster they read is closed (left to the garbage collector,
                 # the generator outlived the raster and its reader crashed the process).
-                async with contextlib.aclosing(stream_rows(engine, run.model_source, plan, shared)) as rows:
+                async with contextlib.aclosing(stream_rows(engine, run.model_source, plan, shared, stages)) as rows:
                     async for r0, r1, prob in rows:
                         run.feed(r0, r1, prob)
                         for message in messages.drain():
@@ -197,12 +202,16 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
                         resample_factor=run.factor,
                         threshold=run.threshold,
                         timings=pb.Timings(
-                            receive_seconds=t_received - t0, segment_seconds=t_done - t_received, total_seconds=t_done - t0
+                            receive_seconds=t_received - t0,
+                            segment_seconds=t_done - t_received,
+                            total_seconds=t_done - t0,
+                            stage_seconds=stages.as_dict(),
                         ),
                     )
                 )
                 if plane is not None:
-                    tif = plane.geotiff_bytes(raster.crs, raster.transform)
+                    # In a thread: a 5000^2 tile's COG takes a while, and the loop serves everyone.
+                    tif = await asyncio.to_thread(plane.geotiff_bytes, raster.crs, raster.transform)
                     if header.outputs.geotiff:
                         for message in bytes_messages(tif):
                             yield message

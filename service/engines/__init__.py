@@ -13,7 +13,8 @@ from collections.abc import Callable
 from service.engines.base import Bundle, Engine
 from service.errors import InputError
 
-ENGINES = ("auto", "onnxruntime", "openvino", "torch", "tensorrt")
+# null answers every window with zeros: the front end's cost alone (benchmarks/frontend.py).
+ENGINES = ("auto", "onnxruntime", "openvino", "torch", "tensorrt", "null")
 Factory = Callable[[Bundle, "str | None", str], Engine]
 REGISTRY: dict[str, Factory] = {}
 
@@ -63,6 +64,13 @@ def _tensorrt(bundle: Bundle, device: str | None, precision: str) -> Engine:
     from service.engines.tensorrt.runtime import TensorRTEngine
 
     return TensorRTEngine.load(bundle, "fp32" if precision == "fp32" else "fp16")
+
+
+@register("null")
+def _null(bundle: Bundle, device: str | None, precision: str) -> Engine:
+    from service.engines.null import NullEngine
+
+    return NullEngine(bundle)
 
 
 def open_engine(bundle: Bundle, name: str = "onnxruntime", device: str | None = None, precision: str = "auto") -> Engine:

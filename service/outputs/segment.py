@@ -6,6 +6,7 @@ input's CRS."""
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,16 +86,21 @@ def segment_file(
     if opts.polygons and plane is not None:
         source = _source(getattr(model, "name", ""))
         # Traced from the mask just written: no second GeoTIFF encoded in memory to read back.
-        with rasterio.open(out) as mask:
+        with run.stages("polygons"), rasterio.open(out) as mask:
             traced = mask_outlines(mask, plane.probabilities, opts.polygon, run.ground_m or None)
             text = outlines_geojson(traced, mask, plane.probabilities, opts.polygon, source)
+            opts.polygons.parent.mkdir(parents=True, exist_ok=True)
+            opts.polygons.write_text(text)
         if outlines is not None:
             outlines.extend(traced)
-        opts.polygons.parent.mkdir(parents=True, exist_ok=True)
-        opts.polygons.write_text(text)
         summary.update(polygons=str(opts.polygons), polygon_count=len(json.loads(text)["features"]))
+    overlay_s = 0.0
     if opts.overlay:
+        t = time.perf_counter()
         summary["overlay"] = str(write_overlay(image, out, opts.overlay))
+        overlay_s = time.perf_counter() - t
     if opts.probabilities:
         summary["probabilities"] = str(opts.probabilities)
+    # The tile's time, overlay aside, and where it went (service/tiling/stages.py).
+    summary.update(seconds=run.seconds - overlay_s, stages=run.stages.as_dict())
     return summary

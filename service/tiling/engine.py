@@ -22,6 +22,7 @@ from service.errors import InputError
 from service.machine import half_the_ram
 from service.tiling.geometry import DUAL_OVERLAP, Geometry
 from service.tiling.plans import TilePlan, Window
+from service.tiling.stages import Stages
 from service.tiling.stitch import Stitcher
 
 
@@ -215,14 +216,16 @@ class TilingEngine:
         return [source.read(row, col, size) for row, col, size in win.reads]
 
     def run(
-        self, source: RasterSource, progress: bool = False, plan: TilePlan | None = None
+        self, source: RasterSource, progress: bool = False, plan: TilePlan | None = None, stages: Stages | None = None
     ) -> Iterator[tuple[int, int, np.ndarray]]:
         """Yield ``(r0, r1, probabilities)`` row blocks, top to bottom, as they finish.
 
         ``plan``: the tile's plan when the caller made it already (the server does,
         to refuse bad windows before any work). Invalid (nodata) pixels come out
-        with probability 0.
+        with probability 0. ``stages`` receives the time waited on window reads, on
+        the model and spent stitching.
         """
+        stages = stages if stages is not None else Stages()
         windows, blend, window = plan or self.plan(source.height, source.width)
         in_flight = self.windows_in_flight(window)
         stitcher = Stitcher(source.height, source.width, windows, blend)
@@ -243,16 +246,26 @@ class TilingEngine:
             upcoming = reader.submit(read, batches[0]) if batches else None
             for i, batch in enumerate(batches):
                 assert upcoming is not None
-                inputs = upcoming.result()
+                with stages("window reads"):
+                    inputs = upcoming.result()
                 upcoming = reader.submit(read, batches[i + 1]) if i + 1 < len(batches) else None
-                running.append((batch, self._submit(inputs, in_flight)))
+                with stages("model"):  # engines without a queue run the batch here
+                    running.append((batch, self._submit(inputs, in_flight)))
                 while running and (len(running) >= depth or i + 1 == len(batches)):
                     done, wait = running.popleft()
-                    for w, p in zip(done, wait()):
-                        stitcher.add(w, p)
-                    bar.update(len(done))
-                    while (ready := stitcher.take_ready()) is not None:
-                        yield self._masked(source, *ready)
+                    with stages("model"):
+                        probs = wait()
+                    with stages("stitch"):
+                        for w, p in zip(done, probs):
+                            stitcher.add(w, p)
+                        bar.update(len(done))
+                        ready = stitcher.take_ready()
+                    while ready is not None:
+                        with stages("stitch"):
+                            block = self._masked(source, *ready)
+                        yield block
+                        with stages("stitch"):
+                            ready = stitcher.take_ready()
         finally:
             reader.shutdown(wait=True, cancel_futures=True)
             bar.close()

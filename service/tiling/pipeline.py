@@ -18,6 +18,7 @@ import numpy as np
 
 from service.tiling.engine import ArraySource, RasterSource, TilingEngine
 from service.tiling.resample import BackToRaster, Resolution, resample_image
+from service.tiling.stages import Stages
 
 
 def to_mask(prob: np.ndarray, threshold: float) -> np.ndarray:
@@ -74,7 +75,10 @@ class TileRun:
         sinks: list[RowSink],
         threshold: float | None = None,
         raster_m: tuple[float, float] | None = None,
+        stages: Stages | None = None,
     ) -> None:
+        self.started = time.perf_counter()
+        self.stages = stages if stages is not None else Stages()  # where the tile's time goes
         self.engine, self.source, self.sinks = engine, source, list(sinks)
         # None: the model version's own threshold (its manifest's, chosen on held-out data).
         self.threshold = engine.model.threshold if threshold is None else threshold
@@ -87,10 +91,10 @@ class TileRun:
         self.back: BackToRaster | None = None
         if shape != (source.height, source.width):
             # The model sees the raster at its own resolution; rows come back to the raster's grid.
-            self.model_source = ArraySource(resample_image(source.read_full(), shape))
+            with self.stages("resample"):
+                self.model_source = ArraySource(resample_image(source.read_full(), shape))
             self.back = BackToRaster((source.height, source.width), shape)
         self.building = 0
-        self.started = time.perf_counter()
 
     @property
     def factor(self) -> float:
@@ -105,6 +109,10 @@ class TileRun:
     def feed(self, r0: int, r1: int, prob: np.ndarray) -> RowBlock | None:
         """One block of final rows on the model's grid: brought back to the raster's (where
         resampled), thresholded, counted and handed to every sink."""
+        with self.stages("encode"):
+            return self._feed(r0, r1, prob)
+
+    def _feed(self, r0: int, r1: int, prob: np.ndarray) -> RowBlock | None:
         if self.back is not None:
             back = self.back.feed(r0, prob)
             if back is None:
@@ -123,15 +131,16 @@ class TileRun:
     def run(self, progress: bool = False) -> TileRun:
         """The whole tile in this thread (``segment``, the batch worker), sinks closed after."""
         try:
-            for r0, r1, prob in self.engine.run(self.model_source, progress=progress, plan=self.plan):
+            for r0, r1, prob in self.engine.run(self.model_source, progress=progress, plan=self.plan, stages=self.stages):
                 self.feed(r0, r1, prob)
         finally:
             self.close()
         return self
 
     def close(self) -> None:
-        for sink in self.sinks:
-            sink.close()
+        with self.stages("encode"):  # a GeoTIFF sink becomes its COG here
+            for sink in self.sinks:
+                sink.close()
 
     @property
     def building_share(self) -> float:

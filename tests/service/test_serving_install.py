@@ -69,7 +69,7 @@ def test_serving_works_with_only_the_serving_dependencies(serving_venv, tmp_path
     )
     assert probe.stdout.split() == ["None", "None"], probe.stdout + probe.stderr  # neither torch nor training
     commands = re.search(r"\{([a-z,-]+)\}", _run(env, "--help", cwd=tmp_path).stdout)
-    serving = ["segment", "overlay", "diff", "serve", "tune", "batch", "build-engine", "torchserve"]
+    serving = ["segment", "overlay", "diff", "serve", "health", "tune", "batch", "build-engine", "torchserve"]
     assert commands and commands.group(1).split(",") == serving  # no training (or load-test) commands
 
     image = _tile(tmp_path / "city")
