@@ -8,6 +8,7 @@ and the serving commands stay light.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -493,7 +494,10 @@ def build_parser(ext: Extensions | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("health", help="ask a server's grpc.health.v1 service; exit 0 only when it answers SERVING")
-    p.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT")
+    p.add_argument(
+        "--server", default=os.environ.get("FOOTPRINTS_HEALTH_SERVER", "127.0.0.1:50051"),
+        help="HOST:PORT (default: $FOOTPRINTS_HEALTH_SERVER, else 127.0.0.1:50051: a container's health check)",
+    )  # fmt: skip
     p.add_argument("--service", default="", help="the service to ask about ('': the server as a whole)")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
     p.set_defaults(func=_health)
