@@ -35,11 +35,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _report  # noqa: E402
 
-ENGINES = ("torch-eager", "torch-compile", "onnxruntime-fp32", "openvino-fp32", "openvino-bf16")
+# openvino-int8 runs a version's INT8 graph (check-precision --int8); a version without
+# one, or whose one failed its gate, is listed with the reason.
+ENGINES = ("torch-eager", "torch-compile", "onnxruntime-fp32", "openvino-fp32", "openvino-bf16", "openvino-int8")
 
 
 def gemm_rates(n: int = 4096, repeats: int = 5) -> dict[str, float]:
-    """GFLOP/s of an n^3 MatMul through oneDNN (OpenVINO's CPU plugin), fp32 and bf16."""
+    """GFLOP/s of an n^3 MatMul through oneDNN (OpenVINO's CPU plugin), fp32 and bf16,
+    and int8 (the same MatMul quantised by NNCF, as the models' INT8 graphs are)."""
     import openvino as ov
     from openvino import opset13 as ops
 
@@ -51,9 +54,18 @@ def gemm_rates(n: int = 4096, repeats: int = 5) -> dict[str, float]:
     model = ov.Model([ops.matmul(a, ops.constant(rng.random((n, n), dtype=np.float32)), False, False)], [a])
     x = rng.random((n, n), dtype=np.float32)
     rates = {}
-    for precision, hint in (("fp32", "f32"), ("bf16", "bf16")):
+    graphs = {"fp32": model, "bf16": model}
+    try:
+        import nncf
+
+        graphs["int8"] = nncf.quantize(model, nncf.Dataset([x]), subset_size=1)
+    except ImportError:
+        pass
+    for precision, hint in (("fp32", "f32"), ("bf16", "bf16"), ("int8", "f32")):
+        if precision not in graphs:
+            continue
         cfg = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": available_cores()}
-        request = core.compile_model(model, "CPU", cfg).create_infer_request()
+        request = core.compile_model(graphs[precision], "CPU", cfg).create_infer_request()
         request.infer({0: x})
         times = []
         for _ in range(repeats):
@@ -155,7 +167,7 @@ def window_rows(store: Path, names: list[str], engines: list[str], image: Path, 
                 if engine == "torch-eager":
                     reference = r["probs"]
                 agree = float(np.mean((r["probs"] > 0.5) == (reference > 0.5))) if reference is not None else None
-                floor = 2 * macs / (rates["bf16" if engine.endswith("bf16") else "fp32"] * 1e9)
+                floor = 2 * macs / (rates.get(engine.rsplit("-", 1)[-1], rates["fp32"]) * 1e9)
                 rows.append(
                     {
                         **row,
@@ -336,7 +348,7 @@ def main() -> None:
     from training.synthetic import style, synthesize_tile
 
     rates = gemm_rates(args.gemm_size)
-    print(f"GEMM rate: fp32 {rates['fp32']:.0f} GFLOP/s, bf16 {rates['bf16']:.0f} GFLOP/s", flush=True)
+    print("GEMM rate: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items()), flush=True)
     with tempfile.TemporaryDirectory(prefix="footprints-engines-") as tmp:
         image = synthesize_tile(Path(tmp), style("fairhaven"), 1, args.size, 1, seed=3).image
         windows = window_rows(args.store, names, args.engines.split(","), image, rates)

@@ -128,11 +128,14 @@ def _check_precision(args: argparse.Namespace) -> int:
     from training.precision import check_store_version
 
     name, _, version = args.model.partition(":")
-    checks = check_store_version(args.store, name, int(version) if version else None, args.parity_data or [])
+    checks = check_store_version(args.store, name, int(version) if version else None, args.parity_data or [], args.int8)
     for key, c in checks.items():
         if c.get("measured"):
             verdict = "accepted" if c["accepted"] else f"REFUSED (limit {c['limit']:.1%})"
-            print(f"{args.model} {key}: max |diff| {c['max_abs_diff']:.2e}, mask flips {c['mask_flip_share']:.3%}: {verdict}")
+            speed = f", {c['speedup_vs_fp32']:.2f}x fp32's speed" if "speedup_vs_fp32" in c else ""
+            print(
+                f"{args.model} {key}: max |diff| {c['max_abs_diff']:.2e}, mask flips {c['mask_flip_share']:.3%}{speed}: {verdict}"
+            )
         else:
             print(f"{args.model} {key}: not measured ({c['why']})")
     return 0
@@ -300,8 +303,9 @@ def register(sub: Any, extensions: Any) -> None:
     p.set_defaults(func=_export)
 
     p = sub.add_parser(
-        "check-precision", help="record how far OpenVINO fp32 and bf16 move a store version's masks from fp32 PyTorch"
+        "check-precision", help="record how far OpenVINO fp32, bf16 (and INT8) move a store version's masks from fp32 PyTorch"
     )
+    p.add_argument("--int8", action="store_true", help="also quantise it to INT8 with NNCF (calibrated on the parity windows)")
     p.add_argument("model", help="NAME or NAME:VERSION in the store")
     p.add_argument("--store", type=Path, default=Path("model_store"))
     p.add_argument("--parity-data", type=Path, action="append", help="real imagery root: its areas' windows join the check")

@@ -28,8 +28,8 @@ def register(name: str) -> Callable[[Factory], Factory]:
 
 
 def _fp32_only(name: str, precision: str) -> None:
-    if precision == "bf16":
-        raise InputError(f"the {name} engine runs fp32 only; bf16 runs on --backend openvino")
+    if precision in ("bf16", "int8"):
+        raise InputError(f"the {name} engine runs fp32 only; {precision} runs on --backend openvino")
 
 
 @register("onnxruntime")

@@ -60,11 +60,11 @@ def predicted_engine(bundle: Bundle, precision: str = "auto", device: str | None
     from service.engines.openvino import checked_precision, graph_operations
 
     if not _has_openvino():
-        if precision == "bf16":
-            raise InputError("bf16 runs on OpenVINO, which is not installed")
+        if precision in ("bf16", "int8"):
+            raise InputError(f"{precision} runs on OpenVINO, which is not installed")
         return Choice("onnxruntime", "fp32", "OpenVINO is not installed", device)
     slow = sorted(graph_operations(bundle) & SLOW_IN_OPENVINO)
-    if slow and precision != "bf16":
+    if slow and precision not in ("bf16", "int8"):
         return Choice("onnxruntime", "fp32", f"its graph has {', '.join(slow)}, which OpenVINO's CPU plugin runs slowly", device)
     chosen, why = checked_precision(bundle, precision)
     return Choice("openvino", chosen, why, device)

@@ -1,6 +1,7 @@
-"""OpenVINO on the CPU: the store's ONNX graph compiled per window shape, in fp32 or
-in bf16 where the CPU computes bf16 natively (AVX512-BF16, AMX) and export checked
-that bf16 masks agree with fp32 PyTorch's (``manifest["precision_checks"]``)."""
+"""OpenVINO on the CPU: the store's ONNX graph compiled per window shape, in fp32, in
+bf16 where the CPU computes bf16 natively (AVX512-BF16, AMX), or the version's INT8
+graph (NNCF's, ``model.int8.xml``), each only where ``footprints check-precision``
+found its masks agree with fp32 PyTorch's (``manifest["precision_checks"]``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from service.engines.base import Bundle, Engine, model_inputs
 from service.engines.precision import choose_precision
 from service.errors import InputError
 from service.machine import available_cores, this_cpu
-from service.store.manifest import ONNX
+from service.store.manifest import INT8, INT8_WEIGHTS, ONNX
 
 # Compiled shapes kept: a tile's windows share one shape, batches add one or two more;
 # each compiled shape holds its own activation buffers, so keep few.
@@ -29,10 +30,17 @@ def precision_check(entry: Bundle, engine: str, precision: str) -> dict[str, Any
 
 
 def checked_precision(entry: Bundle, requested: str) -> tuple[str, str]:
-    """(precision, why) for OpenVINO on this CPU: ``auto`` takes bf16 only where the CPU
-    has it and the model's bf16 masks passed export's agreement check; a forced bf16
-    that failed (or was never checked) is refused with the reason."""
+    """(precision, why) for OpenVINO on this CPU. ``auto`` takes INT8 where the version's
+    INT8 graph passed its gate and was measured faster than the alternative on this very
+    CPU, else bf16 where the CPU has it and the bf16 masks passed theirs, else fp32. A
+    forced precision that failed (or was never checked) is refused with the reason."""
     cpu = this_cpu()
+    if requested in ("int8", "auto"):
+        passed, faster, why = _int8_verdict(entry, cpu.key, cpu.bf16)
+        if passed and (faster or requested == "int8"):
+            return "int8", why
+        if requested == "int8":
+            raise InputError(f"model {entry.name} v{entry.version} in INT8: {why}; use --precision fp32")
     precision = choose_precision(requested, cpu)
     if precision == "fp32":
         return "fp32", "forced" if requested == "fp32" else f"no native bf16 on {cpu.model}"
@@ -46,6 +54,25 @@ def checked_precision(entry: Bundle, requested: str) -> tuple[str, str]:
     if requested == "bf16":
         raise InputError(f"model {entry.name} v{entry.version} in bf16 {problem}; use --precision fp32")
     return "fp32", f"bf16 {problem}"
+
+
+def _int8_verdict(entry: Bundle, cpu_key: str, bf16: bool) -> tuple[bool, bool, str]:
+    """Whether the version's INT8 graph passed its gate, whether it was measured faster
+    here than what ``auto`` would serve otherwise, and why."""
+    record = precision_check(entry, "openvino", "int8")
+    if record is None:
+        return False, False, "no INT8 graph (`footprints check-precision --int8` makes and checks one)"
+    if not record["accepted"]:
+        why = (
+            record.get("why")
+            or f"flips {record['mask_flip_share']:.2%} of mask pixels against fp32 (limit {record['limit']:.1%})"
+        )
+        return False, False, why
+    agree = f"masks agree with fp32 on {1 - record['mask_flip_share']:.3%} of pixels"
+    if record.get("cpu") != cpu_key:
+        return True, False, f"INT8 {agree}; its speed was measured on another CPU ({record.get('cpu')})"
+    rival, speedup = ("bf16", record.get("speedup_vs_bf16", 0.0)) if bf16 else ("fp32", record.get("speedup_vs_fp32", 0.0))
+    return True, speedup > 1.0, f"INT8 {agree}; {speedup:.2f}x {rival}'s speed here"
 
 
 @functools.lru_cache(maxsize=32)
@@ -79,8 +106,13 @@ class OpenVinoEngine(Engine):
         super().__init__(**Engine.describe(entry, "cpu", chosen))
         self.core = ov.Core()
         self.core.set_property({"CACHE_DIR": str(compiled_cache())})
-        self.model = self.core.read_model(str(entry.verify(ONNX)))
+        if self.precision == "int8":
+            entry.verify(INT8_WEIGHTS)
+            self.model = self.core.read_model(str(entry.verify(INT8)))
+        else:
+            self.model = self.core.read_model(str(entry.verify(ONNX)))
         self.config = {
+            # INT8 layers run in INT8 whatever the hint; the hint is for the rest.
             "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
             "INFERENCE_NUM_THREADS": threads or available_cores(),
             "PERFORMANCE_HINT": "LATENCY",

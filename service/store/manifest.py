@@ -25,6 +25,8 @@ FORMAT = "footprints.manifest/2"
 ONNX = "model.onnx"  # the graph every engine starts from
 PROGRAM = "model.pt2"  # the same graph as a torch.export program (the PyTorch engine's)
 CHECKPOINT = "model.pt"  # the fp16 training checkpoint they came from
+INT8 = "model.int8.xml"  # NNCF's INT8 quantisation of the graph, as OpenVINO IR (its weights: .bin beside it)
+INT8_WEIGHTS = "model.int8.bin"
 
 
 @dataclass(frozen=True)
