@@ -33,7 +33,7 @@ from service.errors import InputError
 from service.metrics import Metrics
 from service.models.budget import MemoryBudget
 from service.models.registry import LoadedModel, ModelRegistry
-from service.outputs.polygons import Source, geotiff_buildings
+from service.outputs.polygons import Source, plane_buildings
 from service.outputs.sinks import MaskPlane
 from service.tiling.engine import EngineConfig, TilingEngine, windows_that_fit
 from service.tiling.pipeline import RowSink, TileRun
@@ -209,17 +209,17 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
                         ),
                     )
                 )
-                if plane is not None:
+                if plane is not None and header.outputs.geotiff:
                     # In a thread: a 5000^2 tile's COG takes a while, and the loop serves everyone.
                     tif = await asyncio.to_thread(plane.geotiff_bytes, raster.crs, raster.transform)
-                    if header.outputs.geotiff:
-                        for message in bytes_messages(tif):
-                            yield message
-                    if header.outputs.polygons:
-                        source = Source(model.entry.name, model.entry.version)
-                        text = await asyncio.to_thread(
-                            geotiff_buildings, tif, plane.probabilities, polygon_opts, source, run.ground_m or None
-                        )
-                        yield pb.SegmentTileResponse(polygons_geojson=text)
+                    for message in bytes_messages(tif):
+                        yield message
+                if plane is not None and header.outputs.polygons:
+                    # Traced from the mask plane itself: no COG encoded and read back for it.
+                    source = Source(model.entry.name, model.entry.version)
+                    text = await asyncio.to_thread(
+                        plane_buildings, plane, raster.crs, raster.transform, polygon_opts, source, run.ground_m or None
+                    )
+                    yield pb.SegmentTileResponse(polygons_geojson=text)
             # Only tiles served count in the latency histogram (refusals take no time to speak of).
             self.metrics.tile_seconds.observe(time.perf_counter() - t0)

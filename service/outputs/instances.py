@@ -41,37 +41,41 @@ def separate(
     if mask.shape != probability.shape:
         raise ValueError(f"mask shape {mask.shape} != probability shape {probability.shape}")
     inside = mask != 0
-    components, n_comp = ndimage.label(inside, structure=_EIGHT)
+    components, n_comp = ndimage.label(inside, structure=_EIGHT)  # int32: relabelled in place below
     if not n_comp:
-        return components.astype(np.int32), 0
+        return components, 0
     p8 = probability if probability.dtype == np.uint8 else np.clip(np.rint(probability * 255), 0, 255).astype(np.uint8)
     cores = inside & (p8 >= round(seed_probability * 255))
     depth_px = int(np.ceil(seed_depth_m / gsd_m))
     if depth_px > 1:  # at least depth_px pixels from the edge in every direction (chessboard)
         cores &= ndimage.binary_erosion(inside, structure=_EIGHT, iterations=depth_px - 1, border_value=1)
     seeds, n_seeds = ndimage.label(cores, structure=_EIGHT)
-    out = components.astype(np.int32)
     if not n_seeds:
-        return out, n_comp
-    # Seeds under the minimum area are dropped; components with two seeds or more are
-    # flooded from them (one call: the components do not touch, so no flood crosses).
-    sizes = np.bincount(seeds.ravel(), minlength=n_seeds + 1)
-    small = sizes < max(1.0, MIN_SEED_M2 / gsd_m**2)
-    small[0] = True
-    seeds[small[seeds]] = 0
+        return components, n_comp
+    # Seeds under the minimum area do not count; a component with two seeds or more is
+    # flooded from them, alone, within its bounding box (a tile's components are small:
+    # no full-tile pass per component).
+    big = np.bincount(seeds.ravel(), minlength=n_seeds + 1) >= max(1.0, MIN_SEED_M2 / gsd_m**2)
+    big[0] = False
     owner = np.zeros(n_seeds + 1, np.int64)
     where = seeds > 0
     owner[seeds[where]] = components[where]  # every pixel of a seed lies in one component
-    per_component = np.bincount(owner[np.flatnonzero(~small)], minlength=n_comp + 1)
-    split = per_component >= 2
-    split[0] = False
+    per_component = np.bincount(owner[big], minlength=n_comp + 1)
+    boxes = ndimage.find_objects(components)
     following = n_comp
-    if split.any():
-        region = split[components]
-        flooded = watershed(255 - p8, np.where(region, seeds, 0), mask=region, connectivity=2)
-        out[region] = n_comp + flooded[region]
-        following = n_comp + n_seeds
+    for c in np.flatnonzero(per_component[1:] >= 2) + 1:
+        box = boxes[c - 1]
+        mine = components[box] == c
+        local = seeds[box]
+        markers = np.where(mine & big[local], local, 0)
+        flooded = watershed(255 - p8[box], markers, mask=mine, connectivity=2)
+        ids, rank = np.unique(flooded[mine], return_inverse=True)
+        components[box][mine] = following + 1 + rank.astype(np.int32)
+        following += len(ids)
+    if following == n_comp:
+        return components, n_comp
     # Number the instances 1..n (the ids of split components drop out).
+    out = components
     present = np.zeros(following + 1, bool)
     present[out] = True
     present[0] = False

@@ -222,16 +222,25 @@ def outlines_geojson(
     return to_geojson(polys, crs, conf, source, opts.wgs84)
 
 
-def geotiff_buildings(
-    tif: bytes,
-    probabilities: np.ndarray | None,
+def plane_buildings(
+    plane,
+    crs,
+    transform: Affine,
     opts: PolygonOptions = PolygonOptions(),
     source: Source | None = None,
     gsd_m: float | None = None,
 ) -> str:
-    """:func:`buildings_geojson` of a mask GeoTIFF held in memory."""
-    with MemoryFile(tif) as mem, mem.open() as ds:
-        return buildings_geojson(ds, probabilities, opts, source, gsd_m)
+    """:func:`buildings_geojson` of a whole mask plane held in memory (``MaskPlane``),
+    through an uncompressed in-memory GeoTIFF (GDAL traces datasets, not arrays)."""
+    mask = plane.plane
+    profile = dict(
+        driver="GTiff", width=mask.shape[1], height=mask.shape[0], count=1, dtype="uint8", crs=crs, transform=transform
+    )
+    with MemoryFile() as mem:
+        with mem.open(**profile) as dst:
+            dst.write(mask, 1)
+        with mem.open() as ds:
+            return buildings_geojson(ds, plane.probabilities, opts, source, gsd_m)
 
 
 def write_buildings(

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from ..conftest import REPO
 
 
@@ -66,3 +68,18 @@ def test_torchserve_benchmark_imports_and_explains_itself():
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "--throughput-size" in done.stdout and "TorchServe" in done.stdout
+
+
+def test_frontend_benchmark_stages_add_up_to_the_null_engine_tile(tmp_path):
+    out = tmp_path / "frontend.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/frontend.py"), "--size", "640", "--no-model", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {r["path"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"in-process", "gRPC"} and all(r["engine"].startswith("null") for r in rows.values())
+    local = rows["in-process"]
+    assert local["sum_of_stages_s"] == pytest.approx(local["tile_s"], rel=0.1, abs=0.05)  # one thread, stage after stage
+    assert {"receive_s", "decode_s", "window reads_s", "stitch_s", "encode_s"} <= set(rows["gRPC"])
+    assert (tmp_path / "frontend.png").stat().st_size > 0

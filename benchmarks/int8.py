@@ -1,0 +1,128 @@
+"""INT8 against fp32 (and bf16 where native), side by side in one run, per store model
+that has an INT8 graph (``footprints check-precision NAME --int8``): seconds per window
+(the plan's), seconds per 5000 x 5000 tile (in-process, the same plan), the share of
+mask pixels that agree with fp32 on that tile, and IoU pooled over every shared real
+tile against its reference at each precision (the labels the gate's IoU rule reads).
+A model without an INT8 graph, or whose graph failed its gate, is listed with the reason.
+
+Writes benchmarks/results/int8.json and prints the table.
+
+    .venv/bin/python benchmarks/int8.py [--models effnet] [--size 5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _report  # noqa: E402
+from frontend import make_tile  # noqa: E402
+
+DATA = [_report.ROOT.parent / "shared/data/real-oam", _report.ROOT.parent / "shared/data/real-more"]
+
+
+def _engines(entry) -> dict:
+    from service.engines import open_engine
+    from service.machine import this_cpu
+
+    precisions = ["fp32", "int8"] + (["bf16"] if this_cpu().bf16 else [])
+    return {p: open_engine(entry, "openvino", precision=p) for p in precisions}
+
+
+def _iou(engine, tiles) -> tuple[float, float]:
+    """Pooled IoU and accuracy over ``tiles`` (each served as the pipeline serves it)."""
+    from service.outputs.sinks import ProbabilityPlane
+    from service.rasters import RGBRaster, ground_resolution
+    from service.tiling.pipeline import TileRun
+
+    tp = fp = fn = tn = 0
+    for image, gt in tiles:
+        with RGBRaster(image) as src:
+            plane = ProbabilityPlane(src.width, src.height)
+            TileRun(engine, src, [plane], None, ground_resolution(src.crs, src.transform, src.width, src.height)).run()
+        with rasterio.open(gt) as ref:
+            want = ref.read(1) > 0
+        got = plane.plane >= engine.model.threshold
+        tp += int(np.count_nonzero(got & want))
+        fp += int(np.count_nonzero(got & ~want))
+        fn += int(np.count_nonzero(~got & want))
+        tn += int(np.count_nonzero(~got & ~want))
+    return tp / (tp + fp + fn), (tp + tn) / (tp + fp + fn + tn)
+
+
+def rows_for(name: str, tile: Path, tiles: list) -> list[dict]:
+    from service.engines.openvino import precision_check
+    from service.rasters import RGBRaster
+    from service.store.repository import ModelStore
+    from service.tiling.engine import TilingEngine
+
+    entry = ModelStore(_report.ROOT / "model_store").get(name)
+    record = precision_check(entry, "openvino", "int8")
+    if record is None or not record["accepted"]:
+        why = "no INT8 graph" if record is None else record.get("why") or f"flips {record['mask_flip_share']:.2%}"
+        return [{"model": f"{name} v{entry.version}", "precision": "int8", "refused": why, "auto_serves": "fp32/bf16"}]
+    out, masks = [], {}
+    for precision, backend in _engines(entry).items():
+        engine = TilingEngine(backend)
+        with RGBRaster(tile) as src:
+            plan = engine.plan(src.height, src.width)
+            side = plan.window
+            crops = backend.geometry.split(src.read(0, 0, backend.geometry.read_side(side))[None], side)
+            backend.infer(crops)
+            times = []
+            for _ in range(5):
+                t = time.perf_counter()
+                backend.infer(crops)
+                times.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            probs = engine.probabilities(src)
+            tile_s = time.perf_counter() - t
+        masks[precision] = probs >= backend.threshold
+        iou, acc = _iou(engine, tiles)
+        out.append(
+            {
+                "model": f"{name} v{entry.version}",
+                "precision": precision,
+                "window": side,
+                "window_s": statistics.median(times),
+                "tile_s": tile_s,
+                "windows": len(plan.windows),
+                "real_iou": iou,
+                "real_accuracy": acc,
+            }
+        )
+    for r in out:
+        r["tile_mask_agreement_vs_fp32"] = float(np.mean(masks[r["precision"]] == masks["fp32"]))
+        base = next(x for x in out if x["precision"] == "fp32")
+        r["window_speedup_vs_fp32"] = base["window_s"] / r["window_s"]
+        r["tile_speedup_vs_fp32"] = base["tile_s"] / r["tile_s"]
+        r["iou_change_vs_fp32"] = r["real_iou"] - base["real_iou"]
+    return out
+
+
+def main() -> None:
+    _report.with_startup_env()
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--models", default="effnet")
+    ap.add_argument("--size", type=int, default=5000)
+    ap.add_argument("--out", type=Path, default=_report.RESULTS / "int8.json")
+    args = ap.parse_args()
+    tiles = sorted(
+        (p, root / "gt" / p.name) for root in DATA for p in (root / "images").glob("*.tif") if (root / "gt" / p.name).is_file()
+    )
+    with tempfile.TemporaryDirectory(prefix="footprints-int8-") as tmp:
+        tile = make_tile(Path(tmp) / "tile.tif", args.size)
+        rows = [r for name in args.models.split(",") for r in rows_for(name, tile, tiles)]
+    _report.write("int8", rows, {"tile": f"{args.size} x {args.size}", "real_tiles": len(tiles)}, out=args.out)
+
+
+if __name__ == "__main__":
+    main()
