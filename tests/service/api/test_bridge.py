@@ -19,7 +19,7 @@ class _Engine:
     def __init__(self, n: int, pause: float = 0.01) -> None:
         self.n, self.pause, self.stopped, self.running = n, pause, threading.Event(), threading.Event()
 
-    def run(self, source, plan=None):
+    def run(self, source, plan=None, stages=None):
         self.running.set()
         try:
             for i in range(self.n):
