@@ -13,14 +13,13 @@ Writes benchmarks/results/int8.json and prints the table.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-import rasterio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _report  # noqa: E402
@@ -37,32 +36,13 @@ def _engines(entry) -> dict:
     return {p: open_engine(entry, "openvino", precision=p) for p in precisions}
 
 
-def _iou(engine, tiles) -> tuple[float, float]:
-    """Pooled IoU and accuracy over ``tiles`` (each served as the pipeline serves it)."""
-    from service.outputs.sinks import ProbabilityPlane
-    from service.rasters import RGBRaster, ground_resolution
-    from service.tiling.pipeline import TileRun
-
-    tp = fp = fn = tn = 0
-    for image, gt in tiles:
-        with RGBRaster(image) as src:
-            plane = ProbabilityPlane(src.width, src.height)
-            TileRun(engine, src, [plane], None, ground_resolution(src.crs, src.transform, src.width, src.height)).run()
-        with rasterio.open(gt) as ref:
-            want = ref.read(1) > 0
-        got = plane.plane >= engine.model.threshold
-        tp += int(np.count_nonzero(got & want))
-        fp += int(np.count_nonzero(got & ~want))
-        fn += int(np.count_nonzero(~got & want))
-        tn += int(np.count_nonzero(~got & ~want))
-    return tp / (tp + fp + fn), (tp + tn) / (tp + fp + fn + tn)
-
-
 def rows_for(name: str, tile: Path, tiles: list) -> list[dict]:
     from service.engines.openvino import precision_check
+    from service.engines.timings import median_seconds
     from service.rasters import RGBRaster
     from service.store.repository import ModelStore
     from service.tiling.engine import TilingEngine
+    from training.publish import score
 
     entry = ModelStore(_report.ROOT / "model_store").get(name)
     record = precision_check(entry, "openvino", "int8")
@@ -76,27 +56,22 @@ def rows_for(name: str, tile: Path, tiles: list) -> list[dict]:
             plan = engine.plan(src.height, src.width)
             side = plan.window
             crops = backend.geometry.split(src.read(0, 0, backend.geometry.read_side(side))[None], side)
-            backend.infer(crops)
-            times = []
-            for _ in range(5):
-                t = time.perf_counter()
-                backend.infer(crops)
-                times.append(time.perf_counter() - t)
+            window_s = median_seconds(partial(backend.infer, crops), repeats=5)
             t = time.perf_counter()
             probs = engine.probabilities(src)
             tile_s = time.perf_counter() - t
         masks[precision] = probs >= backend.threshold
-        iou, acc = _iou(engine, tiles)
+        real = score(engine, tiles).overall  # every real tile as served, pooled
         out.append(
             {
                 "model": f"{name} v{entry.version}",
                 "precision": precision,
                 "window": side,
-                "window_s": statistics.median(times),
+                "window_s": window_s,
                 "tile_s": tile_s,
                 "windows": len(plan.windows),
-                "real_iou": iou,
-                "real_accuracy": acc,
+                "real_iou": real.iou,
+                "real_accuracy": real.accuracy,
             }
         )
     for r in out:
@@ -115,9 +90,10 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=5000)
     ap.add_argument("--out", type=Path, default=_report.RESULTS / "int8.json")
     args = ap.parse_args()
-    tiles = sorted(
-        (p, root / "gt" / p.name) for root in DATA for p in (root / "images").glob("*.tif") if (root / "gt" / p.name).is_file()
-    )
+    from training.data.sources import Root
+    from training.loao import area_tiles
+
+    tiles = [t for area in area_tiles([Root(d) for d in DATA], []).values() for t in area]
     with tempfile.TemporaryDirectory(prefix="footprints-int8-") as tmp:
         tile = make_tile(Path(tmp) / "tile.tif", args.size)
         rows = [r for name in args.models.split(",") for r in rows_for(name, tile, tiles)]

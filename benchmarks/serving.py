@@ -14,11 +14,11 @@ Writes benchmarks/results/service.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ def main() -> None:
 
     from service.client import FootprintsClient
     from service.engines import open_engine
+    from service.engines.timings import median_seconds
     from service.outputs.segment import SegmentOptions, segment_file
     from service.store.repository import ModelStore
     from service.tiling.engine import EngineConfig, TilingEngine
@@ -78,13 +79,7 @@ def main() -> None:
             per = {}
             for kind in ("onnxruntime", "torch"):
                 backend = open_engine(entry, kind, "cpu")
-                backend.infer(crops)
-                times = []
-                for _ in range(3):
-                    t = time.perf_counter()
-                    backend.infer(crops)
-                    times.append(time.perf_counter() - t)
-                per[kind] = statistics.median(times)
+                per[kind] = median_seconds(partial(backend.infer, crops), repeats=3)
                 rows.append({"measure": f"one {window}-px window, {kind} (s)", "value": per[kind]})
             rows.append({"measure": "ONNX Runtime / PyTorch per window", "value": per["onnxruntime"] / per["torch"]})
 

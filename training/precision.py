@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from service.engines.timings import median_seconds
 from service.machine import this_cpu
 from service.store.manifest import INT8, INT8_WEIGHTS, ONNX, update
 from service.store.repository import ModelStore, file_sha256
@@ -60,34 +61,25 @@ def openvino_outputs(
 
 def _window_seconds(model: Any, names: Sequence[str], inputs: list[np.ndarray], hint: str) -> float:
     """Median seconds of one window (the first parity window) at ``hint``."""
-    import time
-
     import openvino as ov
 
     m = model.clone()
     m.reshape({n: [1, *x.shape[1:]] for n, x in zip(names, inputs)})
     compiled = ov.Core().compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": hint})
     feed = dict(zip(names, (x[:1] for x in inputs)))
-    compiled(feed)
-    times = []
-    for _ in range(5):
-        t = time.perf_counter()
-        compiled(feed)
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+    return median_seconds(lambda: compiled(feed), repeats=5)
 
 
-def quantize_int8(onnx_path: Path, names: Sequence[str], inputs: list[np.ndarray]) -> Any:
+def quantize_int8(onnx_path: Path, names: Sequence[str], inputs: list[np.ndarray], fp32: np.ndarray) -> Any:
     """NNCF's INT8 model of the graph, calibrated on ``inputs`` (the parity windows),
-    with accuracy control against fp32 OpenVINO's masks of the same windows."""
+    with accuracy control against ``fp32``, OpenVINO fp32's probabilities of them."""
     import nncf
     import openvino as ov
 
     model = ov.Core().read_model(str(onnx_path))
     # One window a call, any side (the engine reshapes it to each window's).
     model.reshape({n: ov.PartialShape([1, x.shape[1], -1, -1]) for n, x in zip(names, inputs)})
-    fp32 = openvino_outputs(onnx_path, names, inputs, "fp32") > 0.5
-    items = [({n: x[i : i + 1] for n, x in zip(names, inputs)}, fp32[i]) for i in range(len(inputs[0]))]
+    items = [({n: x[i : i + 1] for n, x in zip(names, inputs)}, fp32[i] > 0.5) for i in range(len(inputs[0]))]
 
     def agreement(compiled: Any, data: Any) -> float:
         return float(np.mean([np.mean((compiled(x)[0][0] > 0.5) == want) for x, want in data]))
@@ -126,30 +118,39 @@ def precision_checks(
     want = reference(inputs)
     cpu = this_cpu()
     checks: dict[str, Any] = {}
+    fp32: np.ndarray | None = None
     for precision in ("fp32", "bf16"):
         key = f"openvino-{precision}"
         if precision == "bf16" and not cpu.bf16:
             checks[key] = {"accepted": False, "measured": False, "why": f"{cpu.model} has no native bf16"}
             continue
         got = openvino_outputs(onnx_path, names, inputs, precision)
+        fp32 = got if precision == "fp32" else fp32
         checks[key] = {**compare(got, want, windows), "measured": True, "cpu": cpu.key, "openvino": str(ov.get_version())}
-    if int8_out is not None:
-        checks["openvino-int8"] = int8_check(onnx_path, names, inputs, windows, want, int8_out)
+    if int8_out is not None and fp32 is not None:
+        checks["openvino-int8"] = int8_check(onnx_path, names, inputs, windows, want, fp32, int8_out)
     return checks
 
 
 def int8_check(
-    onnx_path: Path, names: Sequence[str], inputs: list[np.ndarray], windows: Sequence[str], want: np.ndarray, out: Path
+    onnx_path: Path,
+    names: Sequence[str],
+    inputs: list[np.ndarray],
+    windows: Sequence[str],
+    want: np.ndarray,
+    fp32: np.ndarray,
+    out: Path,
 ) -> dict[str, Any]:
-    """Quantise, write the IR to ``out`` (``model.int8.xml`` and ``.bin``), and record its
-    masks' agreement with fp32 PyTorch's and its speed against fp32 (and bf16) here."""
+    """Quantise (against ``fp32``, OpenVINO fp32's outputs), write the IR to ``out``
+    (``model.int8.xml`` and ``.bin``), and record its masks' agreement with fp32
+    PyTorch's (``want``) and its speed against fp32 (and bf16) here."""
     try:
         import nncf  # noqa: F401
         import openvino as ov
     except ModuleNotFoundError as e:
         return {"accepted": False, "measured": False, "why": f"INT8 needs NNCF (the train extra): {e}"}
     cpu = this_cpu()
-    int8 = quantize_int8(onnx_path, names, inputs)
+    int8 = quantize_int8(onnx_path, names, inputs, fp32)
     quantized = sum(op.get_type_name() == "FakeQuantize" for op in int8.get_ordered_ops())
     if not quantized:  # accuracy control put every layer back in fp32: nothing runs in INT8
         return {"accepted": False, "measured": True, "why": "no layer stays INT8 within the gate: every one flips masks"}

@@ -75,9 +75,8 @@ def separate(
     if following == n_comp:
         return components, n_comp
     # Number the instances 1..n (the ids of split components drop out).
-    out = components
     present = np.zeros(following + 1, bool)
-    present[out] = True
+    present[components] = True
     present[0] = False
     relabel = np.cumsum(present, dtype=np.int32) * present
-    return relabel[out], int(present.sum())
+    return relabel[components], int(present.sum())
