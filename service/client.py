@@ -84,8 +84,11 @@ class FootprintsClient:
         chunks: Iterator[bytes],
         on_rows: Callable[[pb.MaskRows], None],
         timeout: float | None = None,
+        on_summary: Callable[[pb.TileSummary], None] | None = None,
     ) -> TileResult:
-        """Send ``header`` and ``chunks``; call ``on_rows`` for each block of mask rows."""
+        """Send ``header`` and ``chunks``; call ``on_rows`` for each block of mask rows
+        and ``on_summary`` once all rows are in (the server may still be tracing the
+        buildings: what the client finishes then overlaps with it)."""
         import time
 
         def requests():
@@ -106,6 +109,8 @@ class FootprintsClient:
                 on_rows(reply.rows)
             elif part == "summary":
                 result.summary = reply.summary
+                if on_summary is not None:
+                    on_summary(reply.summary)
             elif part == "mask_geotiff_chunk":
                 geotiff += reply.mask_geotiff_chunk
             elif part == "polygons_geojson":
@@ -175,12 +180,16 @@ class FootprintsClient:
                 sink.write(block)
             bar.update(rows.row_count)
 
-        try:
-            result = self.stream(header, chunks(), write, timeout)
-        finally:
+        def finish(_: pb.TileSummary | None = None) -> None:
+            # Every row is in: the COGs are made while the server traces the buildings.
             bar.close()
             for sink in sinks:
                 sink.close()
+
+        try:
+            result = self.stream(header, chunks(), write, timeout, on_summary=finish)
+        finally:
+            finish()
         if polygons is not None and result.polygons_geojson is not None:
             Path(polygons).parent.mkdir(parents=True, exist_ok=True)
             Path(polygons).write_text(result.polygons_geojson)
