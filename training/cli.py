@@ -125,16 +125,29 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _check_precision(args: argparse.Namespace) -> int:
+    from training.data.sources import Root
+    from training.loao import area_tiles
     from training.precision import check_store_version
 
+    if args.int8 and not args.held_out:
+        print("check-precision --int8 needs --held-out: labelled tiles the model never trained on (its IoU gate)")
+        return 2
+    held_out = [t for area in area_tiles([Root(d) for d in args.held_out or []], []).values() for t in area]
+    if args.held_out and not held_out:
+        print(f"--held-out {' '.join(map(str, args.held_out))}: no labelled tiles there")
+        return 2
     name, _, version = args.model.partition(":")
-    checks = check_store_version(args.store, name, int(version) if version else None, args.parity_data or [], args.int8)
+    checks = check_store_version(args.store, name, int(version) if version else None, args.parity_data or [], args.int8, held_out)
     for key, c in checks.items():
         if c.get("measured"):
-            verdict = "accepted" if c["accepted"] else f"REFUSED (limit {c['limit']:.1%})"
+            limit = f"limit {c['limit']:.1%}"
+            verdict = "accepted" if c["accepted"] else f"REFUSED ({c.get('why') or limit})"
             speed = f", {c['speedup_vs_fp32']:.2f}x fp32's speed" if "speedup_vs_fp32" in c else ""
+            iou = ""
+            if "iou_change" in c:
+                iou = f", held-out IoU {c['held_out_iou']['fp32']:.4f} -> {c['held_out_iou']['int8']:.4f} over {len(c['held_out_tiles'])} tiles"
             print(
-                f"{args.model} {key}: max |diff| {c['max_abs_diff']:.2e}, mask flips {c['mask_flip_share']:.3%}{speed}: {verdict}"
+                f"{args.model} {key}: max |diff| {c['max_abs_diff']:.2e}, mask flips {c['mask_flip_share']:.3%}{speed}{iou}: {verdict}"
             )
         else:
             print(f"{args.model} {key}: not measured ({c['why']})")
@@ -309,6 +322,10 @@ def register(sub: Any, extensions: Any) -> None:
     p.add_argument("model", help="NAME or NAME:VERSION in the store")
     p.add_argument("--store", type=Path, default=Path("model_store"))
     p.add_argument("--parity-data", type=Path, action="append", help="real imagery root: its areas' windows join the check")
+    p.add_argument(
+        "--held-out", type=Path, action="append",
+        help="labelled tiles the model never trained on (a root; repeatable): INT8's IoU gate (needed with --int8)",
+    )  # fmt: skip
     p.set_defaults(func=_check_precision)
 
     p = sub.add_parser("loao", help="leave-one-area-out table: each area scored by the run that held it out")

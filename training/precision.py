@@ -11,7 +11,10 @@ INT8 is NNCF's post-training quantisation, calibrated on the same windows, with 
 accuracy control: layers whose INT8 arithmetic flips masks are put back in fp32 until
 the windows' masks agree with fp32's within ``INT8_MAX_DROP``. The record also says how
 much faster than fp32 (and bf16, where native) INT8 ran a window on this CPU, which
-``--precision auto`` reads.
+``--precision auto`` reads. A second gate reads whole labelled tiles the version never
+trained on (``--held-out``): served through the tiling engine in INT8 and in fp32,
+their pooled IoU may differ by at most ``IOU_LIMIT``. Flips on calibration windows say
+the graphs agree; IoU on unseen tiles says the disagreement does not cost buildings.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from service.store.repository import ModelStore, file_sha256
 
 FLIP_LIMIT = 0.005  # at most 0.5 % of mask pixels may change side of 0.5
 INT8_MAX_DROP = 0.6 * FLIP_LIMIT  # accuracy control's target, with a margin under the gate
+IOU_LIMIT = 0.005  # INT8 may move the pooled IoU of held-out tiles by at most this
 
 
 def compare(got: np.ndarray, want: np.ndarray, windows: Sequence[str]) -> dict[str, Any]:
@@ -181,11 +185,40 @@ def torch_reference(model: torch.nn.Module) -> Callable[[list[np.ndarray]], np.n
     return run
 
 
+def held_out_iou(entry: Any, tiles: Sequence[Any]) -> dict[str, Any]:
+    """The INT8 record's second gate: ``tiles`` (labelled, never trained on) served in
+    OpenVINO fp32 and INT8 as the service serves them (resampled, windows, threshold),
+    IoU pooled over them at each, and whether INT8 stays within ``IOU_LIMIT``."""
+    from service.engines import open_engine
+    from service.tiling.engine import TilingEngine
+
+    from .publish import score
+
+    iou = {p: score(TilingEngine(open_engine(entry, "openvino", precision=p)), list(tiles)).overall.iou for p in ("fp32", "int8")}
+    change = iou["int8"] - iou["fp32"]
+    record: dict[str, Any] = {
+        "held_out_iou": iou,
+        "iou_change": change,
+        "iou_limit": IOU_LIMIT,
+        "held_out_tiles": sorted(t.name for t in tiles),
+    }
+    if abs(change) > IOU_LIMIT:
+        record.update(accepted=False, why=f"held-out IoU moved {change:+.4f} against fp32 (limit {IOU_LIMIT})")
+    return record
+
+
 def check_store_version(
-    store: Path, name: str, version: int | None, parity_data: Sequence[Path], int8: bool = False
+    store: Path,
+    name: str,
+    version: int | None,
+    parity_data: Sequence[Path],
+    int8: bool = False,
+    held_out: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Measure and record ``precision_checks`` for a version already in the store; with
-    ``int8``, quantise it too (its IR joins the version's files, sha256-checked)."""
+    ``int8``, quantise it too (its IR joins the version's files, sha256-checked), and
+    where its masks pass, score the labelled tiles ``held_out`` at fp32 and INT8
+    (:func:`held_out_iou`)."""
     from .export import _parity_inputs
     from .networks.model import load_checkpoint
 
@@ -199,4 +232,8 @@ def check_store_version(
     if out is not None and out.is_file():
         files.update({f: file_sha256(entry.folder / f) for f in (INT8, INT8_WEIGHTS)})
     update(entry.folder, precision_checks=checks, files=files)
+    record = checks.get("openvino-int8")
+    if record is not None and record.get("accepted") and held_out:
+        checks["openvino-int8"] = {**record, **held_out_iou(ModelStore(store).get(name, entry.version), held_out)}
+        update(entry.folder, precision_checks=checks)
     return checks

@@ -19,6 +19,7 @@ from service.machine import this_cpu
 from service.store.repository import MANIFEST, ModelStore
 from training.precision import FLIP_LIMIT, precision_checks, torch_reference
 
+from ...conftest import REAL_OAM
 from ..servers import small_effnet_store
 from .test_engines import Fragile
 
@@ -109,3 +110,39 @@ def test_auto_takes_int8_only_where_it_passed_and_was_measured_faster_here(int8_
     assert checked_precision(refused, "auto")[0] != "int8"
     with pytest.raises(InputError, match=r"tiny v1 in INT8: flips 2.00% of mask pixels.*--precision fp32"):
         checked_precision(refused, "int8")
+
+
+def test_int8s_second_gate_is_the_iou_of_held_out_tiles_served_at_both_precisions(int8_store, tmp_path, capsys):
+    import rasterio
+
+    from service.cli import main
+    from service.outputs.segment import segment_file
+    from service.tiling.engine import TilingEngine
+    from training.data.sources import Root
+    from training.loao import area_tiles
+    from training.precision import IOU_LIMIT, held_out_iou
+
+    root = tmp_path / "held-out"
+    for kind in ("images", "gt"):  # one real 0.15 m tile: served resampled to the model's 0.3 m
+        (root / kind).mkdir(parents=True)
+        shutil.copy(REAL_OAM.parent / "real-oam-z20" / kind / "kampala1.tif", root / kind / "kampala1.tif")
+    tiles = area_tiles([Root(root)], [])["kampala"]
+    store, _ = int8_store
+    entry = ModelStore(store).get("tiny")
+    record = held_out_iou(entry, tiles)
+    with rasterio.open(tiles[0].gt) as gt:
+        truth = gt.read(1) > 0
+    for precision in ("fp32", "int8"):  # counted here from the masks as served
+        out = tmp_path / f"{precision}.tif"
+        segment_file(TilingEngine(open_engine(entry, "openvino", precision=precision)), tiles[0].image, out, progress=False)
+        with rasterio.open(out) as m:
+            mask = m.read(1) > 0
+        union = np.sum(mask | truth)
+        assert record["held_out_iou"][precision] == pytest.approx(np.sum(mask & truth) / union if union else 1.0)
+    assert record["iou_change"] == pytest.approx(record["held_out_iou"]["int8"] - record["held_out_iou"]["fp32"])
+    # Refused exactly when INT8 moves the IoU by more than the limit, saying so.
+    assert (record.get("accepted") is False) == (abs(record["iou_change"]) > IOU_LIMIT)
+    assert record.get("accepted", True) or "held-out IoU moved" in record["why"]
+    # The CLI will not quantise without tiles to hold the IoU gate to.
+    assert main(["check-precision", "tiny", "--store", str(store), "--int8"]) == 2
+    assert "needs --held-out" in capsys.readouterr().out
