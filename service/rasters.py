@@ -8,6 +8,7 @@ georeferencing and padding rules live in one place.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +40,15 @@ _GTIFF_OPTIONS: dict[str, Any] = {
 # Metres per degree of latitude, and of longitude at the equator (WGS 84, near enough
 # for choosing a resampling factor).
 M_PER_DEGREE_LAT, M_PER_DEGREE_LON = 110_574.0, 111_320.0
+
+
+def decode_options() -> dict[str, str]:
+    """Open options of an input raster: the blocks of one read are decoded on every core
+    this process may use (GTiff's ``NUM_THREADS``; ``GDAL_NUM_THREADS`` in the
+    environment sets another count, 1 turns it off). A window spans ~30 DEFLATE blocks."""
+    from service.machine import available_cores
+
+    return {"NUM_THREADS": os.environ.get("GDAL_NUM_THREADS") or str(available_cores())}
 
 
 def ground_resolution(crs: CRS | None, transform: Affine, width: int, height: int) -> tuple[float, float] | None:
@@ -208,7 +218,7 @@ class RGBRaster:
         if remote:
             remote_reads()
         try:
-            self.src = dataset if dataset is not None else rasterio.open(self.path)
+            self.src = dataset if dataset is not None else rasterio.open(self.path, **decode_options())
         except rasterio.errors.RasterioIOError as e:
             raise InputError(f"{self.path}: cannot be read as a raster ({e})") from None
         try:

@@ -16,7 +16,7 @@ from rasterio.transform import Affine
 from service._pb import footprints_pb2 as pb
 from service.api.convert import MAX_CHUNK_BYTES, georef_from_pb, polygon_options
 from service.errors import InputError, Undecodable, UploadStalled
-from service.rasters import RGBRaster
+from service.rasters import RGBRaster, decode_options
 from service.tiling.engine import ArraySource, RasterSource
 from service.urls import check_allowed
 
@@ -180,7 +180,7 @@ def decode(header: pb.TileHeader, data: bytes, max_side: int) -> Raster:
     closers = [memfile.close]
     try:
         try:
-            dataset = memfile.open()
+            dataset = memfile.open(**decode_options())
         except rasterio.errors.RasterioIOError as e:
             raise InputError(f"GeoTIFF bytes cannot be decoded ({e})") from None
         src = RGBRaster("<uploaded GeoTIFF>", dataset=dataset)

@@ -65,7 +65,8 @@ def separate(
     per_component = np.bincount(owner[big], minlength=n_comp + 1)
     boxes = ndimage.find_objects(components)
     following = n_comp
-    for c in np.flatnonzero(per_component[1:] >= 2) + 1:
+    split = np.flatnonzero(per_component[1:] >= 2) + 1
+    for c in split:
         box = boxes[c - 1]
         mine = components[box] == c
         local = seeds[box]
@@ -76,9 +77,10 @@ def separate(
         following += len(ids)
     if following == n_comp:
         return components, n_comp
-    # Number the instances 1..n (the ids of split components drop out).
-    present = np.zeros(following + 1, bool)
-    present[components] = True
+    # Number the instances 1..n: a split component's id is gone (its pixels all went
+    # to its new instances, each of which has pixels), every other id remains.
+    present = np.ones(following + 1, bool)
     present[0] = False
+    present[split] = False
     relabel = np.cumsum(present, dtype=np.int32) * present
     return relabel[components], int(present.sum())
