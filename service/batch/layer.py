@@ -20,7 +20,11 @@ JOIN_M = 0.01  # edges closer than this (1 cm: float rounding of shared tile edg
 def join_edges(pieces: list[tuple[shapely.Geometry, str]]) -> list[tuple[shapely.Geometry, set[str]]]:
     """Join the pieces of tiles that share a stretch of a tile edge with a piece of
     another tile, as one building; pieces that only meet at a corner stay apart, as
-    GDAL's 4-connected tracing keeps them apart inside a tile."""
+    GDAL's 4-connected tracing keeps them apart inside a tile. A piece joins, in each
+    other tile, only the piece it shares the longest stretch with: two touching houses
+    that both tiles separated stay two, even where the tiles put the wall between them
+    a little apart on the edge (each house would otherwise also reach the other's
+    piece across it, and all four would become one)."""
     grown = [p.buffer(JOIN_M, join_style="mitre") for p, _ in pieces]
     parent = list(range(len(pieces)))
 
@@ -30,13 +34,22 @@ def join_edges(pieces: list[tuple[shapely.Geometry, str]]) -> list[tuple[shapely
             i = parent[i]
         return i
 
+    best: dict[tuple[int, str], tuple[float, int]] = {}  # (piece, other tile) -> (shared, its piece)
     tree = shapely.STRtree(grown)
     for i, g in enumerate(grown):
-        for j in tree.query(g, predicate="intersects"):
+        for j in map(int, tree.query(g, predicate="intersects")):
+            if j <= i or pieces[i][1] == pieces[j][1]:
+                continue
             # A shared stretch overlaps the grown pieces over 2 cm x its length; a shared
             # corner over about (2 cm)^2: a stretch of 4 cm (less than any pixel) tells them apart.
-            if j > i and pieces[i][1] != pieces[int(j)][1] and g.intersection(grown[j]).area > 8 * JOIN_M**2:
-                parent[root(int(j))] = root(i)
+            shared = g.intersection(grown[j]).area
+            if shared <= 8 * JOIN_M**2:
+                continue
+            for a, b in ((i, j), (j, i)):
+                if shared > best.get((a, pieces[b][1]), (0.0, -1))[0]:
+                    best[(a, pieces[b][1])] = (shared, b)
+    for (i, _), (_, j) in best.items():
+        parent[root(j)] = root(i)
     groups: dict[int, list[int]] = defaultdict(list)
     for i in range(len(pieces)):
         groups[root(i)].append(i)
