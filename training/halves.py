@@ -119,10 +119,6 @@ def halves(
     return out
 
 
-def _counts(c: dict[str, Any]) -> Counts:
-    return Counts(*(int(c[k]) for k in ("tp", "fp", "fn", "tn")))
-
-
 def table(results: dict[str, Any]) -> str:
     """IoU % before and after per area, the gain, and the labels and minutes it took."""
     lines = [
@@ -132,14 +128,14 @@ def table(results: dict[str, Any]) -> str:
     gains = []
     areas = results["areas"]
     for area, r in areas.items():
-        b, a = _counts(r["before"]).iou, _counts(r["after"]).iou
+        b, a = Counts.from_dict(r["before"]).iou, Counts.from_dict(r["after"]).iou
         gains.append(a - b)
         lines.append(
             f"| {area} | {r['label_px']:,} | {r['seconds'] / 60:.1f} | {r['steps']} | {100 * b:.2f} | {100 * a:.2f} | {100 * (a - b):+.2f} |"
         )
     if areas:
-        b = pooled([_counts(r["before"]) for r in areas.values()]).iou
-        a = pooled([_counts(r["after"]) for r in areas.values()]).iou
+        b = pooled([Counts.from_dict(r["before"]) for r in areas.values()]).iou
+        a = pooled([Counts.from_dict(r["after"]) for r in areas.values()]).iou
         lines.append(f"| pooled | | | | {100 * b:.2f} | {100 * a:.2f} | {100 * (a - b):+.2f} |")
         lines.append(f"| mean of areas | | | | | | {100 * float(np.mean(gains)):+.2f} |")
     return "\n".join(lines)
@@ -153,8 +149,8 @@ def chart(results: dict[str, Any], png: Path) -> Path:
     import matplotlib.pyplot as plt
 
     areas = list(results["areas"])
-    before = [100 * _counts(results["areas"][a]["before"]).iou for a in areas]
-    after = [100 * _counts(results["areas"][a]["after"]).iou for a in areas]
+    before = [100 * Counts.from_dict(results["areas"][a]["before"]).iou for a in areas]
+    after = [100 * Counts.from_dict(results["areas"][a]["after"]).iou for a in areas]
     fig, ax = plt.subplots(figsize=(8, 4))
     xs = np.arange(len(areas))
     ax.bar(xs - 0.2, before, 0.4, label="held-out run")

@@ -304,10 +304,7 @@ def as_json(results: dict[str, Any]) -> str:
 def read_json(path: Path) -> dict[str, Any]:
     """A ``footprints loao --json`` file back as counts (the inverse of :func:`as_json`)."""
     raw = json.loads(path.read_text())
-
-    def counts(c: dict[str, Any]) -> Counts:
-        return Counts(*(int(c[k]) for k in ("tp", "fp", "fn", "tn")))
-
+    counts = Counts.from_dict
     out: dict[str, Any] = {
         label: {a: counts(c) for a, c in cells.items()}
         for label, cells in raw.items()

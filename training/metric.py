@@ -9,6 +9,7 @@ service can import it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +32,11 @@ class Counts:
         code = (pred != 0).view(np.uint8) * 2 + (ref != 0).view(np.uint8)
         tn, fn, fp, tp = np.bincount(code.ravel(), minlength=4).tolist()
         return cls(tp=tp, fp=fp, fn=fn, tn=tn)
+
+    @classmethod
+    def from_dict(cls, c: dict[str, Any]) -> Counts:
+        """Counts written as JSON (``{"tp": .., "fp": .., "fn": .., "tn": ..}``, extra keys ignored)."""
+        return cls(*(int(c[k]) for k in ("tp", "fp", "fn", "tn")))
 
     def __add__(self, other: Counts) -> Counts:
         return Counts(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn, self.tn + other.tn)
