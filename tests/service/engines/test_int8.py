@@ -89,10 +89,13 @@ def test_a_store_versions_int8_graph_is_what_the_engine_serves(int8_store, tmp_p
     direct = openvino_outputs(None, ["rgb"], calib[:1], "int8", model=ov.Core().read_model(str(entry.folder / "model.int8.xml")))
     assert np.allclose(got, direct[:, 0], atol=1e-6)  # the INT8 graph, not the fp32 one
     assert not np.array_equal(got, open_engine(entry, "openvino", precision="fp32").infer(crops))
-    # A damaged INT8 graph is refused by its sha256, as every store file is.
-    (entry.folder / "model.int8.bin").write_bytes(b"damaged")
+    # A damaged INT8 graph is refused by its sha256, as every store file is (in a copy:
+    # the store is the module's).
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    (copy / "tiny" / "1" / "model.int8.bin").write_bytes(b"damaged")
     with pytest.raises(InputError, match="sha256 does not match"):
-        open_engine(ModelStore(store).get("tiny"), "openvino", precision="int8")
+        open_engine(ModelStore(copy).get("tiny"), "openvino", precision="int8")
 
 
 def test_auto_takes_int8_only_where_it_passed_and_was_measured_faster_here(int8_store, tmp_path):
