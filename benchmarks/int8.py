@@ -91,9 +91,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=_report.RESULTS / "int8.json")
     args = ap.parse_args()
     from training.data.sources import Root
-    from training.loao import area_tiles
+    from training.loao import labelled_tiles
 
-    tiles = [t for area in area_tiles([Root(d) for d in DATA], []).values() for t in area]
+    tiles = labelled_tiles([Root(d) for d in DATA])
     with tempfile.TemporaryDirectory(prefix="footprints-int8-") as tmp:
         tile = make_tile(Path(tmp) / "tile.tif", args.size)
         rows = [r for name in args.models.split(",") for r in rows_for(name, tile, tiles)]

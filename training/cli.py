@@ -126,13 +126,13 @@ def _export(args: argparse.Namespace) -> int:
 
 def _check_precision(args: argparse.Namespace) -> int:
     from training.data.sources import Root
-    from training.loao import area_tiles
+    from training.loao import labelled_tiles
     from training.precision import check_store_version
 
     if args.int8 and not args.held_out:
         print("check-precision --int8 needs --held-out: labelled tiles the model never trained on (its IoU gate)")
         return 2
-    held_out = [t for area in area_tiles([Root(d) for d in args.held_out or []], []).values() for t in area]
+    held_out = labelled_tiles([Root(d) for d in args.held_out or []])
     if args.held_out and not held_out:
         print(f"--held-out {' '.join(map(str, args.held_out))}: no labelled tiles there")
         return 2

@@ -37,13 +37,16 @@ from .objects import ObjectCounts, components, match
 from .publish import score
 
 
+def labelled_tiles(roots: Sequence[Root]) -> list[Tile]:
+    """Every labelled tile of ``roots``."""
+    return [t for root in roots for t in InriaDataset(root.path).tiles if t.gt is not None]
+
+
 def area_tiles(roots: Sequence[Root], same_area: Sequence[Sequence[str]]) -> dict[str, list[Tile]]:
     """Every labelled tile of ``roots``, by area."""
     out: dict[str, list[Tile]] = {}
-    for root in roots:
-        for t in InriaDataset(root.path).tiles:
-            if t.gt is not None:
-                out.setdefault(area_of(t.city, same_area), []).append(t)
+    for t in labelled_tiles(roots):
+        out.setdefault(area_of(t.city, same_area), []).append(t)
     return dict(sorted(out.items()))
 
 

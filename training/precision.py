@@ -233,6 +233,7 @@ def check_store_version(
         files.update({f: file_sha256(entry.folder / f) for f in (INT8, INT8_WEIGHTS)})
     update(entry.folder, precision_checks=checks, files=files)
     record = checks.get("openvino-int8")
+    # Scored after the write: the engines open the INT8 graph from the store, by its record.
     if record is not None and record.get("accepted") and held_out:
         checks["openvino-int8"] = {**record, **held_out_iou(ModelStore(store).get(name, entry.version), held_out)}
         update(entry.folder, precision_checks=checks)

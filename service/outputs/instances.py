@@ -44,8 +44,6 @@ def separate(
     if not inside.any():  # labelling an empty 5000^2 tile would still take 0.1 s
         return np.zeros(mask.shape, np.int32), 0
     components, n_comp = ndimage.label(inside, structure=_EIGHT)  # int32: relabelled in place below
-    if not n_comp:
-        return components, 0
     p8 = probability if probability.dtype == np.uint8 else np.clip(np.rint(probability * 255), 0, 255).astype(np.uint8)
     cores = inside & (p8 >= round(seed_probability * 255))
     depth_px = int(np.ceil(seed_depth_m / gsd_m))
