@@ -226,7 +226,15 @@ def _finetune(args: argparse.Namespace) -> int:
     from training.data.sources import parse_root
     from training.finetune import finetune
 
-    r = finetune(args.store, args.model, [parse_root(d) for d in args.data], args.name, args.minutes, args.out_store)
+    r = finetune(
+        args.store,
+        args.model,
+        [parse_root(d) for d in args.data or []],
+        args.name,
+        args.minutes,
+        args.out_store,
+        unlabelled=[parse_root(d) for d in args.unlabelled or []],
+    )
     print(
         f"{r['name']} v{r['version']}: {r['base']} fine-tuned on {len(r['train_tiles'])} tiles, {r['steps']} steps in "
         f"{r['seconds'] / 60:.1f} min; card {(args.out_store or args.store) / r['name'] / str(r['version']) / 'MODEL_CARD.md'}"
@@ -343,9 +351,15 @@ def register(sub: Any, extensions: Any) -> None:
     p.add_argument("--fine-data", action="append", help="roots of the same tiles in finer real imagery (real-oam-z20)")
     p.set_defaults(func=_loao)
 
-    p = sub.add_parser("finetune", help="adapt a store model to a few labelled tiles of your area, within minutes")
+    p = sub.add_parser(
+        "finetune", help="adapt a store model to your own area (labelled tiles, unlabelled imagery), within minutes"
+    )
     p.add_argument("--model", required=True, help="NAME or NAME:VERSION of the base in the store")
-    p.add_argument("--data", required=True, action="append", help="labelled tiles: a root (Inria or flat layout), PATH[:WEIGHT]")
+    p.add_argument("--data", action="append", help="labelled tiles: a root (Inria or flat layout), PATH[:WEIGHT]")
+    p.add_argument(
+        "--unlabelled", action="append",
+        help="unlabelled GeoTIFFs (a folder, or a root's images/), PATH[:WEIGHT]: labelled by the base itself (self-training)",
+    )  # fmt: skip
     p.add_argument("--name", required=True, help="the model to publish (a new name, or the next version of one)")
     p.add_argument("--store", type=Path, default=Path("model_store"), help="where the base is")
     p.add_argument("--out-store", type=Path, help="where the new version goes (default: --store)")

@@ -24,6 +24,7 @@ from service.store.repository import ModelStore
 from .config import TrainConfig, config_from_dict
 from .data.sources import Root
 from .networks.model import load_checkpoint
+from .selftrain import pseudo_labelled
 
 # Fine-tuning moves less than training from ImageNet: a tenth of the base recipe's rate,
 # the encoder at its factor of that, and no frozen start (the decoder already fits).
@@ -68,10 +69,12 @@ def finetune(
     out_store: Path | None = None,
     run_dir: Path | None = None,
     progress: bool = True,
+    unlabelled: Sequence[Root] = (),
 ) -> dict[str, Any]:
-    """Fine-tune ``model`` (``NAME[:V]`` of ``store``) on ``roots`` within ``minutes`` and
-    publish it as ``name`` (its next version) in ``out_store`` (default: ``store``).
-    Returns what was done: base, version, steps, seconds."""
+    """Fine-tune ``model`` (``NAME[:V]`` of ``store``) on the labelled ``roots`` and on
+    ``unlabelled`` imagery labelled by the base itself (``training/selftrain.py``), within
+    ``minutes`` in all, and publish it as ``name`` (its next version) in ``out_store``
+    (default: ``store``). Returns what was done: base, version, steps, seconds."""
     from service.store.repository import next_version
 
     from .export import export
@@ -82,11 +85,16 @@ def finetune(
     entry = ModelStore(store).find(model)
     base = entry.verify("model.pt")
     _, meta = load_checkpoint(base)
-    for root in roots:
+    if not roots and not unlabelled:
+        raise InputError("nothing to fine-tune on: give labelled tiles, unlabelled imagery or both")
+    for root in [*roots, *unlabelled]:
         if not root.path.exists():
             raise InputError(f"{root.path}: dataset path does not exist")
     run_dir = run_dir or Path(time.strftime(f"/tmp/footprints-finetune-{name}-%Y%m%d%H%M%S"))
     resolution = entry.manifest.resolution_m
+    # The base's own masks label the unlabelled imagery; that time is part of the budget.
+    pseudo = pseudo_labelled(entry, unlabelled, run_dir / "pseudo", progress) if unlabelled else []
+    roots = [*roots, *pseudo]
     # Size the schedule: time a few steps on this machine, then fill the budget (less what
     # export and the card take, about a tenth of it).
     train(_recipe(meta, resolution, TIMING_STEPS), list(roots), run_dir / "probe", progress=False, init=base)
@@ -105,7 +113,8 @@ def finetune(
         "version": version,
         "steps": steps,
         "seconds": round(seconds, 1),
-        "data": [{"path": str(r.path), "weight": r.weight} for r in roots],
+        "data": [{"path": str(r.path), "weight": r.weight} for r in roots if r not in pseudo],
+        "unlabelled": [{"path": str(r.path), "weight": r.weight} for r in unlabelled],
         "train_tiles": trained.get("data", {}).get("train_tiles", []),
         "resolution_m": resolution,
         "recipe": dataclasses.asdict(cfg),

@@ -6,7 +6,9 @@ user of that area would start from, and splits every tile of the area into a wes
 and an east half. It fine-tunes the run (``footprints finetune``, the recipe's own
 augmentation) on at most ``--max-label-px`` labelled pixels of the west halves within
 ``--minutes``, then scores the run before and after on the east halves, as served (the
-store's ONNX Runtime graph, resampled to the model's resolution and back).
+store's ONNX Runtime graph, resampled to the model's resolution and back). With
+``--unlabelled`` it self-trains instead: the whole west halves' imagery, no labels, each
+labelled by the run itself (``training/selftrain.py``).
 
 West and east, not alternate tiles: the halves share the area's look but no building,
 which is what a user who labels a corner of their area gets.
@@ -82,37 +84,55 @@ def _scored(store: Path, name: str, tiles: list[Tile]) -> Counts:
 
 
 def halves(
-    runs: Path, roots: Sequence[Root], same_area: Sequence[Sequence[str]], minutes: float, work: Path, label_px: int = LABEL_PX
+    runs: Path,
+    roots: Sequence[Root],
+    same_area: Sequence[Sequence[str]],
+    minutes: float,
+    work: Path,
+    label_px: int = LABEL_PX,
+    unlabelled: bool = False,
 ) -> dict[str, Any]:
     """Per area: the held-out run's counts on the east halves before and after fine-tuning
-    on the west halves, the labels used and the fine-tune's record."""
+    on the west halves, the labels used and the fine-tune's record. ``unlabelled``: the
+    whole west halves' imagery without its labels, labelled by the run itself
+    (self-training) instead of at most ``label_px`` labelled pixels."""
     from .export import export
     from .finetune import finetune
 
     store = work / "store"
-    out: dict[str, Any] = {"minutes": minutes, "label_px": label_px, "areas": {}}
+    out: dict[str, Any] = {"minutes": minutes, "label_px": 0 if unlabelled else label_px, "unlabelled": unlabelled, "areas": {}}
     for area, tiles in tqdm(area_tiles(roots, same_area).items(), desc="areas", unit="area"):
         run = runs / f"loao-{area.split('+')[0]}" / "model.pt"
         if not run.is_file():
             continue
-        tune, east = split_halves(tiles, work / "halves" / area, label_px)
+        tune, east = split_halves(tiles, work / "halves" / area, 10**15 if unlabelled else label_px)
         key = area.split("+")[0]
         export(run, store, f"base-{key}", 1)
         before = _scored(store, f"base-{key}", east)
+        labelled, images = ([], [Root(tune)]) if unlabelled else ([Root(tune)], [])
         record = finetune(
-            store, f"base-{key}", [Root(tune)], f"tuned-{key}", minutes, run_dir=work / "runs" / key, progress=False
+            store,
+            f"base-{key}",
+            labelled,
+            f"tuned-{key}",
+            minutes,
+            run_dir=work / "runs" / key,
+            progress=False,
+            unlabelled=images,
         )
         after = _scored(store, f"tuned-{key}", east)
         import rasterio
 
-        labels = 0
+        pixels = 0
         for p in (tune / "gt").glob("*.tif"):
             with rasterio.open(p) as m:
-                labels += m.width * m.height
+                pixels += m.width * m.height
+        labels = 0 if unlabelled else pixels
         out["areas"][area] = {
             "before": before.as_dict(),
             "after": after.as_dict(),
             "label_px": labels,
+            "image_px": pixels,
             "steps": record["steps"],
             "seconds": record["seconds"],
         }
@@ -154,7 +174,8 @@ def chart(results: dict[str, Any], png: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 4))
     xs = np.arange(len(areas))
     ax.bar(xs - 0.2, before, 0.4, label="held-out run")
-    ax.bar(xs + 0.2, after, 0.4, label=f"fine-tuned on the west half ({results['minutes']:g} min)")
+    how = "self-trained on the west half's imagery" if results.get("unlabelled") else "fine-tuned on the west half"
+    ax.bar(xs + 0.2, after, 0.4, label=f"{how} ({results['minutes']:g} min)")
     ax.set_xticks(xs, areas)
     ax.set(ylabel="IoU % on the east half", title="Fine-tuning on a user's own area")
     ax.legend(fontsize=8)
@@ -174,12 +195,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--minutes", type=float, default=10.0, help="fine-tuning budget per area (at most 10)")
     p.add_argument("--max-label-px", type=int, default=LABEL_PX, help="labelled pixels to fine-tune on per area")
+    p.add_argument(
+        "--unlabelled", action="store_true",
+        help="self-training: fine-tune on the whole west halves' imagery, labelled by the run itself, not on labels",
+    )  # fmt: skip
     p.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
     p.add_argument("--json", type=Path, help="write the results here (and a chart beside it)")
     args = p.parse_args(argv)
     same = [g.split("+") for g in args.same_area or ["nepal+banepa"]]
     work = args.work or Path(tempfile.mkdtemp(prefix="footprints-halves-"))
-    results = halves(args.runs, args.data, same, args.minutes, work, args.max_label_px)
+    results = halves(args.runs, args.data, same, args.minutes, work, args.max_label_px, args.unlabelled)
     print(table(results))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

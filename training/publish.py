@@ -290,7 +290,8 @@ def write_finetune_card(
     the new version beside its base's on them."""
     recipe = record["recipe"]
     data = recipe.get("data", {})
-    roots = [Path(d["path"]) for d in record["data"]]
+    unlabelled = record.get("unlabelled", [])
+    roots = [Path(d["path"]) for d in [*record["data"], *unlabelled]]
     lines = [
         f"# {record['name']} v{record['version']}",
         "",
@@ -301,6 +302,10 @@ def write_finetune_card(
         f"- {len(record['train_tiles'])} tiles: {', '.join(sorted(record['train_tiles']))}, brought to "
         f"{record['resolution_m']} m per pixel (the base's resolution).",
         *[f"- Root {d['path']} (weight {d['weight']})." for d in record["data"]],
+        *[
+            f"- Unlabelled imagery {d['path']} (weight {d['weight']}), labelled by the base's own masks (self-training)."
+            for d in unlabelled
+        ],
         "",
         "## Recipe",
         f"The base's recipe at {LEARNING_RATE_NOTE}: {record['steps']} steps of batch "
@@ -311,7 +316,7 @@ def write_finetune_card(
         "## Reproduce",
         "```bash",
         f"footprints finetune --model {record['base']} "
-        + " ".join(f"--data {d['path']}" for d in record["data"])
+        + " ".join([f"--data {d['path']}" for d in record["data"]] + [f"--unlabelled {d['path']}" for d in unlabelled])
         + f" --name {record['name']} --minutes {record.get('minutes', 10):g}",
         "```",
         "",

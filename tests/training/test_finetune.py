@@ -26,12 +26,18 @@ def _listed(address: str, name: str) -> list[int]:
         return [m.version for m in client.list_models() if m.name == name and m.state == "ready"]
 
 
-def test_finetune_publishes_a_version_that_a_running_server_serves_without_a_restart(tiny_cities, tmp_path):
+def _base_store(cities, tmp_path):
+    """A store holding ``base`` v1: three steps of the tiny recipe."""
     store = tmp_path / "store"
     base = {**TINY, "schedule": {**TINY["schedule"], "steps_per_epoch": 3, "validate_every_steps": 1000}}
     base["data"] = {**TINY["data"], "validation_tile_indices": []}
-    train(config_from_dict(base, "tiny base"), Root(tiny_cities), tmp_path / "base", progress=False)
+    train(config_from_dict(base, "tiny base"), Root(cities), tmp_path / "base", progress=False)
     export(tmp_path / "base" / "model.pt", store, "base")
+    return store
+
+
+def test_finetune_publishes_a_version_that_a_running_server_serves_without_a_restart(tiny_cities, tmp_path):
+    store = _base_store(tiny_cities, tmp_path)
     s = RunningServer(config(store, watch_store_s=0.1))
     try:
         assert _listed(s.address, "mine") == []
@@ -53,3 +59,31 @@ def test_finetune_publishes_a_version_that_a_running_server_serves_without_a_res
     with pytest.raises(InputError, match="none: dataset path does not exist"):
         finetune(store, "base", [Root(tmp_path / "none")], "other", minutes=0.1)
     assert not (store / "other").exists()
+
+
+def test_self_training_labels_unlabelled_imagery_with_the_base_as_served(tiny_cities, tmp_path):
+    store = _base_store(tiny_cities, tmp_path)
+    # A user's imagery: GeoTIFFs with any names, no labels beside them.
+    mine = tmp_path / "my-imagery"
+    mine.mkdir()
+    sources = sorted((tiny_cities / "train" / "images").glob("*.tif"))[:2]
+    (mine / "ortho-west.tif").write_bytes(sources[0].read_bytes())
+    (mine / "site7.tif").write_bytes(sources[1].read_bytes())
+    record = finetune(store, "base", [], "selfie", minutes=0.05, run_dir=tmp_path / "ft", progress=False, unlabelled=[Root(mine)])
+    assert (record["version"], record["data"]) == (1, [])
+    assert record["unlabelled"] == [{"path": str(mine), "weight": 1.0}]
+    # Each image's labels are the base's mask of it as served (its threshold, its grid),
+    # under a tile name the training reader takes.
+    threshold = ModelStore(store).get("base").manifest.threshold
+    for name, image in (("pseudo1.tif", mine / "ortho-west.tif"), ("site7.tif", mine / "site7.tif")):
+        with rasterio.open(tmp_path / "ft" / "pseudo" / "0" / "gt" / name) as g:
+            expected = in_process(store, "base", image, 0) >= threshold
+            assert np.array_equal(g.read(1), np.where(expected, 255, 0).astype(np.uint8))
+    assert sorted(record["train_tiles"]) == ["pseudo1", "site7"]
+    card = (store / "selfie" / "1" / "MODEL_CARD.md").read_text()
+    assert f"--unlabelled {mine}" in card and "self-training" in card
+    assert ModelStore(store).get("selfie").manifest.network == ModelStore(store).get("base").manifest.network
+    with pytest.raises(InputError, match="nothing to fine-tune on"):
+        finetune(store, "base", [], "other", minutes=0.1)
+    with pytest.raises(InputError, match="no GeoTIFFs"):
+        finetune(store, "base", [], "other", minutes=0.1, unlabelled=[Root(tmp_path / "ft" / "probe")])
