@@ -4,6 +4,7 @@ two tiles as one polygon of the city layer, and bad tiles reported per tile."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -112,12 +113,22 @@ def test_a_city_gives_segments_masks_one_layer_and_the_seam_joined(store, city, 
     parquet = sorted(shapely.from_wkb(g).wkt for g in table.column("geometry").to_pylist())
     assert parquet == sorted(shapely.from_wkb(g).wkt for g in read(str(out / "buildings.gpkg"))[2])
 
-    # Provenance: a STAC Collection with an Item per tile, valid against STAC's core schemas.
+    # Provenance: a STAC Collection with an Item per tile and one for the model, valid
+    # against STAC's core schemas and, for the model, the MLM extension's models.
     assert f"STAC collection {out / 'stac' / 'collection.json'}" in done.stdout
-    assert validate_offline(out / "stac" / "collection.json") == 1 + 6
+    assert validate_offline(out / "stac" / "collection.json") == 1 + 1 + 6
+    model = json.loads((out / "stac" / "model-amll-1" / "model-amll-1.json").read_text())
+    assert model["properties"]["mlm:name"] == "amll:1" and model["properties"]["mlm:architecture"] == "amll_unet"
+    assert [c["name"] for c in model["properties"]["mlm:output"][0]["classification:classes"]] == ["background", "building"]
+    graph = model["assets"]["model"]
+    assert "mlm:model" in graph["roles"] and Path(graph["href"]).resolve() == (store / "amll" / "1" / "model.onnx").resolve()
     item_path = out / "stac" / "seam1" / "seam1.json"
     item = json.loads(item_path.read_text())
-    assert item["properties"]["mlm:name"] == "amll:1" and item["properties"]["gsd"] == pytest.approx(PX)
+    assert item["properties"]["footprints:model"] == "amll:1" and item["properties"]["gsd"] == pytest.approx(PX)
+    derived = [link for link in item["links"] if link["rel"] == "derived_from"]
+    assert [(item_path.parent / link["href"]).resolve() for link in derived] == [
+        (out / "stac" / "model-amll-1" / "model-amll-1.json").resolve()
+    ]
     assert item["properties"]["proj:code"] == CRS and item["properties"]["proj:shape"] == [SIDE, SIDE]
     assert (item_path.parent / item["assets"]["mask"]["href"]).resolve() == (out / "masks" / "seam1.tif").resolve()
     assert item["assets"]["mask"]["type"].endswith("profile=cloud-optimized")
@@ -314,3 +325,38 @@ def test_a_two_node_ray_cluster_loses_a_node_mid_run_and_the_run_completes(store
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
     for image in sorted(city.glob("*.tif")):
         assert np.array_equal(_mask(out, image.stem), _expected(store, image)), image.stem
+
+
+def test_stac_validation_refuses_an_mlm_item_without_its_required_fields(tmp_path):
+    """The offline check is a check: an MLM item missing its inputs, or its model asset, is refused."""
+    import pydantic
+    import pystac
+
+    def catalogue(props: dict, roles: list[str]) -> Path:
+        from stac_model.schema import MLModelExtension
+
+        col = pystac.Collection(
+            "c", "d", pystac.Extent(pystac.SpatialExtent([[0, 0, 1, 1]]), pystac.TemporalExtent([[None, None]]))
+        )
+        item = pystac.Item(
+            "m", None, None, dt.datetime(2026, 1, 1, tzinfo=dt.UTC), props, stac_extensions=[MLModelExtension.get_schema_uri()]
+        )
+        item.add_asset("g", pystac.Asset("g.onnx", roles=roles))
+        col.add_item(item)
+        folder = tmp_path / f"cat{len(list(tmp_path.iterdir()))}"
+        col.normalize_hrefs(str(folder))
+        col.save(pystac.CatalogType.SELF_CONTAINED)
+        return folder / "collection.json"
+
+    whole = {
+        "mlm:name": "x",
+        "mlm:architecture": "unet",
+        "mlm:tasks": ["semantic-segmentation"],
+        "mlm:input": [],
+        "mlm:output": [],
+    }
+    assert validate_offline(catalogue(whole, ["mlm:model"])) == 2
+    with pytest.raises(pydantic.ValidationError, match="input"):
+        validate_offline(catalogue({k: v for k, v in whole.items() if k != "mlm:input"}, ["mlm:model"]))
+    with pytest.raises(pystac.STACValidationError, match="mlm:model"):
+        validate_offline(catalogue(whole, ["data"]))
