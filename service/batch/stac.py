@@ -59,20 +59,20 @@ def mlm_properties(entry: ModelEntry) -> dict[str, Any]:
             name=name,
             bands=["red", "green", "blue"],
             input=InputStructure(shape=[-1, 3, -1, -1], dim_order=["batch", "bands", "height", "width"], data_type="float32"),
-            value_scaling=scaling,  # type: ignore[arg-type]
+            value_scaling=scaling,
         )
         for name in m.inputs or ("image",)
     ]
     output = ModelOutput(
         name=m.output or "probability",
-        tasks={TASK},  # type: ignore[arg-type]
+        tasks={TASK},
         result=ModelResult(shape=[-1, 1, -1, -1], dim_order=["batch", "channel", "height", "width"], data_type="float32"),
         classes=[MLMClassification(0, name="background"), MLMClassification(1, name="building")],
     )
     props = MLModelProperties(
         name=f"{entry.name}:{entry.version}",
         architecture=m.network,
-        tasks={TASK},  # type: ignore[arg-type]
+        tasks={TASK},
         framework="ONNX",
         accelerator="amd64",
         accelerator_constrained=False,
