@@ -158,6 +158,10 @@ def _loss(cfg: TrainConfig, heads: dict[str, torch.Tensor], mask: torch.Tensor) 
     target = _centre(mask, logits)
     loss = _segmentation_loss(cfg, logits, target)
     if o.distance_weight > 0:
+        if "distance" not in heads:
+            raise InputError(
+                "optim.distance_weight needs a network with a distance head (segnet_sdt, or effnet_unet with distance_head: true)"
+            )
         sdt = signed_distance_batch(target, o.distance_clip_px).to(logits.device)
         loss = loss + o.distance_weight * distance_l1(heads["distance"].float(), sdt)
     if o.aux_loss_weight > 0:

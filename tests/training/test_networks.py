@@ -92,3 +92,20 @@ def test_checkpoint_round_trip_and_wrong_network(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(InputError, match="junk.pt: not a readable PyTorch checkpoint"):
         load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_effnet_distance_head_trains_beside_an_unchanged_served_output():
+    torch.manual_seed(0)
+    net = build("effnet_unet", decoder=(8, 8, 8, 8, 8), distance_head=True).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        heads = net.heads(x)
+        served = net(x)
+    assert heads["distance"].shape == served.shape == (2, 1, 64, 64)
+    assert float(heads["distance"].abs().max()) <= 1.0  # tanh, as the signed-distance target
+    assert torch.equal(heads["logits"], served)  # serving's graph is the logits alone
+    plain = build("effnet_unet", decoder=(8, 8, 8, 8, 8))
+    assert set(build("effnet_unet", decoder=(8, 8, 8, 8, 8)).heads(x)) == {"logits"}
+    # The head's weights are the only ones added.
+    extra = set(net.state_dict()) - set(plain.state_dict())
+    assert extra == {"distance.weight", "distance.bias"}

@@ -139,9 +139,17 @@ def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
 
 
 class EfficientNetUNet(nn.Module):
-    """Building logits ``(N, 1, n, n)`` for windows of side ``n`` (a multiple of 32)."""
+    """Building logits ``(N, 1, n, n)`` for windows of side ``n`` (a multiple of 32).
 
-    def __init__(self, decoder: tuple[int, ...] = (96, 64, 48, 32, 16), encoder: str = "efficientnet-lite0") -> None:
+    With ``distance_head``, training also regresses ONERA's signed distance to the
+    building edge from the last decoder features (``heads``): a task that asks the decoder
+    to know where one roof ends, which the served probability (``forward``, the same graph
+    without the head) may keep as a deeper valley between touching buildings.
+    """
+
+    def __init__(
+        self, decoder: tuple[int, ...] = (96, 64, 48, 32, 16), encoder: str = "efficientnet-lite0", distance_head: bool = False
+    ) -> None:
         super().__init__()
         if len(decoder) != 5:
             raise InputError(f"decoder needs 5 widths (strides 16, 8, 4, 2, 1), got {list(decoder)}")
@@ -155,17 +163,30 @@ class EfficientNetUNet(nn.Module):
             cin = width
         self.decoder = nn.ModuleList(stages)
         self.head = nn.Conv2d(decoder[-1], 1, 1)
+        self.distance = nn.Conv2d(decoder[-1], 1, 3, padding=1) if distance_head else None
         he_init(self.decoder)
 
     def load_pretrained(self) -> None:
         """The encoder's ImageNet weights (the decoder stays He-initialised)."""
         self.encoder.load_imagenet()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _decode(self, x: torch.Tensor) -> torch.Tensor:
         check_sides(x, STRIDE)
         features = self.encoder(x)
         y = features[-1]
         for stage, skip in zip(self.decoder, [*reversed(features[:-1]), None]):
             y = F.interpolate(y, scale_factor=2.0, mode="nearest")
             y = stage(y if skip is None else torch.cat([y, skip], dim=1))
-        return self.head(y)
+        return y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self._decode(x))
+
+    def heads(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training's outputs: the logits and, with the distance head, the normalised
+        signed distance (``tanh``, as the target in [-1, 1])."""
+        y = self._decode(x)
+        out = {"logits": self.head(y)}
+        if self.distance is not None:
+            out["distance"] = torch.tanh(self.distance(y))
+        return out
