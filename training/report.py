@@ -310,8 +310,9 @@ def markdown(rows: Sequence[ModelRow], current: str | None = None) -> str:
         "Real areas never seen in training (IoU % / accuracy %, pooled over tiles; `seen`: the model trained on "
         "that area and has no leave-one-area-out run, so it is not scored there; * leave-one-area-out runs)",
         "",
-        f"| method | model | {' | '.join(areas)} | held-out overall | object F1 (held-out overall) | {both} |",
-        "|---" * (len(areas) + 5) + "|",
+        f"| method | model | {' | '.join(areas)} | held-out overall | object F1 (held-out overall) | {both} "
+        f"| object F1 ({' + '.join(common)}) |",
+        "|---" * (len(areas) + 6) + "|",
     ]
     for r in rows:
         cells = [_cell(r.real.get(a)) + ("*" if r.real_source.get(a) == "loao" else "") for a in areas]
@@ -319,7 +320,10 @@ def markdown(rows: Sequence[ModelRow], current: str | None = None) -> str:
         pair = pooled([r.real[a] for a in common]) if common else None
         objects = sum(r.real_objects.values(), ObjectCounts())
         f1 = f"{100 * objects.f1:.2f}" if r.real_objects and r.real_objects.keys() == r.real.keys() else "-"
-        out.append(f"| {r.method} | {r.label} | {' | '.join(cells)} | {_cell(overall)} | {f1} | {_cell(pair)} |")
+        # Buildings matched on the areas every model held out: the column to compare models by.
+        held = [r.real_objects.get(a) for a in common]
+        f1_common = f"{100 * sum(held, ObjectCounts()).f1:.2f}" if common and all(held) else "-"  # type: ignore[arg-type]
+        out.append(f"| {r.method} | {r.label} | {' | '.join(cells)} | {_cell(overall)} | {f1} | {_cell(pair)} | {f1_common} |")
     if cities:
         out += [
             "",

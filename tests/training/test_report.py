@@ -57,6 +57,11 @@ def test_the_report_scores_held_out_areas_only_and_counts_tta_in_the_cost(report
     assert f" | {f1:.2f} | " in next(line for line in table.splitlines() if line.startswith("| AMLL (Duke) | amll v1 |"))
     assert "| AMLL (Duke) | amll v1 |" in table and "| Raisa | raisa v1 |" in table
     assert "nepal + zanzibar (every model held out)" in table and "60.00 / 80.00*" in table
+    # ... and their F1 on the areas every model held out, the column models are compared by.
+    common_f1 = 100 * sum((amll.real_objects[a] for a in ("nepal", "zanzibar")), ObjectCounts()).f1
+    assert next(line for line in table.splitlines() if line.startswith("| AMLL (Duke) | amll v1 |")).endswith(
+        f" | {common_f1:.2f} |"
+    )
     paths = write_report(rows, tmp_path / "out")
     saved = json.loads(paths["json"].read_text())
     assert saved["common_areas"] == ["nepal", "zanzibar"] and saved["models"][1]["real_source"]["kampala"] == "seen"
