@@ -47,6 +47,9 @@ def checked_precision(entry: Bundle, requested: str) -> tuple[str, str]:
     record = precision_check(entry, "openvino", "bf16")
     if record is None:
         problem = "was never checked against fp32 (re-run `footprints check-precision`)"
+    elif not record.get("measured", True):
+        # Checked on a CPU without native bf16: nothing was measured, so nothing passed.
+        problem = f"was never measured ({record.get('why', 'no native bf16 where it was checked')}; re-run `footprints check-precision` here)"
     elif not record["accepted"]:
         problem = f"flips {record['mask_flip_share']:.2%} of mask pixels against fp32 (limit {record['limit']:.1%})"
     else:

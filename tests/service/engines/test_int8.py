@@ -149,3 +149,25 @@ def test_int8s_second_gate_is_the_iou_of_held_out_tiles_served_at_both_precision
     # The CLI will not quantise without tiles to hold the IoU gate to.
     assert main(["check-precision", "tiny", "--store", str(store), "--int8"]) == 2
     assert "needs --held-out" in capsys.readouterr().out
+
+
+def test_a_bf16_check_made_where_bf16_was_absent_serves_fp32_on_a_bf16_cpu(int8_store, tmp_path, monkeypatch):
+    """A store version checked on a CPU without native bf16 records bf16 as not measured; on a
+    CPU that has it, auto serves fp32 and says why, and a forced bf16 is refused."""
+    import service.engines.openvino as openvino_engine
+    from service.machine import CpuInfo
+
+    store, _ = int8_store
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    path = copy / "tiny" / "1" / MANIFEST
+    manifest = json.loads(path.read_text())
+    manifest["precision_checks"]["openvino-bf16"] = {"accepted": False, "measured": False, "why": "AMD EPYC has no native bf16"}
+    manifest["precision_checks"].pop("openvino-int8", None)
+    path.write_text(json.dumps(manifest))
+    entry = ModelStore(copy).get("tiny")
+    monkeypatch.setattr(openvino_engine, "this_cpu", lambda: CpuInfo("a bf16 CPU", frozenset({"avx512_bf16"}), 2))
+    precision, why = checked_precision(entry, "auto")
+    assert precision == "fp32" and "never measured (AMD EPYC has no native bf16" in why
+    with pytest.raises(InputError, match=r"tiny v1 in bf16 was never measured .*--precision fp32"):
+        checked_precision(entry, "bf16")
