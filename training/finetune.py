@@ -94,15 +94,15 @@ def finetune(
     resolution = entry.manifest.resolution_m
     # The base's own masks label the unlabelled imagery; that time is part of the budget.
     pseudo = pseudo_labelled(entry, unlabelled, run_dir / "pseudo", progress) if unlabelled else []
-    roots = [*roots, *pseudo]
+    tiles = [*roots, *pseudo]
     # Size the schedule: time a few steps on this machine, then fill the budget (less what
     # export and the card take, about a tenth of it).
-    train(_recipe(meta, resolution, TIMING_STEPS), list(roots), run_dir / "probe", progress=False, init=base)
+    train(_recipe(meta, resolution, TIMING_STEPS), tiles, run_dir / "probe", progress=False, init=base)
     per_step = _seconds_per_step(run_dir / "probe" / "log.csv") or (time.perf_counter() - t0) / TIMING_STEPS
     budget_s = minutes * 60 * 0.9 - (time.perf_counter() - t0)
     steps = max(TIMING_STEPS, int(budget_s / max(per_step, 1e-3)))
     cfg = _recipe(meta, resolution, steps)
-    trained = train(cfg, list(roots), run_dir / "run", progress=progress, init=base)
+    trained = train(cfg, tiles, run_dir / "run", progress=progress, init=base)
     target = out_store or store
     version = next_version(target, name)
     manifest = export(run_dir / "run" / "model.pt", target, name, version)
@@ -113,7 +113,7 @@ def finetune(
         "version": version,
         "steps": steps,
         "seconds": round(seconds, 1),
-        "data": [{"path": str(r.path), "weight": r.weight} for r in roots if r not in pseudo],
+        "data": [{"path": str(r.path), "weight": r.weight} for r in roots],
         "unlabelled": [{"path": str(r.path), "weight": r.weight} for r in unlabelled],
         "train_tiles": trained.get("data", {}).get("train_tiles", []),
         "resolution_m": resolution,
