@@ -337,7 +337,10 @@ def register(sub: Any, extensions: Any) -> None:
     p.set_defaults(func=_check_precision)
 
     p = sub.add_parser("loao", help="leave-one-area-out table: each area scored by the run that held it out")
-    p.add_argument("--runs", required=True, type=Path, help="folder with loao-<area>/model.pt runs (train --holdout <area>)")
+    p.add_argument(
+        "--runs", required=True, type=Path, action="append",
+        help="folder with loao-<area>/model.pt runs (train --holdout <area>); repeat to score their average (an ensemble)",
+    )  # fmt: skip
     p.add_argument("--data", required=True, action="append", help="dataset roots holding the areas (repeatable)")
     p.add_argument("--same-area", action="append", help="CITY+CITY: cities scored as one area (e.g. nepal+banepa)")
     p.add_argument("--compare", help="NAME[:VERSION] of a store model scored on the same tiles (e.g. amll:3)")

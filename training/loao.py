@@ -24,6 +24,8 @@ import numpy as np
 from tqdm import tqdm
 
 from service.engines import open_engine
+from service.engines.base import Engine
+from service.engines.ensemble import EnsembleEngine
 from service.engines.pytorch import TorchEngine
 from service.outputs.instances import separate
 from service.store.repository import ModelStore
@@ -96,7 +98,7 @@ def at_resolution(areas: dict[str, list[Tile]], target_m: float, fine: Sequence[
 
 
 def leave_one_area_out(
-    runs: Path,
+    runs: Path | Sequence[Path],
     roots: Sequence[Root],
     same_area: Sequence[Sequence[str]],
     compare: str | None = None,
@@ -107,7 +109,11 @@ def leave_one_area_out(
     cache: Path | None = None,
 ) -> dict[str, Any]:
     """Per resolution and area: the held-out model's counts (and the comparison model's).
-    Rows are labelled ``held out`` (and the comparison's) at 0.3 m, ``... at R m`` else."""
+    Rows are labelled ``held out`` (and the comparison's) at 0.3 m, ``... at R m`` else.
+    Several ``runs`` folders: each area is scored by the equal-weight average of their
+    runs that held it out (an ensemble of independently trained runs), and only where
+    every folder has one."""
+    runs = [runs] if isinstance(runs, Path) else list(runs)
     base = area_tiles(roots, same_area)
     cache = cache or Path(tempfile.mkdtemp(prefix="footprints-loao-"))
     results: dict[str, Any] = {}
@@ -229,8 +235,24 @@ def held_out_threshold(results: dict[str, Any]) -> float:
     return choose_threshold(sweep)
 
 
+def _held_out_engine(runs: Sequence[Path], area: str) -> TilingEngine | None:
+    """The engine that scores ``area``: its run in each of ``runs`` (averaged where
+    several), or None where a folder lacks one."""
+    paths = [r / f"loao-{area.split('+')[0]}" / "model.pt" for r in runs]
+    if not all(p.is_file() for p in paths):
+        return None
+    engines: list[Engine] = []
+    for run in paths:
+        model, meta = load_checkpoint(run)
+        held = set(meta.get("data", {}).get("holdout_areas", []))
+        if not {area, *area.split("+")} & held:
+            raise ValueError(f"{run} did not hold out {area} (held out: {sorted(held)}); it cannot score that area")
+        engines.append(TorchEngine(model, "cpu"))
+    return TilingEngine(engines[0] if len(engines) == 1 else EnsembleEngine.of(engines, f"loao-{area}"))
+
+
 def _one_resolution(
-    runs: Path, areas: dict[str, list[Tile]], compare: str | None, store: Path, overlays: Path | None
+    runs: Sequence[Path], areas: dict[str, list[Tile]], compare: str | None, store: Path, overlays: Path | None
 ) -> tuple[dict[str, Any], dict[str, dict[float, Counts]], dict[str, ObjectCounts], dict[str, ObjectCounts]]:
     """Counts at 0.5 per area (held out, and the comparison model), and the held-out
     model's counts at every threshold and its buildings matched at 0.5 (components,
@@ -247,15 +269,11 @@ def _one_resolution(
         other = TilingEngine(open_engine(entry, "onnxruntime")), {}
         rows[f"{entry.name} v{entry.version}"] = other[1]
     for area, tiles in tqdm(areas.items(), desc="areas", unit="area"):
-        run = runs / f"loao-{area.split('+')[0]}" / "model.pt"
-        if not run.is_file():
+        engine = _held_out_engine(runs, area)
+        if engine is None:
             continue
-        model, meta = load_checkpoint(run)
-        held = set(meta.get("data", {}).get("holdout_areas", []))
-        if not {area, *area.split("+")} & held:
-            raise ValueError(f"{run} did not hold out {area} (held out: {sorted(held)}); it cannot score that area")
         # As served: its plan window, its resolution; one overlay per held-out city.
-        sweep[area], objects[area], instances[area] = score_sweep(TilingEngine(TorchEngine(model, "cpu")), tiles, overlays)
+        sweep[area], objects[area], instances[area] = score_sweep(engine, tiles, overlays)
         held_out[area] = sweep[area][0.5]
         if other is not None:
             other[1][area] = score(other[0], tiles).overall

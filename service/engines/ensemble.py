@@ -19,6 +19,23 @@ class EnsembleEngine(Engine):
         self.members = members
         self.engine = members[0][0].engine  # what ListModels reports: the members' engine
 
+    @classmethod
+    def of(cls, engines: list[Engine], name: str = "ensemble") -> EnsembleEngine:
+        """Equal-weight members already open (e.g. training runs, not store versions).
+        They must agree on geometry and resolution; the threshold is the first member's."""
+        first = engines[0]
+        if any(e.geometry != first.geometry or e.resolution_m != first.resolution_m for e in engines[1:]):
+            raise ValueError(f"{name}: members differ in window geometry or resolution; their probabilities do not align")
+        self = cls.__new__(cls)
+        Engine.__init__(
+            self, name, first.device, first.geometry,
+            lambda n: max(e.window_bytes(n) for e in engines),  # members run one after another
+            first.precision, first.resolution_m, first.threshold,
+        )  # fmt: skip
+        self.members = [(e, 1.0 / len(engines)) for e in engines]
+        self.engine = first.engine
+        return self
+
     def infer(self, inputs: list[np.ndarray]) -> np.ndarray:
         out: np.ndarray | None = None
         for engine, weight in self.members:

@@ -76,3 +76,20 @@ def test_a_torchserve_archive_of_an_ensemble_is_refused_with_its_members_named(m
     with pytest.raises(InputError, match=r"is an ensemble \(tiny:1, blended:1\)"):
         build_archive(members, f"pair:{entry.version}", tmp_path / "mar")
     assert not (tmp_path / "mar").exists()
+
+
+def test_engines_already_open_average_equally_and_must_align(members, tmp_path):
+    # What `footprints loao --runs A --runs B` scores: training runs, not store versions.
+    from service.engines.ensemble import EnsembleEngine
+
+    store = ModelStore(members)
+    a, b = (open_engine(store.get(n), "onnxruntime") for n in ("tiny", "blended"))
+    windows = [np.random.default_rng(1).integers(0, 256, (2, 3, 64, 64), dtype=np.uint8)]
+    pa, pb = a.infer(windows), b.infer(windows)
+    assert not np.allclose(pa, pb, atol=1e-3)
+    both = EnsembleEngine.of([a, b], "runs")
+    np.testing.assert_allclose(both.infer(windows), (pa + pb) / 2, atol=1e-6)
+    assert both.window_bytes(256) == max(a.window_bytes(256), b.window_bytes(256))
+    b.resolution_m = 0.15
+    with pytest.raises(ValueError, match="differ in window geometry or resolution"):
+        EnsembleEngine.of([a, b], "runs")
