@@ -283,6 +283,13 @@ def test_fine_tuning_a_pretrained_encoder_freezes_it_first_and_init_starts_from_
     (tmp_path / "loao.json").write_text(as_json(results))
     assert read_json(tmp_path / "loao.json")["objects"] == results["objects"]
     assert "| 0.3 m | ashford |" in object_table(results)
+    # Several folders: the average of their runs (one run twice averages to itself);
+    # an area is scored only where every folder holds a run for it.
+    (tmp_path / "again").mkdir()
+    (tmp_path / "again/loao-ashford").symlink_to(tmp_path / "frozen")
+    both = leave_one_area_out([tmp_path, tmp_path / "again"], [Root(train_cities)], [])
+    assert both["held out"]["ashford"] == results["held out"]["ashford"]
+    assert "ashford" not in leave_one_area_out([tmp_path, tmp_path / "frozen"], [Root(train_cities)], [])["held out"]
     (tmp_path / "loao-brookline").symlink_to(tmp_path / "frozen")
     with pytest.raises(ValueError, match="did not hold out brookline"):
         leave_one_area_out(tmp_path, [Root(train_cities)], [])
