@@ -36,6 +36,14 @@ def test_serving_benchmark_imports_and_explains_itself():
     assert "--throughput-size" in done.stdout
 
 
+def test_resampling_benchmark_imports_and_explains_itself():
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/resampling.py"), "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "--runs" in done.stdout and "resampler" in done.stdout
+
+
 def test_engines_benchmark_compares_engines_and_the_grpc_tile_to_the_floor(tmp_path):
     from ..service.servers import small_effnet_store
 
