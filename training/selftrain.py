@@ -52,9 +52,16 @@ def pseudo_labelled(entry: ModelEntry, roots: Sequence[Root], out: Path, progres
             (folder / "images").mkdir(parents=True, exist_ok=True)
             (folder / "gt").mkdir(parents=True, exist_ok=True)
             images = unlabelled_images(root.path)
-            for n, image in enumerate(tqdm(images, desc="pseudo-labels", unit="tile", disable=not progress), 1):
-                # The training reader takes <city><n>.tif names; other names are numbered.
-                name = image.name if TILE_NAME.match(image.name) else f"{PSEUDO}{n}.tif"
+            # The training reader takes <city><n>.tif names; other names are numbered,
+            # past any number a user's own pseudo<n>.tif already holds.
+            taken, n = {p.name for p in images if TILE_NAME.match(p.name)}, 0
+            for image in tqdm(images, desc="pseudo-labels", unit="tile", disable=not progress):
+                name = image.name
+                if not TILE_NAME.match(name):
+                    n += 1
+                    while f"{PSEUDO}{n}.tif" in taken:
+                        n += 1
+                    name = f"{PSEUDO}{n}.tif"
                 link = folder / "images" / name
                 if not link.exists():
                     os.symlink(image.resolve(), link)

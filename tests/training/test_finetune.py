@@ -66,20 +66,22 @@ def test_self_training_labels_unlabelled_imagery_with_the_base_as_served(tiny_ci
     # A user's imagery: GeoTIFFs with any names, no labels beside them.
     mine = tmp_path / "my-imagery"
     mine.mkdir()
-    sources = sorted((tiny_cities / "train" / "images").glob("*.tif"))[:2]
+    sources = sorted((tiny_cities / "train" / "images").glob("*.tif"))[:3]
     (mine / "ortho-west.tif").write_bytes(sources[0].read_bytes())
     (mine / "site7.tif").write_bytes(sources[1].read_bytes())
+    (mine / "pseudo1.tif").write_bytes(sources[2].read_bytes())  # the number an odd name would get
     record = finetune(store, "base", [], "selfie", minutes=0.05, run_dir=tmp_path / "ft", progress=False, unlabelled=[Root(mine)])
     assert (record["version"], record["data"]) == (1, [])
     assert record["unlabelled"] == [{"path": str(mine), "weight": 1.0}]
     # Each image's labels are the base's mask of it as served (its threshold, its grid),
     # under a tile name the training reader takes.
     threshold = ModelStore(store).get("base").manifest.threshold
-    for name, image in (("pseudo1.tif", mine / "ortho-west.tif"), ("site7.tif", mine / "site7.tif")):
+    named = {"pseudo2.tif": mine / "ortho-west.tif", "pseudo1.tif": mine / "pseudo1.tif", "site7.tif": mine / "site7.tif"}
+    for name, image in named.items():
         with rasterio.open(tmp_path / "ft" / "pseudo" / "0" / "gt" / name) as g:
             expected = in_process(store, "base", image, 0) >= threshold
             assert np.array_equal(g.read(1), np.where(expected, 255, 0).astype(np.uint8))
-    assert sorted(record["train_tiles"]) == ["pseudo1", "site7"]
+    assert sorted(record["train_tiles"]) == ["pseudo1", "pseudo2", "site7"]
     card = (store / "selfie" / "1" / "MODEL_CARD.md").read_text()
     assert f"--unlabelled {mine}" in card and "self-training" in card
     assert ModelStore(store).get("selfie").manifest.network == ModelStore(store).get("base").manifest.network
