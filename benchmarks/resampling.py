@@ -16,18 +16,17 @@ Writes benchmarks/results/resampling.json and prints the table (IoU %).
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import tempfile
 from pathlib import Path
 from unittest import mock
 
-import numpy as np
-from PIL import Image
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _report  # noqa: E402
 
 import service.tiling.pipeline as pipeline  # noqa: E402
+from service.tiling.resample import resample_image  # noqa: E402
 from training.data.inria import InriaDataset  # noqa: E402
 from training.data.sources import parse_root  # noqa: E402
 from training.loao import leave_one_area_out, score_rows  # noqa: E402
@@ -36,14 +35,8 @@ FILTERS = ("bilinear", "bicubic", "lanczos", "box")  # bilinear: what serving us
 
 
 def _with_filter(name: str):
-    """``resample_image`` with Pillow's ``name`` filter in place of serving's."""
-    f = Image.Resampling[name.upper()]
-
-    def resample(rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-        h, w = shape
-        return np.stack([np.asarray(Image.fromarray(band).resize((w, h), f)) for band in rgb])
-
-    return mock.patch.object(pipeline, "resample_image", resample)
+    """Serving's ``resample_image`` with Pillow's ``name`` filter."""
+    return mock.patch.object(pipeline, "resample_image", functools.partial(resample_image, method=name))
 
 
 class _AsItComes(pipeline.Resolution):

@@ -321,7 +321,7 @@ def markdown(rows: Sequence[ModelRow], current: str | None = None) -> str:
         objects = sum(r.real_objects.values(), ObjectCounts())
         f1 = f"{100 * objects.f1:.2f}" if r.real_objects and r.real_objects.keys() == r.real.keys() else "-"
         # Buildings matched on the areas every model held out: the column to compare models by.
-        held = common and all(a in r.real_objects for a in common)
+        held = bool(common) and all(a in r.real_objects for a in common)
         f1_common = f"{100 * sum((r.real_objects[a] for a in common), ObjectCounts()).f1:.2f}" if held else "-"
         out.append(f"| {r.method} | {r.label} | {' | '.join(cells)} | {_cell(overall)} | {f1} | {_cell(pair)} | {f1_common} |")
     if cities:

@@ -5,6 +5,7 @@ manifest's weights (:mod:`service.store.ensemble`)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -14,8 +15,10 @@ from service.store.repository import ModelEntry, ModelStore
 
 
 class EnsembleEngine(Engine):
-    def __init__(self, bundle: Bundle, members: list[tuple[Engine, float]]) -> None:
-        super().__init__(**Engine.describe(bundle, members[0][0].device, members[0][0].precision))
+    def __init__(self, members: list[tuple[Engine, float]], **described: Any) -> None:
+        """``members``: open engines and their weights; ``described``: :class:`Engine`'s
+        arguments (a store version's, from :meth:`Engine.describe`)."""
+        super().__init__(**described)
         self.members = members
         self.engine = members[0][0].engine  # what ListModels reports: the members' engine
 
@@ -26,15 +29,12 @@ class EnsembleEngine(Engine):
         first = engines[0]
         if any(e.geometry != first.geometry or e.resolution_m != first.resolution_m for e in engines[1:]):
             raise ValueError(f"{name}: members differ in window geometry or resolution; their probabilities do not align")
-        self = cls.__new__(cls)
-        Engine.__init__(
-            self, name, first.device, first.geometry,
-            lambda n: max(e.window_bytes(n) for e in engines),  # members run one after another
-            first.precision, first.resolution_m, first.threshold,
+        return cls(
+            [(e, 1.0 / len(engines)) for e in engines],
+            name=name, device=first.device, geometry=first.geometry,
+            window_bytes=lambda n: max(e.window_bytes(n) for e in engines),  # members run one after another
+            precision=first.precision, resolution_m=first.resolution_m, threshold=first.threshold,
         )  # fmt: skip
-        self.members = [(e, 1.0 / len(engines)) for e in engines]
-        self.engine = first.engine
-        return self
 
     def infer(self, inputs: list[np.ndarray]) -> np.ndarray:
         out: np.ndarray | None = None
@@ -54,4 +54,6 @@ def open_ensemble(bundle: Bundle, open_member: Callable[[ModelEntry], Engine]) -
     (the engine the ensemble was asked for)."""
     assert isinstance(bundle, ModelEntry)
     store = ModelStore(bundle.folder.parent.parent)
-    return EnsembleEngine(bundle, [(open_member(entry), w) for entry, w in members_of(bundle, store)])
+    members = [(open_member(entry), w) for entry, w in members_of(bundle, store)]
+    first = members[0][0]
+    return EnsembleEngine(members, **Engine.describe(bundle, first.device, first.precision))

@@ -110,14 +110,16 @@ class AxisMap:
         return np.moveaxis(out.astype(np.float32), 0, axis)
 
 
-def resample_image(rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def resample_image(rgb: np.ndarray, shape: tuple[int, int], method: str = "bilinear") -> np.ndarray:
     """``(C, H, W)`` uint8 imagery on another grid of the same extent: what the model sees.
     Pillow's bilinear filter, which widens its support when it shrinks (no aliasing);
-    every path (GeoTIFF, raw rows, any engine) resamples through here, so all give one mask."""
+    every path (GeoTIFF, raw rows, any engine) resamples through here, so all give one mask.
+    ``method`` names another Pillow filter, for benchmarks/resampling.py to compare."""
     from PIL import Image
 
     h, w = shape
-    return np.stack([np.asarray(Image.fromarray(band).resize((w, h), Image.Resampling.BILINEAR)) for band in rgb])
+    f = Image.Resampling[method.upper()]
+    return np.stack([np.asarray(Image.fromarray(band).resize((w, h), f)) for band in rgb])
 
 
 class BackToRaster:
