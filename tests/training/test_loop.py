@@ -91,6 +91,8 @@ def test_config_errors_are_clear(tmp_path):
         load_config(_config(tmp_path, data__augment_roof_recolour=-0.1))
     with pytest.raises(InputError, match=r"'data.augment_roof_recolour' needs a mask over the whole input .*context_px = 768"):
         load_config(_config(tmp_path, data__augment_roof_recolour=0.5, data__context_px=768))
+    with pytest.raises(InputError, match=r"'optim.ema_decay' must be in \[0, 1\), got 1.0"):
+        load_config(_config(tmp_path, optim__ema_decay=1.0))
     with pytest.raises(InputError, match="'optim.precision' is 'fp16'; choose one of fp32, bf16"):
         load_config(_config(tmp_path, optim__precision="fp16"))
     with pytest.raises(InputError, match="config file does not exist"):
@@ -156,9 +158,16 @@ def test_bf16_mixed_precision_run_learns_and_keeps_fp32_weights(tmp_path, train_
         assert torch.isfinite(model(x)).all()
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # bf16: the default AMLL recipe's
-def test_resume_after_a_kill_continues_where_it_stopped(tmp_path, train_cities, precision):
-    cfg = _config(tmp_path, schedule__steps_per_epoch=24, schedule__validate_every_steps=1000, optim__precision=precision)
+# bf16: the default AMLL recipe's; the weight average is resumed as well as the weights.
+@pytest.mark.parametrize(("precision", "ema_decay"), [("fp32", 0.9), ("bf16", 0.0)])
+def test_resume_after_a_kill_continues_where_it_stopped(tmp_path, train_cities, precision, ema_decay):
+    cfg = _config(
+        tmp_path,
+        schedule__steps_per_epoch=24,
+        schedule__validate_every_steps=1000,
+        optim__precision=precision,
+        optim__ema_decay=ema_decay,
+    )
     straight = tmp_path / "straight"
     assert run_cli("train", "--config", str(cfg), "--data", str(train_cities), "--out", str(straight)).returncode == 0
 
@@ -185,6 +194,11 @@ def test_resume_after_a_kill_continues_where_it_stopped(tmp_path, train_cities, 
     with (killed / "log.csv").open() as f:
         steps = [int(r["step"]) for r in csv.DictReader(f) if r["loss"]]
     assert steps == sorted(set(steps)) and steps[-1] == 24  # no row logged twice
+    last = read_checkpoint(killed / "last.pt")["state_dict"]
+    served = read_checkpoint(killed / "model.pt")["state_dict"]
+    moved = [k for k, v in last.items() if v.is_floating_point() and not torch.equal(v, served[k])]
+    # model.pt holds the average where the config asks for one, else the last step's weights.
+    assert bool(moved) == (ema_decay > 0), moved[:3]
 
 
 def test_two_rank_distributed_training_keeps_weights_identical(tmp_path, train_cities):

@@ -108,7 +108,7 @@ def save_checkpoint(path: str | Path, model: SegmentationModel, half: bool = Fal
     return path
 
 
-_MODEL_KEYS = ("format", "network", "network_args", "mean_rgb", "std_rgb", "state_dict", "optimizer")
+_MODEL_KEYS = ("format", "network", "network_args", "mean_rgb", "std_rgb", "state_dict", "optimizer", "ema")
 
 
 def checkpoint_meta(payload: dict[str, Any]) -> dict[str, Any]:
