@@ -100,6 +100,11 @@ class OptimConfig:
     # The average over the run's last 1 / (1 - decay) steps sits in a flatter region of
     # the loss than any single step, which is what holds on imagery from other places.
     ema_decay: float = 0.0
+    # Weight of a term that asks a coarser capture of each patch (data gives it as a second
+    # view, 1.3-2.5x coarser) for the mask of the patch itself: KL divergence from the
+    # patch's probabilities (held fixed) to the view's. Both views are also scored against
+    # the labels. Each patch then costs two forward passes (0: off).
+    consistency_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -245,6 +250,12 @@ def config_from_dict(raw: dict[str, Any], source: str) -> TrainConfig:
         raise InputError(f"{path}: 'data.augment_degrade' must be in [0, 1], got {d.augment_degrade}")
     if not 0 <= cfg.optim.ema_decay < 1:
         raise InputError(f"{path}: 'optim.ema_decay' must be in [0, 1), got {cfg.optim.ema_decay}")
+    if cfg.optim.consistency_weight < 0:
+        raise InputError(f"{path}: 'optim.consistency_weight' must be at least 0, got {cfg.optim.consistency_weight}")
+    if cfg.optim.consistency_weight > 0 and d.context_px > 0:
+        raise InputError(
+            f"{path}: 'optim.consistency_weight' needs networks without a context crop (data.context_px = {d.context_px})"
+        )
     if d.augment_roof_recolour > 0 and d.context_px > 0:
         raise InputError(
             f"{path}: 'data.augment_roof_recolour' needs a mask over the whole input and "

@@ -37,7 +37,7 @@ from .data.patches import GridPatchDataset, PatchGrid, RandomPatchDataset
 from .data.sampling import StepBatchSampler
 from .data.sources import Root, load_sources
 from .networks import network_class
-from .networks.losses import bce_jaccard, bce_soft_iou, cross_entropy, distance_l1
+from .networks.losses import bce_jaccard, bce_soft_iou, consistency_kl, cross_entropy, distance_l1
 from .networks.model import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel, load_checkpoint, read_checkpoint, save_checkpoint
 
 # A run directory's training record (publish copies it beside the model).
@@ -189,6 +189,16 @@ def _loss(cfg: TrainConfig, heads: dict[str, torch.Tensor], mask: torch.Tensor) 
     return loss
 
 
+def _paired_loss(cfg: TrainConfig, heads: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+    """Heads of a batch of patches followed by their coarser views: the mean of the two
+    halves' losses, plus the weighted pull of each view's mask towards its patch's."""
+    n = mask.shape[0]
+    patch = {k: v[:n] for k, v in heads.items()}
+    view = {k: v[n:] for k, v in heads.items()}
+    pull = consistency_kl(patch["logits"].float(), view["logits"].float())
+    return (_loss(cfg, patch, mask) + _loss(cfg, view, mask)) / 2 + cfg.optim.consistency_weight * pull
+
+
 def _patches(cfg: TrainConfig, tiles: list[Tile], weights: list[float], dual: bool) -> tuple[Augmented, int | None]:
     d = cfg.data
     base: GridPatchDataset | RandomPatchDataset
@@ -207,6 +217,7 @@ def _patches(cfg: TrainConfig, tiles: list[Tile], weights: list[float], dual: bo
         d.augment_roof_recolour,
         d.augment_colour,
         d.augment_degrade,
+        coarse_view=cfg.optim.consistency_weight > 0,
     )
     return aug, pool
 
@@ -406,12 +417,15 @@ def _train(
     for step, batch in enumerate(loader, start=start):
         lr = _set_learning_rates(cfg, optimizer, step)
         inputs = [batch["image"].to(ranks.device).float()]
+        if "view" in batch:  # one pass over patches and views: batch norm sees both
+            inputs = [torch.cat([inputs[0], batch["view"].to(ranks.device).float()])]
         if "context" in batch:
             inputs.append(batch["context"].to(ranks.device).float())
         inputs = [x.contiguous(memory_format=torch.channels_last) for x in inputs]
         with torch.autocast(ranks.device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
             heads = net(*inputs)
-        loss = _loss(cfg, heads, batch["mask"].to(ranks.device))
+        mask = batch["mask"].to(ranks.device)
+        loss = _paired_loss(cfg, heads, mask) if "view" in batch else _loss(cfg, heads, mask)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

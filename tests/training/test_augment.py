@@ -104,3 +104,19 @@ def test_roof_recolouring_refuses_a_context_crop():
     aug = Augmented(base, seed=0, flips=False, rotations=False, roof_recolour=1.0)
     with pytest.raises(ValueError, match="needs a mask over the whole input"):
         aug[(0, 1)]
+
+
+def test_a_coarse_view_is_the_finished_patch_without_its_detail_and_moves_no_other_draw():
+    base = _OnePatch(context=False)
+    kwargs = dict(seed=0, flips=True, rotations=True, photometric=0.2, colour=0.3, degrade=0.5)
+    plain, paired = Augmented(base, **kwargs), Augmented(base, **kwargs, coarse_view=True)
+    for number in range(6):
+        a, b = plain[(0, number)], paired[(0, number)]
+        # Every other draw is as it was without the view: the patch and mask are unchanged.
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+        view, image = b["view"].float(), b["image"].float()
+        assert b["view"].shape == b["image"].shape and b["view"].dtype == torch.uint8
+        # The same scene (its mean brightness kept), with less pixel-to-pixel detail.
+        assert abs(view.mean() - image.mean()) < 3
+        assert view.diff(dim=-1).abs().mean() < 0.8 * image.diff(dim=-1).abs().mean()
+    assert not torch.equal(paired[(0, 1)]["view"], paired[(0, 2)]["view"])

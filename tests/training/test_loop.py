@@ -93,6 +93,8 @@ def test_config_errors_are_clear(tmp_path):
         load_config(_config(tmp_path, data__augment_roof_recolour=0.5, data__context_px=768))
     with pytest.raises(InputError, match=r"'optim.ema_decay' must be in \[0, 1\), got 1.0"):
         load_config(_config(tmp_path, optim__ema_decay=1.0))
+    with pytest.raises(InputError, match=r"'optim.consistency_weight' needs networks without a context crop"):
+        load_config(_config(tmp_path, optim__consistency_weight=1.0, data__context_px=768))
     with pytest.raises(InputError, match="'optim.precision' is 'fp16'; choose one of fp32, bf16"):
         load_config(_config(tmp_path, optim__precision="fp16"))
     with pytest.raises(InputError, match="config file does not exist"):
@@ -158,15 +160,17 @@ def test_bf16_mixed_precision_run_learns_and_keeps_fp32_weights(tmp_path, train_
         assert torch.isfinite(model(x)).all()
 
 
-# bf16: the default AMLL recipe's; the weight average is resumed as well as the weights.
-@pytest.mark.parametrize(("precision", "ema_decay"), [("fp32", 0.9), ("bf16", 0.0)])
-def test_resume_after_a_kill_continues_where_it_stopped(tmp_path, train_cities, precision, ema_decay):
+# bf16: the default AMLL recipe's. The weight average is resumed as well as the weights,
+# and coarse views of each patch are drawn again as they were.
+@pytest.mark.parametrize(("precision", "ema_decay", "consistency"), [("fp32", 0.9, 0.0), ("bf16", 0.0, 1.0)])
+def test_resume_after_a_kill_continues_where_it_stopped(tmp_path, train_cities, precision, ema_decay, consistency):
     cfg = _config(
         tmp_path,
         schedule__steps_per_epoch=24,
         schedule__validate_every_steps=1000,
         optim__precision=precision,
         optim__ema_decay=ema_decay,
+        optim__consistency_weight=consistency,
     )
     straight = tmp_path / "straight"
     assert run_cli("train", "--config", str(cfg), "--data", str(train_cities), "--out", str(straight)).returncode == 0

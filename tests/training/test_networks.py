@@ -4,7 +4,7 @@ import torch
 from service.errors import InputError
 from training.networks import build
 from training.networks.cost import parameter_count, window_cost
-from training.networks.losses import bce_soft_iou, cross_entropy, soft_iou
+from training.networks.losses import bce_soft_iou, consistency_kl, cross_entropy, soft_iou
 from training.networks.model import SegmentationModel, load_checkpoint, save_checkpoint
 from training.networks.unet_valid import ValidGeometry
 
@@ -109,3 +109,15 @@ def test_effnet_distance_head_trains_beside_an_unchanged_served_output():
     # The head's weights are the only ones added.
     extra = set(net.state_dict()) - set(plain.state_dict())
     assert extra == {"distance.weight", "distance.bias"}
+
+
+@pytest.mark.parametrize("channels", [1, 2])  # a sigmoid head, a softmax head
+def test_consistency_kl_is_zero_for_one_mask_and_moves_only_the_second_view(channels):
+    torch.manual_seed(0)
+    reference = torch.randn(2, channels, 8, 8, requires_grad=True)
+    other = torch.randn(2, channels, 8, 8, requires_grad=True)
+    assert consistency_kl(reference, reference.detach().clone()).item() == pytest.approx(0.0, abs=1e-6)
+    kl = consistency_kl(reference, other)
+    assert kl.item() > 0.01
+    kl.backward()
+    assert reference.grad is None and other.grad is not None and other.grad.abs().sum() > 0

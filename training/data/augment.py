@@ -117,6 +117,14 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(y, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)[0]
 
 
+def coarser_capture(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """Float ``(C, H, W)`` imagery as a capture ``factor`` times coarser shows it once served
+    on this grid: down by ``factor`` (antialiased) and up again, bilinear as serving is."""
+    h, w = x.shape[-2:]
+    small = F.interpolate(x[None], size=(max(1, round(h / factor)), max(1, round(w / factor))), mode="bilinear", antialias=True)
+    return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)[0]
+
+
 def degrade_tensor(x: torch.Tensor, rng: np.random.Generator, chance: float) -> torch.Tensor:
     """Each of three faults with probability ``chance``, on uint8 ``(3, H, W)`` imagery:
 
@@ -137,10 +145,7 @@ def degrade_tensor(x: torch.Tensor, rng: np.random.Generator, chance: float) -> 
     if soft and kind < 0.5:
         y = _gaussian_blur(y, 0.5 + amount)
     elif soft:
-        h, w = y.shape[-2:]
-        f = 1.3 + 1.2 * amount
-        small = F.interpolate(y[None], size=(max(1, round(h / f)), max(1, round(w / f))), mode="bilinear", antialias=True)
-        y = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)[0]
+        y = coarser_capture(y, 1.3 + 1.2 * amount)
     if noisy:
         g = torch.Generator().manual_seed(noise_seed)
         y = y + sigma_n * torch.randn(y.shape, generator=g)
@@ -159,7 +164,8 @@ class Augmented(Dataset):
     (``photometric`` is its strength; 0 turns it off) and roof recolouring
     (``roof_recolour`` is the share of patches it touches; 0 turns it off), colour
     jitter (``colour`` is its strength) and degradation (``degrade`` is the chance of
-    each fault; the patch only, a context crop is left sharp).
+    each fault; the patch only, a context crop is left sharp). ``coarse_view`` adds
+    ``view``: the finished patch again, as a coarser capture.
     """
 
     def __init__(
@@ -172,10 +178,11 @@ class Augmented(Dataset):
         roof_recolour: float = 0.0,
         colour: float = 0.0,
         degrade: float = 0.0,
+        coarse_view: bool = False,
     ) -> None:
         self.dataset, self.seed, self.flips, self.rotations = dataset, seed, flips, rotations
         self.photometric, self.roof_recolour = photometric, roof_recolour
-        self.colour, self.degrade = colour, degrade
+        self.colour, self.degrade, self.coarse_view = colour, degrade, coarse_view
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -203,4 +210,9 @@ class Augmented(Dataset):
             sample = {k: colour_tensor(v, *tone) if k in _IMAGERY_KEYS else v for k, v in sample.items()}
         if self.degrade > 0:
             sample["image"] = degrade_tensor(sample["image"], rng, self.degrade)
+        if self.coarse_view:
+            # The same patch 1.3-2.5x coarser (0.4-0.75 m imagery served at 0.3 m), for the
+            # loss that asks both to give one mask (optim.consistency_weight).
+            view = coarser_capture(sample["image"].float(), float(rng.uniform(1.3, 2.5)))
+            sample["view"] = view.round_().to(sample["image"].dtype)
         return sample

@@ -5,6 +5,7 @@
   the ground truth, so the network is pushed towards the benchmark's own metric.
 * ONERA: cross-entropy (NLL of the softmax) + lambda * L1 on the signed distance.
 * Raisa: ``BCE + (1 - softIoU)``: the IoU term linear rather than logarithmic.
+* Any of them: a consistency term between two views of one patch (not the papers').
 """
 
 from __future__ import annotations
@@ -41,3 +42,18 @@ def bce_jaccard(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def distance_l1(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """ONERA's regression term: mean absolute error of the normalised signed distance."""
     return F.l1_loss(predicted, target)
+
+
+def _log_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Per-pixel class log-probabilities ``(N, K, h, w)``: softmax over K >= 2 channels, or a
+    one-channel logit's sigmoid as two classes (not building, building)."""
+    if logits.shape[1] == 1:
+        return torch.cat([F.logsigmoid(-logits), F.logsigmoid(logits)], dim=1)
+    return F.log_softmax(logits, dim=1)
+
+
+def consistency_kl(reference: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """Mean per-pixel KL(reference || other) of two heads' logits; ``reference`` is held
+    fixed, so only ``other`` moves towards it."""
+    ref = _log_probabilities(reference.detach())
+    return (ref.exp() * (ref - _log_probabilities(other))).sum(dim=1).mean()
