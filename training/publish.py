@@ -106,7 +106,8 @@ def _optimiser(o: dict[str, Any]) -> str:
         what = f"SGD (momentum {o.get('momentum')}, weight decay {o.get('weight_decay')})"
     else:
         what = "Adam"
-    return f"{what} lr {o.get('learning_rate')} ({o.get('lr_policy')} policy)"
+    average = f", weights served as their moving average (decay {o['ema_decay']})" if o.get("ema_decay") else ""
+    return f"{what} lr {o.get('learning_rate')} ({o.get('lr_policy')} policy){average}"
 
 
 def _loss(o: dict[str, Any]) -> str:
@@ -117,6 +118,11 @@ def _loss(o: dict[str, Any]) -> str:
         )
     if o.get("aux_loss_weight"):
         terms.append(f"{o['aux_loss_weight']} x the same loss on the first stage")
+    if o.get("consistency_weight"):
+        terms.append(
+            f"the same on a 1.3-2.5x coarser view of each patch, averaged with it, + {o['consistency_weight']} x "
+            "KL from the patch's mask to the view's"
+        )
     return " + ".join(terms)
 
 
