@@ -26,8 +26,8 @@ from .data.sources import Root
 from .networks.model import load_checkpoint
 from .selftrain import pseudo_labelled
 
-# Fine-tuning moves less than training from ImageNet: 0.3x the base recipe's rate, the
-# encoder at its factor of that, and no frozen start (the decoder already fits).
+# Fine-tuning moves less than training from ImageNet: a tenth of the base recipe's rate,
+# the encoder at its factor of that, and no frozen start (the decoder already fits).
 LEARNING_RATE_SHARE = 0.3
 TIMING_STEPS = 4  # steps timed to size the schedule
 BATCH = 8
@@ -46,12 +46,6 @@ def _recipe(meta: dict[str, Any], resolution_m: float, steps: int) -> TrainConfi
     schedule = dict(raw.get("schedule", {}))
     schedule.update(epochs=1, steps_per_epoch=max(1, steps), checkpoint_every_steps=max(1, steps), validate_every_steps=10**9)
     schedule["batch_size"] = schedule.get("batch_size", BATCH)
-    if optim.get("consistency_weight"):
-        # Coarse views teach a model to hold at resolutions it may meet; a fine-tune learns
-        # the user's imagery at the one resolution it comes in, so the views' half of each
-        # step goes to labelled patches instead: the same cost a step, twice the patches.
-        optim["consistency_weight"] = 0.0
-        schedule["batch_size"] *= 2
     raw["schedule"] = schedule
     return config_from_dict(raw, f"the recipe of the base ({raw['name']})")
 

@@ -13,7 +13,7 @@ from service.store.repository import ModelStore
 from training.config import config_from_dict
 from training.data.sources import Root
 from training.export import export
-from training.finetune import _recipe, finetune
+from training.finetune import finetune
 from training.loop import train
 
 from ..conftest import wait_until
@@ -89,12 +89,3 @@ def test_self_training_labels_unlabelled_imagery_with_the_base_as_served(tiny_ci
         finetune(store, "base", [], "other", minutes=0.1)
     with pytest.raises(InputError, match="no GeoTIFFs"):
         finetune(store, "base", [], "other", minutes=0.1, unlabelled=[Root(tmp_path / "ft" / "probe")])
-
-
-def test_a_fine_tune_spends_the_coarse_views_share_of_a_step_on_labelled_patches():
-    views = {**TINY, "optim": {**TINY["optim"], "consistency_weight": 1.0, "ema_decay": 0.9}}
-    recipe = _recipe({"config": views}, 0.3, steps=7)
-    assert recipe.optim.consistency_weight == 0.0 and recipe.schedule.batch_size == 2 * TINY["schedule"]["batch_size"]
-    assert recipe.optim.ema_decay == 0.9 and recipe.schedule.steps_per_epoch == 7  # the rest of the recipe kept
-    plain = _recipe({"config": TINY}, 0.3, steps=7)
-    assert plain.schedule.batch_size == TINY["schedule"]["batch_size"]
