@@ -26,8 +26,8 @@ from .data.sources import Root
 from .networks.model import load_checkpoint
 from .selftrain import pseudo_labelled
 
-# Fine-tuning moves less than training from ImageNet: a tenth of the base recipe's rate,
-# the encoder at its factor of that, and no frozen start (the decoder already fits).
+# Fine-tuning moves less than training from ImageNet: 0.3x the base recipe's rate, the
+# encoder at its factor of that, and no frozen start (the decoder already fits).
 LEARNING_RATE_SHARE = 0.3
 TIMING_STEPS = 4  # steps timed to size the schedule
 BATCH = 8
