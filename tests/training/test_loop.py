@@ -162,7 +162,7 @@ def test_bf16_mixed_precision_run_learns_and_keeps_fp32_weights(tmp_path, train_
 
 # bf16: the default AMLL recipe's. The weight average is resumed as well as the weights,
 # and coarse views of each patch are drawn again as they were.
-@pytest.mark.parametrize(("precision", "ema_decay", "consistency"), [("fp32", 0.9, 0.0), ("bf16", 0.0, 1.0)])
+@pytest.mark.parametrize(("precision", "ema_decay", "consistency"), [("fp32", 0.9, 1.0), ("bf16", 0.0, 0.0)])
 def test_resume_after_a_kill_continues_where_it_stopped(tmp_path, train_cities, precision, ema_decay, consistency):
     cfg = _config(
         tmp_path,
