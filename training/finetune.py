@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,11 +30,11 @@ from .selftrain import pseudo_labelled
 # Fine-tuning moves less than training from ImageNet: 0.3x the base recipe's rate, the
 # encoder at its factor of that, and no frozen start (the decoder already fits).
 LEARNING_RATE_SHARE = 0.3
-TIMING_STEPS = 4  # steps timed to size the schedule
+TIMING_STEPS = 6  # steps timed to size the schedule; the first is not counted
 BATCH = 8
 
 
-def _recipe(meta: dict[str, Any], resolution_m: float, steps: int) -> TrainConfig:
+def _recipe(meta: dict[str, Any], resolution_m: float, steps: int, log_every: int | None = None) -> TrainConfig:
     """The base's own recipe, fine-tuning: its augmentation, a lower rate, ``steps`` steps."""
     raw = dict(meta.get("config") or {})
     if not raw:
@@ -46,18 +47,23 @@ def _recipe(meta: dict[str, Any], resolution_m: float, steps: int) -> TrainConfi
     schedule = dict(raw.get("schedule", {}))
     schedule.update(epochs=1, steps_per_epoch=max(1, steps), checkpoint_every_steps=max(1, steps), validate_every_steps=10**9)
     schedule["batch_size"] = schedule.get("batch_size", BATCH)
+    if log_every is not None:
+        schedule["log_every_steps"] = log_every
     raw["schedule"] = schedule
     return config_from_dict(raw, f"the recipe of the base ({raw['name']})")
 
 
 def _seconds_per_step(log_csv: Path) -> float | None:
+    """The median step of a probe logged every step, its first step left out: that one
+    builds the kernels and took 1.3-1.9x a steady step, which sized schedules to fill only
+    half of a 10-minute budget."""
     import csv
 
     if not log_csv.is_file():
         return None
     with log_csv.open() as f:
-        rows = [r for r in csv.DictReader(f) if r.get("seconds_per_step")]
-    return float(rows[-1]["seconds_per_step"]) if rows else None
+        times = [float(r["seconds_per_step"]) for r in csv.DictReader(f) if r.get("seconds_per_step")]
+    return statistics.median(times[1:] or times) if times else None
 
 
 def finetune(
@@ -97,7 +103,7 @@ def finetune(
     tiles = [*roots, *pseudo]
     # Size the schedule: time a few steps on this machine, then fill the budget (less what
     # export and the card take, about a tenth of it).
-    train(_recipe(meta, resolution, TIMING_STEPS), tiles, run_dir / "probe", progress=False, init=base)
+    train(_recipe(meta, resolution, TIMING_STEPS, log_every=1), tiles, run_dir / "probe", progress=False, init=base)
     per_step = _seconds_per_step(run_dir / "probe" / "log.csv") or (time.perf_counter() - t0) / TIMING_STEPS
     budget_s = minutes * 60 * 0.9 - (time.perf_counter() - t0)
     steps = max(TIMING_STEPS, int(budget_s / max(per_step, 1e-3)))

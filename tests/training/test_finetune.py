@@ -13,7 +13,7 @@ from service.store.repository import ModelStore
 from training.config import config_from_dict
 from training.data.sources import Root
 from training.export import export
-from training.finetune import finetune
+from training.finetune import TIMING_STEPS, _seconds_per_step, finetune
 from training.loop import train
 
 from ..conftest import wait_until
@@ -44,6 +44,8 @@ def test_finetune_publishes_a_version_that_a_running_server_serves_without_a_res
         record = finetune(store, "base", [Root(tiny_cities)], "mine", minutes=0.3, run_dir=tmp_path / "ft", progress=False)
         assert (record["base"], record["name"], record["version"]) == ("base:1", "mine", 1)
         assert record["steps"] >= 4 and record["train_tiles"]
+        probe = (tmp_path / "ft" / "probe" / "log.csv").read_text().splitlines()
+        assert len(probe) == 1 + TIMING_STEPS  # every probe step timed on its own
         card = (store / "mine" / "1" / "MODEL_CARD.md").read_text()
         assert "Fine-tuned from `base:1`" in card and "footprints finetune --model base:1" in card
         wait_until(lambda: _listed(s.address, "mine") == [1], 60, "the fine-tuned model to be served")
@@ -59,6 +61,15 @@ def test_finetune_publishes_a_version_that_a_running_server_serves_without_a_res
     with pytest.raises(InputError, match="none: dataset path does not exist"):
         finetune(store, "base", [Root(tmp_path / "none")], "other", minutes=0.1)
     assert not (store / "other").exists()
+
+
+def test_the_schedule_is_sized_by_steady_steps_not_the_first(tmp_path):
+    # The first step builds the kernels; counting it sized 10-minute schedules to fill half.
+    log = tmp_path / "log.csv"
+    rows = [(1, 1.9), (2, 0.72), (3, 0.70), (4, 0.75), (5, 0.71), (6, 0.69)]
+    log.write_text("step,loss,seconds_per_step\n" + "".join(f"{s},1.0,{t}\n" for s, t in rows))
+    assert _seconds_per_step(log) == 0.71
+    assert _seconds_per_step(tmp_path / "none.csv") is None
 
 
 def test_self_training_labels_unlabelled_imagery_with_the_base_as_served(tiny_cities, tmp_path):
