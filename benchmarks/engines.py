@@ -131,7 +131,7 @@ def _crops(image: Path, side: int, geometry) -> list[np.ndarray]:
         return geometry.split(src.read(r, c, n)[None], side)
 
 
-def _macs(entry, side: int) -> int:
+def window_macs(entry, side: int) -> int:
     from training.networks.cost import window_cost
     from training.networks.model import load_checkpoint
 
@@ -155,7 +155,7 @@ def window_rows(store: Path, names: list[str], engines: list[str], image: Path, 
         tuned = TilingEngine(open_engine(entry, "auto"), EngineConfig()).plan(5000, 5000).window
         for side in sorted({entry.geometry.default_window("cpu"), tuned}):
             crops = _crops(image, side, entry.geometry)
-            macs = _macs(entry, side)
+            macs = window_macs(entry, side)
             reference = None
             for engine in engines:
                 r = _in_child(_window_job, str(store), name, engine, side, crops, 3 if macs < 3e11 else 2)
@@ -267,7 +267,7 @@ def tile_rows(store: Path, names: list[str], image: Path, rates: dict[str, float
         passes = 8 if entry.geometry.tta else 1
         floor = 0.0
         for where, r in (("torch eager fp32 (reference)", reference), ("in-process", local), ("gRPC", remote)):
-            macs = _macs(entry, r["window"]) * r["windows"] * passes  # what this path's plan computes
+            macs = window_macs(entry, r["window"]) * r["windows"] * passes  # what this path's plan computes
             floor = 2 * macs / (rates["bf16"] * 1e9)
             rows.append(
                 {

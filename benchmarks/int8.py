@@ -3,11 +3,13 @@ that has an INT8 graph (``footprints check-precision NAME --int8``): seconds per
 (the plan's), seconds per 5000 x 5000 tile (in-process, the same plan), the share of
 mask pixels that agree with fp32 on that tile, and IoU pooled over every shared real
 tile against its reference at each precision (the labels the gate's IoU rule reads).
+Each window's time is set against its floor: its MACs over this CPU's GEMM rate in the
+same precision (a 4096^3 MatMul through oneDNN, measured in the same run).
 A model without an INT8 graph, or whose graph failed its gate, is listed with the reason.
 
-Writes benchmarks/results/int8.json and prints the table.
+Writes benchmarks/results/int8.json (``--out`` for another host's record) and prints the table.
 
-    .venv/bin/python benchmarks/int8.py [--models effnet] [--size 5000]
+    .venv/bin/python benchmarks/int8.py [--models effnet] [--size 5000] [--out FILE]
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _report  # noqa: E402
+from engines import gemm_rates, window_macs  # noqa: E402
 from frontend import make_tile  # noqa: E402
 
 DATA = [_report.ROOT.parent / "shared/data/real-oam", _report.ROOT.parent / "shared/data/real-more"]
@@ -36,7 +39,7 @@ def _engines(entry) -> dict:
     return {p: open_engine(entry, "openvino", precision=p) for p in precisions}
 
 
-def rows_for(name: str, tile: Path, tiles: list) -> list[dict]:
+def rows_for(name: str, tile: Path, tiles: list, rates: dict[str, float]) -> list[dict]:
     from service.engines.openvino import precision_check
     from service.engines.timings import median_seconds
     from service.rasters import RGBRaster
@@ -62,24 +65,28 @@ def rows_for(name: str, tile: Path, tiles: list) -> list[dict]:
             tile_s = time.perf_counter() - t
         masks[precision] = probs >= backend.threshold
         real = score(engine, tiles).overall  # every real tile as served, pooled
+        floor_s = 2 * window_macs(entry, side) / (rates[precision] * 1e9)  # this precision's GEMM rate
         out.append(
             {
                 "model": f"{name} v{entry.version}",
                 "precision": precision,
                 "window": side,
                 "window_s": window_s,
+                "window_x_floor": window_s / floor_s,
                 "tile_s": tile_s,
                 "windows": len(plan.windows),
                 "real_iou": real.iou,
                 "real_accuracy": real.accuracy,
             }
         )
+    fastest = min(out, key=lambda x: x["tile_s"])
     for r in out:
         r["tile_mask_agreement_vs_fp32"] = float(np.mean(masks[r["precision"]] == masks["fp32"]))
         base = next(x for x in out if x["precision"] == "fp32")
         r["window_speedup_vs_fp32"] = base["window_s"] / r["window_s"]
         r["tile_speedup_vs_fp32"] = base["tile_s"] / r["tile_s"]
         r["iou_change_vs_fp32"] = r["real_iou"] - base["real_iou"]
+        r["tile_time_vs_fastest"] = r["tile_s"] / fastest["tile_s"]
     return out
 
 
@@ -96,8 +103,10 @@ def main() -> None:
     tiles = labelled_tiles([Root(d) for d in DATA])
     with tempfile.TemporaryDirectory(prefix="footprints-int8-") as tmp:
         tile = make_tile(Path(tmp) / "tile.tif", args.size)
-        rows = [r for name in args.models.split(",") for r in rows_for(name, tile, tiles)]
-    _report.write("int8", rows, {"tile": f"{args.size} x {args.size}", "real_tiles": len(tiles)}, out=args.out)
+        rates = gemm_rates()  # the floor, measured in the same run
+        rows = [r for name in args.models.split(",") for r in rows_for(name, tile, tiles, rates)]
+    meta = {"tile": f"{args.size} x {args.size}", "real_tiles": len(tiles), "gemm_gflops": rates}
+    _report.write("int8", rows, meta, out=args.out)
 
 
 if __name__ == "__main__":
