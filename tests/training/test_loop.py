@@ -161,7 +161,7 @@ def test_bf16_mixed_precision_run_learns_and_keeps_fp32_weights(tmp_path, train_
 
 
 # bf16: the default AMLL recipe's; the weight average is resumed as well as the weights.
-# Not with coarse views (optim.consistency_weight): about one such run in 30-90 differs from
+# Not with coarse views (optim.consistency_weight): about one such run in 30 differs from
 # its repeats, resumed or not (docs/models.md), so the comparison would fail by chance.
 @pytest.mark.parametrize(("precision", "ema_decay"), [("fp32", 0.9), ("bf16", 0.0)])
 def test_resume_after_a_kill_continues_where_it_stopped(tmp_path, train_cities, precision, ema_decay):
