@@ -31,6 +31,10 @@ from .selftrain import pseudo_labelled
 # encoder at its factor of that, and no frozen start (the decoder already fits).
 LEARNING_RATE_SHARE = 0.3
 TIMING_STEPS = 6  # steps timed to size the schedule; the first is not counted
+# Shares of --minutes: the schedule is sized to fill the first, the loop stops at the second
+# whatever happens, and export and the card take the rest (well under a tenth).
+TRAINING_SHARE = 0.9
+DEADLINE_SHARE = 0.95
 BATCH = 8
 
 
@@ -105,10 +109,13 @@ def finetune(
     # export and the card take, about a tenth of it).
     train(_recipe(meta, resolution, TIMING_STEPS, log_every=1), tiles, run_dir / "probe", progress=False, init=base)
     per_step = _seconds_per_step(run_dir / "probe" / "log.csv") or (time.perf_counter() - t0) / TIMING_STEPS
-    budget_s = minutes * 60 * 0.9 - (time.perf_counter() - t0)
+    budget_s = minutes * 60 * TRAINING_SHARE - (time.perf_counter() - t0)
     steps = max(TIMING_STEPS, int(budget_s / max(per_step, 1e-3)))
     cfg = _recipe(meta, resolution, steps)
-    trained = train(cfg, tiles, run_dir / "run", progress=progress, init=base)
+    # The schedule is sized once; a machine that slows afterwards (v2's dhaka took 6.6 of 4
+    # minutes on a shared host) would overrun it, so the loop also stops at a deadline.
+    deadline = time.monotonic() + minutes * 60 * DEADLINE_SHARE - (time.perf_counter() - t0)
+    trained = train(cfg, tiles, run_dir / "run", progress=progress, init=base, deadline=deadline)
     target = out_store or store
     version = next_version(target, name)
     manifest = export(run_dir / "run" / "model.pt", target, name, version)
@@ -117,7 +124,9 @@ def finetune(
         "base": f"{entry.name}:{entry.version}",
         "name": name,
         "version": version,
-        "steps": steps,
+        "steps": trained["step"],
+        "steps_planned": steps,
+        "stopped_at_deadline": bool(trained.get("stopped_at_deadline")),
         "seconds": round(seconds, 1),
         "data": [{"path": str(r.path), "weight": r.weight} for r in roots],
         "unlabelled": [{"path": str(r.path), "weight": r.weight} for r in unlabelled],

@@ -243,6 +243,16 @@ def validate(model: SegmentationModel, tiles: list[Tile], window: int, progress:
         return evaluate_pairs(pairs, progress=False).as_dict()
 
 
+def _past(deadline: float | None, ranks: Ranks) -> bool:
+    """Whether the deadline has passed, on every rank alike (rank 0's clock decides)."""
+    if deadline is None:
+        return False
+    flag = torch.tensor([time.monotonic() >= deadline], dtype=torch.int32, device=ranks.device)
+    if ranks.world > 1:
+        dist.broadcast(flag, 0)
+    return bool(flag.item())
+
+
 def _param_checksum(model: nn.Module) -> float:
     return float(sum(p.detach().double().abs().sum() for p in model.parameters()))
 
@@ -308,10 +318,13 @@ def train(
     progress: bool = True,
     init: Path | None = None,
     holdout: list[str] | None = None,
+    deadline: float | None = None,
 ) -> dict[str, Any]:
     """Train per ``cfg`` on one or more dataset roots; returns the final checkpoint's
     metadata. ``init``: start from this checkpoint's weights (fine-tuning; a fresh
-    optimiser at step 0). ``holdout``: areas left out, besides the config's."""
+    optimiser at step 0). ``holdout``: areas left out, besides the config's.
+    ``deadline`` (a ``time.monotonic()`` value): stop after the step that passes it, saved
+    and resumable, so a budget holds even when the machine slows after it was sized."""
     roots = data if isinstance(data, list) else [data if isinstance(data, Root) else Root(Path(data))]
     run_dir = Path(run_dir)
     for root in roots:
@@ -319,7 +332,8 @@ def train(
             raise InputError(f"{root.path}: dataset path does not exist")
     ranks = _start_ranks()
     try:
-        return _train(cfg, roots, run_dir, resume, progress, ranks, init, [*cfg.data.holdout_areas, *(holdout or [])])
+        holdout = [*cfg.data.holdout_areas, *(holdout or [])]
+        return _train(cfg, roots, run_dir, resume, progress, ranks, init, holdout, deadline)
     finally:
         if ranks.world > 1:
             dist.destroy_process_group()
@@ -334,6 +348,7 @@ def _train(
     ranks: Ranks,
     init: Path | None,
     holdout: list[str],
+    deadline: float | None,
 ) -> dict[str, Any]:
     s, d = cfg.schedule, cfg.data
     sources = load_sources(roots, d.same_area, holdout, d.resample_to_m or None)
@@ -414,6 +429,7 @@ def _train(
     running, since, t0 = 0.0, 0, time.perf_counter()
     bar = tqdm(total=cfg.total_steps, initial=start, desc=f"train {cfg.name}", unit="step", disable=not (progress and ranks.main))
     model.train()
+    done = start
     for step, batch in enumerate(loader, start=start):
         lr = _set_learning_rates(cfg, optimizer, step)
         inputs = [batch["image"].to(ranks.device).float()]
@@ -435,7 +451,8 @@ def _train(
         since += 1
         bar.update(1)
         done = step + 1
-        if ranks.main and (done % s.log_every_steps == 0 or done == cfg.total_steps):
+        out_of_time = done < cfg.total_steps and _past(deadline, ranks)
+        if ranks.main and (done % s.log_every_steps == 0 or done == cfg.total_steps or out_of_time):
             sec = (time.perf_counter() - t0) / since
             log.write(
                 step=done,
@@ -452,7 +469,7 @@ def _train(
                 metrics = validate(served, val_tiles, s.validation_window_px, progress)
                 model.train()
                 log.write(step=done, val_iou=metrics["overall"]["iou"], val_accuracy=metrics["overall"]["accuracy"])
-        if done % s.checkpoint_every_steps == 0 or done == cfg.total_steps:
+        if done % s.checkpoint_every_steps == 0 or done == cfg.total_steps or out_of_time:
             checksums = _gather_checksums(model, ranks)
             if len(set(checksums)) != 1:
                 raise RuntimeError(f"ranks' weights diverged at step {done}: {checksums}")
@@ -470,8 +487,13 @@ def _train(
                 plot_curves(run_dir / LOG_CSV, run_dir / CURVES_PNG)
             if ranks.world > 1:
                 dist.barrier()
+        if out_of_time:
+            if ranks.main:
+                print(f"stopped at step {done} of {cfg.total_steps}: the deadline passed")
+            break
     bar.close()
-    meta = {"step": cfg.total_steps, "metrics": metrics, **meta_base}
+    stopped = {"stopped_at_deadline": True} if done < cfg.total_steps else {}
+    meta = {"step": done, "metrics": metrics, **stopped, **meta_base}
     if ranks.main:
         save_checkpoint(run_dir / "model.pt", served, **meta)
     return meta

@@ -316,7 +316,9 @@ def write_finetune_card(
         "## Recipe",
         f"The base's recipe at {LEARNING_RATE_NOTE}: {record['steps']} steps of batch "
         f"{recipe.get('schedule', {}).get('batch_size')} in {record['seconds'] / 60:.1f} min on this machine "
-        f"(the schedule sized to the time budget from a few timed steps).",
+        f"(the schedule sized to the time budget from a few timed steps"
+        + (f"; stopped at the deadline, {record['steps_planned']} planned" if record.get("stopped_at_deadline") else "")
+        + ").",
         f"Augmentation: {_augmentation(data)}.",
         "",
         "## Reproduce",

@@ -311,3 +311,23 @@ def test_fine_tuning_a_pretrained_encoder_freezes_it_first_and_init_starts_from_
     (tmp_path / "loao-brookline").symlink_to(tmp_path / "frozen")
     with pytest.raises(ValueError, match="did not hold out brookline"):
         leave_one_area_out(tmp_path, [Root(train_cities)], [])
+
+
+def test_a_run_stops_at_its_deadline_saved_and_resumable(tmp_path, train_cities):
+    # footprints finetune's budget: a machine that slows after the schedule was sized must
+    # not take the run past --minutes. A deadline already past stops after the first step.
+    import time
+
+    from training.config import config_from_dict
+    from training.loop import train
+
+    raw = _config(tmp_path, schedule__steps_per_epoch=4, schedule__validate_every_steps=1000).read_text()
+    cfg = config_from_dict(yaml.safe_load(raw), "tiny")
+    run = tmp_path / "run"
+    meta = train(cfg, Root(train_cities), run, progress=False, deadline=time.monotonic())
+    assert meta["step"] == 1 and meta["stopped_at_deadline"]
+    assert read_checkpoint(run / "last.pt")["step"] == 1 and load_checkpoint(run / "model.pt")[1]["step"] == 1
+    with (run / "log.csv").open() as f:
+        assert [int(r["step"]) for r in csv.DictReader(f) if r["loss"]] == [1]  # the step it did is logged
+    done = train(cfg, Root(train_cities), run, resume=True, progress=False)
+    assert done["step"] == 4 and "stopped_at_deadline" not in done
