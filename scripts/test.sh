@@ -5,7 +5,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$root/scripts/setup.sh"
 cd "$root"
-echo "== ruff check, ruff format --check, mypy service/"
+echo "== ruff check, ruff format --check, mypy (service, training, loadtest)"
 .venv/bin/ruff check service training tests benchmarks loadtest
 .venv/bin/ruff format --check --quiet service training tests benchmarks loadtest
 .venv/bin/mypy

@@ -202,7 +202,15 @@ def _loao(args: argparse.Namespace) -> int:
     resolutions = [float(r) for r in args.resolutions.split(",")]
     fine = [parse_root(d) for d in args.fine_data or []]
     results = leave_one_area_out(
-        args.runs, [parse_root(d) for d in args.data], same_area, args.compare, args.store, args.overlays, resolutions, fine
+        args.runs,
+        [parse_root(d) for d in args.data],
+        same_area,
+        args.compare,
+        args.store,
+        args.overlays,
+        resolutions,
+        fine,
+        tta=args.tta,
     )
     print(table(results))
     if OBJECTS in results:
@@ -352,6 +360,7 @@ def register(sub: Any, extensions: Any) -> None:
         help="ground resolutions (m) to score each area at, e.g. 0.3,0.15,0.6 (real imagery from --fine-data, else resampled)",
     )  # fmt: skip
     p.add_argument("--fine-data", action="append", help="roots of the same tiles in finer real imagery (real-oam-z20)")
+    p.add_argument("--tta", action="store_true", help="score with 8-pass test-time augmentation (8x the model time)")
     p.set_defaults(func=_loao)
 
     p = sub.add_parser(

@@ -161,7 +161,7 @@ def _build(cls: type, raw: Any, where: str, source: str) -> Any:
                 raise InputError(f"{source}: missing required key '{key}'")
             continue
         value, hint = raw[f.name], hints[f.name]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             values[f.name] = _build(hint, value, key, source)
             continue
         values[f.name] = _check_type(value, hint, key, source)

@@ -29,7 +29,7 @@ from service.engines.ensemble import EnsembleEngine
 from service.engines.pytorch import TorchEngine
 from service.outputs.instances import separate
 from service.store.repository import ModelStore
-from service.tiling.engine import TilingEngine
+from service.tiling.engine import EngineConfig, TilingEngine
 
 from .data.inria import InriaDataset, Tile
 from .data.sources import Root, area_of
@@ -107,12 +107,14 @@ def leave_one_area_out(
     resolutions: Sequence[float] = (0.3,),
     fine: Sequence[Root] = (),
     cache: Path | None = None,
+    tta: bool = False,
 ) -> dict[str, Any]:
     """Per resolution and area: the held-out model's counts (and the comparison model's).
     Rows are labelled ``held out`` (and the comparison's) at 0.3 m, ``... at R m`` else.
     Several ``runs`` folders: each area is scored by the equal-weight average of their
     runs that held it out (an ensemble of independently trained runs), and only where
-    every folder has one."""
+    every folder has one. ``tta``: every window as the average of its 8 dihedral
+    passes, as a request asking for test-time augmentation is served."""
     runs = [runs] if isinstance(runs, Path) else list(runs)
     base = area_tiles(roots, same_area)
     cache = cache or Path(tempfile.mkdtemp(prefix="footprints-loao-"))
@@ -122,7 +124,7 @@ def leave_one_area_out(
     instances: dict[str, ObjectCounts] = {}
     for r in resolutions:
         rows, sweep, found, split = _one_resolution(
-            runs, at_resolution(base, r, fine, cache), compare, store, overlays if r == resolutions[0] else None
+            runs, at_resolution(base, r, fine, cache), compare, store, overlays if r == resolutions[0] else None, tta
         )
         suffix = "" if abs(r - 0.3) < 1e-9 else f" at {r:g} m"
         results.update({f"{label}{suffix}": cells for label, cells in rows.items()})
@@ -155,8 +157,8 @@ def object_table(results: dict[str, Any]) -> str:
     for res, areas in by_res.items():
         rows = list(areas.items())
         whole = sum((o for o, _ in areas.values()), ObjectCounts())
-        parts = [s for _, s in areas.values()]
-        rows.append(("pooled", (whole, sum(parts, ObjectCounts()) if all(p is not None for p in parts) else None)))  # type: ignore[arg-type]
+        parts = [s for _, s in areas.values() if s is not None]
+        rows.append(("pooled", (whole, sum(parts, ObjectCounts()) if len(parts) == len(areas) else None)))
         for area, (o, s) in rows:
             lines.append("| " + " | ".join([res, area, *cells(o), *cells(s)]) + " |")
     return "\n".join(lines)
@@ -202,7 +204,7 @@ def score_sweep(
         reference = components(gt)
         objects += match(*components(mask), *reference)
         instances += match(*separate(mask, plane.plane, sum(gsd) / 2 if gsd else 0.3), *reference)
-        if overlay:
+        if overlay and overlays is not None:
             first.add(tile.city)
             write_overlay(tile.image, mask_path, overlays / f"{tile.name}.png", ref=tile.gt, max_side=600)
     return counts, objects, instances
@@ -235,7 +237,7 @@ def held_out_threshold(results: dict[str, Any]) -> float:
     return choose_threshold(sweep)
 
 
-def _held_out_engine(runs: Sequence[Path], area: str) -> TilingEngine | None:
+def _held_out_engine(runs: Sequence[Path], area: str, tta: bool = False) -> TilingEngine | None:
     """The engine that scores ``area``: its run in each of ``runs`` (averaged where
     several), or None where a folder lacks one."""
     paths = [r / f"loao-{area.split('+')[0]}" / "model.pt" for r in runs]
@@ -248,11 +250,18 @@ def _held_out_engine(runs: Sequence[Path], area: str) -> TilingEngine | None:
         if not {area, *area.split("+")} & held:
             raise ValueError(f"{run} did not hold out {area} (held out: {sorted(held)}); it cannot score that area")
         engines.append(TorchEngine(model, "cpu"))
-    return TilingEngine(engines[0] if len(engines) == 1 else EnsembleEngine.of(engines, f"loao-{area}"))
+    return TilingEngine(
+        engines[0] if len(engines) == 1 else EnsembleEngine.of(engines, f"loao-{area}"), EngineConfig(tta=tta or None)
+    )
 
 
 def _one_resolution(
-    runs: Sequence[Path], areas: dict[str, list[Tile]], compare: str | None, store: Path, overlays: Path | None
+    runs: Sequence[Path],
+    areas: dict[str, list[Tile]],
+    compare: str | None,
+    store: Path,
+    overlays: Path | None,
+    tta: bool = False,
 ) -> tuple[dict[str, Any], dict[str, dict[float, Counts]], dict[str, ObjectCounts], dict[str, ObjectCounts]]:
     """Counts at 0.5 per area (held out, and the comparison model), and the held-out
     model's counts at every threshold and its buildings matched at 0.5 (components,
@@ -269,7 +278,7 @@ def _one_resolution(
         other = TilingEngine(open_engine(entry, "onnxruntime")), {}
         rows[f"{entry.name} v{entry.version}"] = other[1]
     for area, tiles in tqdm(areas.items(), desc="areas", unit="area"):
-        engine = _held_out_engine(runs, area)
+        engine = _held_out_engine(runs, area, tta)
         if engine is None:
             continue
         # As served: its plan window, its resolution; one overlay per held-out city.

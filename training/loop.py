@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -126,6 +126,9 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return o.learning_rate * (1 - step / cfg.total_steps) ** o.poly_power
 
 
+_Tensors = list[torch.Tensor] | tuple[torch.Tensor, ...]
+
+
 def _ema(model: SegmentationModel, decay: float) -> AveragedModel:
     """torch's weight average with an exponential decay that warms up (as timm's model EMA
     does): while few steps are averaged, the newest weights count for more, so the random
@@ -133,14 +136,14 @@ def _ema(model: SegmentationModel, decay: float) -> AveragedModel:
     are averaged too."""
 
     @torch.no_grad()
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor | int) -> None:
+    def update(averaged: _Tensors, current: _Tensors, n: torch.Tensor | int) -> None:
         # torch calls this once per device and dtype; batch norm's step counters are
         # integers, and keep the latest count.
         if averaged[0].is_floating_point():
             d = min(decay, (1 + int(n)) / (10 + int(n)))
-            torch._foreach_lerp_(averaged, current, 1 - d)
+            torch._foreach_lerp_(list(averaged), list(current), 1 - d)
         else:
-            torch._foreach_copy_(averaged, current)
+            torch._foreach_copy_(list(averaged), list(current))
 
     return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
 
@@ -361,13 +364,15 @@ def _train(
     start_from = None
     if init is not None and not resume:
         start_from, _ = load_checkpoint(init, expect_network=cfg.network.name)
+    # What a pretrained encoder's weights were trained on, where its network says.
+    pretrained_normalisation = getattr(network_class(cfg.network.name), "pretrained_normalisation", None)
     if start_from is not None:
         # Fine-tuning keeps the normalisation its weights were learnt against.
         mean, std = start_from.mean.flatten().tolist(), start_from.std_rgb
     elif d.imagenet_normalisation:
         mean, std = IMAGENET_MEAN, IMAGENET_STD
-    elif cfg.network.pretrained and hasattr(network_class(cfg.network.name), "pretrained_normalisation"):
-        mean, std = network_class(cfg.network.name).pretrained_normalisation  # what the weights were trained on
+    elif cfg.network.pretrained and pretrained_normalisation is not None:
+        mean, std = pretrained_normalisation
     else:
         mean = mean_rgb(fit_tiles, progress=progress and ranks.main).tolist() if d.subtract_global_mean else [0.0] * 3
         std = None
@@ -377,13 +382,14 @@ def _train(
     if start_from is not None:
         model.net.load_state_dict(start_from.net.state_dict())
     elif cfg.network.pretrained and not resume:
-        if not hasattr(model.net, "load_pretrained"):
+        load_pretrained = getattr(model.net, "load_pretrained", None)
+        if load_pretrained is None:
             raise InputError(f"network '{cfg.network.name}' has no pretrained weights to start from")
-        model.net.load_pretrained()
+        load_pretrained()
     bf16 = cfg.optim.precision == "bf16"
     # channels_last is oneDNN's preferred layout: bf16 convolutions are fast in it, and
     # fp32 steps took 7 % less time than in NCHW on a 2-core AVX2 CPU.
-    model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit it
     optimizer = _optimizer(cfg, model)
     ema = _ema(model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
     start = 0
@@ -402,7 +408,7 @@ def _train(
     run_dir.mkdir(parents=True, exist_ok=True)
     log = _Log(run_dir / LOG_CSV, start if resume else None) if ranks.main else None
 
-    net = _Heads(model)
+    net: nn.Module = _Heads(model)
     if ranks.world > 1:
         net = DistributedDataParallel(net, device_ids=[ranks.device] if ranks.device.startswith("cuda") else None)
     data, pool = _patches(cfg, fit_tiles, [weight_of[id(t)] for t in fit_tiles], bool(model.geometry.context))
@@ -410,7 +416,7 @@ def _train(
     workers = cfg.data.loader_workers
     loader = DataLoader(data, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0)
 
-    meta_base = {
+    meta_base: dict[str, Any] = {
         "config": cfg.as_dict(),
         "code_version": code_version(),
         "window": {"mode": model.mode, "validation_window_px": s.validation_window_px},
@@ -424,7 +430,8 @@ def _train(
             "validation_tiles": [t.name for t in val_tiles],
         },
     }
-    served = model if ema is None else ema.module  # what validation scores and model.pt holds
+    # what validation scores and model.pt holds
+    served: SegmentationModel = model if ema is None else cast(SegmentationModel, ema.module)
     metrics: dict[str, Any] = {}
     running, since, t0 = 0.0, 0, time.perf_counter()
     bar = tqdm(total=cfg.total_steps, initial=start, desc=f"train {cfg.name}", unit="step", disable=not (progress and ranks.main))
@@ -452,7 +459,7 @@ def _train(
         bar.update(1)
         done = step + 1
         out_of_time = done < cfg.total_steps and _past(deadline, ranks)
-        if ranks.main and (done % s.log_every_steps == 0 or done == cfg.total_steps or out_of_time):
+        if log is not None and (done % s.log_every_steps == 0 or done == cfg.total_steps or out_of_time):
             sec = (time.perf_counter() - t0) / since
             log.write(
                 step=done,
@@ -464,7 +471,7 @@ def _train(
             bar.set_postfix(loss=f"{running / since:.4f}", s_per_step=f"{sec:.2f}")
             running, since, t0 = 0.0, 0, time.perf_counter()
         if done % s.validate_every_steps == 0 or done == cfg.total_steps:
-            if ranks.main and val_tiles:
+            if log is not None and val_tiles:
                 served.eval()
                 metrics = validate(served, val_tiles, s.validation_window_px, progress)
                 model.train()
@@ -474,16 +481,10 @@ def _train(
             if len(set(checksums)) != 1:
                 raise RuntimeError(f"ranks' weights diverged at step {done}: {checksums}")
             if ranks.main:
-                save_checkpoint(
-                    last,
-                    model,
-                    step=done,
-                    optimizer=optimizer.state_dict(),
-                    **({"ema": ema.state_dict()} if ema is not None else {}),
-                    metrics=metrics,
-                    rank_param_checksums=checksums,
-                    **meta_base,
-                )
+                resumable: dict[str, Any] = {"step": done, "optimizer": optimizer.state_dict()}
+                if ema is not None:
+                    resumable["ema"] = ema.state_dict()
+                save_checkpoint(last, model, **resumable, metrics=metrics, rank_param_checksums=checksums, **meta_base)
                 plot_curves(run_dir / LOG_CSV, run_dir / CURVES_PNG)
             if ranks.world > 1:
                 dist.barrier()
@@ -492,8 +493,9 @@ def _train(
                 print(f"stopped at step {done} of {cfg.total_steps}: the deadline passed")
             break
     bar.close()
-    stopped = {"stopped_at_deadline": True} if done < cfg.total_steps else {}
-    meta = {"step": done, "metrics": metrics, **stopped, **meta_base}
+    meta: dict[str, Any] = {"step": done, "metrics": metrics, **meta_base}
+    if done < cfg.total_steps:
+        meta["stopped_at_deadline"] = True
     if ranks.main:
         save_checkpoint(run_dir / "model.pt", served, **meta)
     return meta

@@ -38,7 +38,7 @@ def score(engine: TilingEngine, tiles: list[Tile], overlays: Path | None = None)
 
     An overlay PNG is drawn for the first tile of each city (they are ~1 MB each).
     """
-    first = {}
+    first: dict[str, str] = {}
     for t in tiles:
         first.setdefault(t.city, t.name)
     with tempfile.TemporaryDirectory(prefix="footprints-card-") as tmp:

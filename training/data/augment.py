@@ -10,6 +10,7 @@ run resumed at step N sees exactly the batches it would have seen.
 from __future__ import annotations
 
 import io
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -157,6 +158,14 @@ def degrade_tensor(x: torch.Tensor, rng: np.random.Generator, chance: float) -> 
     return y.to(x.dtype)
 
 
+class Patches(Protocol):
+    """What augmentation wraps: numbered patches (``GridPatchDataset``, ``RandomPatchDataset``)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]: ...
+
+
 class Augmented(Dataset):
     """Wraps a patch dataset; items are ``(patch_index, sample_number)`` pairs.
 
@@ -170,7 +179,7 @@ class Augmented(Dataset):
 
     def __init__(
         self,
-        dataset: Dataset,
+        dataset: Patches,
         seed: int,
         flips: bool = True,
         rotations: bool = True,

@@ -44,12 +44,34 @@ class PatchGrid:
         return [(r - self.pad, c - self.pad) for r in rows for c in cols]
 
 
-class GridPatchDataset(Dataset):
+class _TileFiles(Dataset):
+    """Labelled tiles whose files each process opens once, lazily, so a dataset is safe to
+    hand to DataLoader workers (open handles do not cross process boundaries)."""
+
+    def __init__(self, tiles: Sequence[Tile]) -> None:
+        missing = [t.name for t in tiles if t.gt is None]
+        if missing:
+            raise InputError(f"tiles without ground truth cannot train: {missing[:5]}")
+        self.tiles = list(tiles)
+        self._open: dict[int, tuple[rasterio.io.DatasetReader, rasterio.io.DatasetReader]] = {}
+
+    def _sources(self, i: int) -> tuple[rasterio.io.DatasetReader, rasterio.io.DatasetReader]:
+        if i not in self._open:
+            t = self.tiles[i]
+            self._open[i] = (rasterio.open(t.image), rasterio.open(t.gt))
+        return self._open[i]
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_open"] = {}  # workers reopen
+        return state
+
+
+class GridPatchDataset(_TileFiles):
     """All grid patches of a set of tiles, pooled: item ``i`` is one (tile, window).
 
     Returns ``{"image": uint8 (3, P, P), "mask": uint8 (P, P) of 0/1}`` for the input
     window; ``transform`` (augmentation, normalisation) is applied to that dict.
-    Files are opened lazily per process so the dataset is safe in DataLoader workers.
     """
 
     def __init__(
@@ -58,10 +80,7 @@ class GridPatchDataset(Dataset):
         grid: PatchGrid = PatchGrid(),
         transform: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
     ) -> None:
-        missing = [t.name for t in tiles if t.gt is None]
-        if missing:
-            raise InputError(f"tiles without ground truth cannot train: {missing[:5]}")
-        self.tiles = list(tiles)
+        super().__init__(tiles)
         self.grid = grid
         self.transform = transform
         index = []
@@ -70,17 +89,9 @@ class GridPatchDataset(Dataset):
                 index += [(i, r, c) for r, c in grid.windows(src.height, src.width)]
         # One int32 row per patch: the pool for 155 Inria tiles is ~19k rows.
         self.index = np.asarray(index, dtype=np.int32).reshape(-1, 3)
-        self._open: dict[int, tuple[rasterio.io.DatasetReader, rasterio.io.DatasetReader]] = {}
 
     def __len__(self) -> int:
         return len(self.index)
-
-    def _sources(self, i: int) -> tuple[rasterio.io.DatasetReader, rasterio.io.DatasetReader]:
-        """Open files lazily, once per process (DataLoader workers included)."""
-        if i not in self._open:
-            t = self.tiles[i]
-            self._open[i] = (rasterio.open(t.image), rasterio.open(t.gt))
-        return self._open[i]
 
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
         i, r, c = (int(v) for v in self.index[k])
@@ -94,14 +105,8 @@ class GridPatchDataset(Dataset):
         }
         return self.transform(sample) if self.transform else sample
 
-    def __getstate__(self) -> dict:
-        # Open file handles do not cross process boundaries; workers reopen.
-        state = self.__dict__.copy()
-        state["_open"] = {}
-        return state
 
-
-class RandomPatchDataset(Dataset):
+class RandomPatchDataset(_TileFiles):
     """Random ``patch`` crops (method 2, and the multi-area real-imagery recipes); with
     ``context``, also the ``2 * patch`` context crop with the same centre, averaged
     2x2 down to ``patch`` (as the tiler does).
@@ -128,10 +133,8 @@ class RandomPatchDataset(Dataset):
         context: bool = False,
         scale: tuple[float, float] = (1.0, 1.0),
     ) -> None:
-        missing = [t.name for t in tiles if t.gt is None]
-        if missing:
-            raise InputError(f"tiles without ground truth cannot train: {missing[:5]}")
-        self.tiles, self.patch, self.seed = list(tiles), patch, seed
+        super().__init__(tiles)
+        self.patch, self.seed = patch, seed
         self.shapes = []
         for t in self.tiles:
             with rasterio.open(t.image) as src:
@@ -146,13 +149,9 @@ class RandomPatchDataset(Dataset):
         if not 0 < lo <= hi:
             raise InputError(f"a zoom range needs 0 < lo <= hi, got {list(scale)}")
         self.scale = (float(lo), float(hi))
-        self._open: dict[int, tuple[rasterio.io.DatasetReader, rasterio.io.DatasetReader]] = {}
 
     def __len__(self) -> int:
         return 2**62  # drawn, not enumerated
-
-    _sources = GridPatchDataset._sources
-    __getstate__ = GridPatchDataset.__getstate__
 
     def __getitem__(self, n: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, n, 0xD0A1])
@@ -183,11 +182,6 @@ class RandomPatchDataset(Dataset):
             else:
                 item["context"] = _resized(torch.from_numpy(big), p)
         return item
-
-
-def _resized(x: torch.Tensor, side: int) -> torch.Tensor:
-    """``(C, H, W)`` resized to ``side`` x ``side`` as float (bilinear, antialiased when shrinking)."""
-    return F.interpolate(x[None].float(), size=(side, side), mode="bilinear", antialias=True, align_corners=False)[0]
 
 
 def _resized(x: torch.Tensor, side: int) -> torch.Tensor:

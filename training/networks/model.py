@@ -33,6 +33,9 @@ class SegmentationModel(nn.Module):
     """``forward(*rgb)`` -> building probability. One input for ``large`` windows,
     ``(full, context)`` for ``dual`` ones."""
 
+    mean: torch.Tensor  # buffers, registered below
+    scale: torch.Tensor
+
     def __init__(
         self, network: str, network_args: dict[str, Any], mean_rgb: list[float], std_rgb: list[float] | None = None
     ) -> None:
@@ -58,9 +61,8 @@ class SegmentationModel(nn.Module):
         """Every output training uses: ``logits`` always; ``distance`` (method 3) and
         ``stage1`` (method 4) where the network has them. Serving uses ``logits``."""
         x = [(v - self.mean) * self.scale for v in rgb]
-        if hasattr(self.net, "heads"):
-            return self.net.heads(*x)
-        return {"logits": self.net(*x)}
+        heads = getattr(self.net, "heads", None)
+        return heads(*x) if heads is not None else {"logits": self.net(*x)}
 
     def forward(self, *rgb: torch.Tensor) -> torch.Tensor:
         z = self.logits(*rgb)

