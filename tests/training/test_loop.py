@@ -161,8 +161,9 @@ def test_bf16_mixed_precision_run_learns_and_keeps_fp32_weights(tmp_path, train_
 
 
 # bf16: the default AMLL recipe's; the weight average is resumed as well as the weights.
-# Not with coarse views (optim.consistency_weight): about one such run in 30 differs from
-# its repeats, resumed or not (docs/models.md), so the comparison would fail by chance.
+# Not with coarse views (optim.consistency_weight): without MKL's reproducible mode about one
+# such run in 30 differed from its repeats; with it (training/__init__.py) 180 of 180 agreed,
+# not yet enough runs to rule out a rare odd one, which would fail CI by chance (docs/models.md).
 @pytest.mark.parametrize(("precision", "ema_decay"), [("fp32", 0.9), ("bf16", 0.0)])
 def test_resume_after_a_kill_continues_where_it_stopped(tmp_path, train_cities, precision, ema_decay):
     cfg = _config(
