@@ -134,6 +134,7 @@ def halves(
             "label_px": labels,
             "image_px": pixels,
             "steps": record["steps"],
+            "stopped_at_deadline": record["stopped_at_deadline"],
             "seconds": record["seconds"],
         }
     return out
