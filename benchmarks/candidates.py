@@ -2,7 +2,8 @@
 checkpoint given is exported into a scratch store (as ``footprints export`` does) and one
 5000 x 5000 tile goes through the engine ``--backend auto`` picks, in-process at the
 manifest's plan window, with the default model's newest version on the same tile. Per
-model: MACs per output pixel at that plan (overlaps included), seconds per tile (the
+model: kMAC per output pixel of a 5000 x 5000 tile at that plan (overlaps and TTA included,
+as ``footprints report`` counts them), seconds per tile (the
 median of ``--repeats`` after a first, warming call) and the ratio to the default's.
 
 A recipe is only worth its score if the default's budget (1.5x its tile time, what
@@ -24,7 +25,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _report  # noqa: E402
-from engines import window_macs  # noqa: E402
 from frontend import make_tile  # noqa: E402
 
 
@@ -32,6 +32,7 @@ def tile_row(entry, tile: Path, repeats: int) -> dict:
     from service.engines import open_engine
     from service.rasters import RGBRaster
     from service.tiling.engine import TilingEngine
+    from training.report import tile_cost
 
     backend = open_engine(entry, "auto")
     engine = TilingEngine(backend)
@@ -42,14 +43,12 @@ def tile_row(entry, tile: Path, repeats: int) -> dict:
             t = time.perf_counter()
             engine.probabilities(src)
             times.append(time.perf_counter() - t)
-        pixels = src.height * src.width
-    macs = window_macs(entry, plan.window) * len(plan.windows)
     return {
         "model": f"{entry.name} v{entry.version}",
         "engine": type(backend).__name__,
         "window": plan.window,
         "windows": len(plan.windows),
-        "kmac_per_px": macs / pixels / 1e3,
+        "kmac_per_px": tile_cost(entry, engine)[1],
         "first_tile_s": times[0],
         "tile_s": statistics.median(times[1:]),
     }

@@ -201,7 +201,7 @@ def _recorded(entry: ModelEntry, names: set[str]) -> dict[str, Counts] | None:
     return {city: pooled(cs) for city, cs in sorted(by_city.items())}
 
 
-def _cost(entry: ModelEntry, engine: TilingEngine) -> tuple[int, float]:
+def tile_cost(entry: ModelEntry, engine: TilingEngine) -> tuple[int, float]:
     """Parameters, and MACs per output pixel of a 5000 x 5000 tile as the service cuts it."""
     model, _ = load_checkpoint(entry.verify("model.pt"))
     plan = engine.plan(TILE_SIDE, TILE_SIDE)
@@ -236,7 +236,7 @@ def build_report(
         engine = TilingEngine(open_engine(entry, "onnxruntime"))
         row = ModelRow(entry.name, entry.version, entry.manifest.network, tta=entry.geometry.tta)
         row.train_minutes = _train_minutes(entry, payload)
-        row.parameters, row.kmac_per_px = _cost(entry, engine)
+        row.parameters, row.kmac_per_px = tile_cost(entry, engine)
         recorded = None if rescore else _recorded(entry, {t.image.name for t in test_tiles})
         if recorded is not None:
             row.synthetic, row.synthetic_source = recorded, "recorded"

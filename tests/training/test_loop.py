@@ -324,11 +324,9 @@ def test_a_run_stops_at_its_deadline_saved_and_resumable(tmp_path, train_cities)
     # not take the run past --minutes. A deadline already past stops after the first step.
     import time
 
-    from training.config import config_from_dict
     from training.loop import train
 
-    raw = _config(tmp_path, schedule__steps_per_epoch=4, schedule__validate_every_steps=1000).read_text()
-    cfg = config_from_dict(yaml.safe_load(raw), "tiny")
+    cfg = load_config(_config(tmp_path, schedule__steps_per_epoch=4, schedule__validate_every_steps=1000))
     run = tmp_path / "run"
     meta = train(cfg, Root(train_cities), run, progress=False, deadline=time.monotonic())
     assert meta["step"] == 1 and meta["stopped_at_deadline"]
