@@ -80,6 +80,7 @@ def _segment(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         memory_budget_bytes=int(args.memory_budget_gb * 2**30) if args.memory_budget_gb else None,
         tta=args.tta,
+        tta_passes=args.tta_passes,
         dual_overlap=args.overlap,
     )
     opts = SegmentOptions(
@@ -112,6 +113,7 @@ def _segment_remote(args: argparse.Namespace) -> int:
                 threshold=args.threshold,
                 gsd_m=args.gsd,
                 tta=args.tta,
+                tta_passes=args.tta_passes,
                 probabilities=args.probabilities,
                 polygons=args.polygons,
                 overlay=args.overlay,
@@ -410,6 +412,10 @@ def build_parser(ext: Extensions | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--tta", action=argparse.BooleanOptionalAction, default=None,
         help="average over the 8 flips and rotations (default: the model's own setting, on for raisa)",
+    )  # fmt: skip
+    p.add_argument(
+        "--tta-passes", type=int, metavar="N",
+        help="TTA over 2 (the half turn), 4 (the quarter turns) or 8 passes; implies --tta",
     )  # fmt: skip
     _cut_and_resolution_args(p)
     p.add_argument("--device", help="cpu or cuda (default: cuda when present)")

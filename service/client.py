@@ -128,6 +128,7 @@ class FootprintsClient:
         threshold: float | None = None,
         gsd_m: float | None = None,
         tta: bool | None = None,
+        tta_passes: int | None = None,
         probabilities: str | Path | None = None,
         polygons: str | Path | None = None,
         overlay: str | Path | None = None,
@@ -159,6 +160,8 @@ class FootprintsClient:
             header.gsd_m = gsd_m
         if tta is not None:  # unset: the model's default
             header.tta = tta
+        if tta_passes is not None:  # unset: 8 where TTA is on
+            header.tta_passes = tta_passes
         if polygon is not None:
             header.polygon_options.CopyFrom(polygon_options_pb(polygon))
 

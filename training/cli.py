@@ -210,7 +210,7 @@ def _loao(args: argparse.Namespace) -> int:
         args.overlays,
         resolutions,
         fine,
-        tta=args.tta,
+        tta_passes=args.tta_passes or (8 if args.tta else 0),
     )
     print(table(results))
     if OBJECTS in results:
@@ -361,6 +361,7 @@ def register(sub: Any, extensions: Any) -> None:
     )  # fmt: skip
     p.add_argument("--fine-data", action="append", help="roots of the same tiles in finer real imagery (real-oam-z20)")
     p.add_argument("--tta", action="store_true", help="score with 8-pass test-time augmentation (8x the model time)")
+    p.add_argument("--tta-passes", type=int, metavar="N", help="score with N-pass test-time augmentation (2, 4 or 8)")
     p.set_defaults(func=_loao)
 
     p = sub.add_parser(

@@ -107,14 +107,14 @@ def leave_one_area_out(
     resolutions: Sequence[float] = (0.3,),
     fine: Sequence[Root] = (),
     cache: Path | None = None,
-    tta: bool = False,
+    tta_passes: int = 0,
 ) -> dict[str, Any]:
     """Per resolution and area: the held-out model's counts (and the comparison model's).
     Rows are labelled ``held out`` (and the comparison's) at 0.3 m, ``... at R m`` else.
     Several ``runs`` folders: each area is scored by the equal-weight average of their
     runs that held it out (an ensemble of independently trained runs), and only where
-    every folder has one. ``tta``: every window as the average of its 8 dihedral
-    passes, as a request asking for test-time augmentation is served."""
+    every folder has one. ``tta_passes`` (2, 4 or 8; 0: none): every window as the average
+    of that many dihedral passes, as a request asking for test-time augmentation is served."""
     runs = [runs] if isinstance(runs, Path) else list(runs)
     base = area_tiles(roots, same_area)
     cache = cache or Path(tempfile.mkdtemp(prefix="footprints-loao-"))
@@ -124,7 +124,7 @@ def leave_one_area_out(
     instances: dict[str, ObjectCounts] = {}
     for r in resolutions:
         rows, sweep, found, split = _one_resolution(
-            runs, at_resolution(base, r, fine, cache), compare, store, overlays if r == resolutions[0] else None, tta
+            runs, at_resolution(base, r, fine, cache), compare, store, overlays if r == resolutions[0] else None, tta_passes
         )
         suffix = "" if abs(r - 0.3) < 1e-9 else f" at {r:g} m"
         results.update({f"{label}{suffix}": cells for label, cells in rows.items()})
@@ -237,7 +237,7 @@ def held_out_threshold(results: dict[str, Any]) -> float:
     return choose_threshold(sweep)
 
 
-def _held_out_engine(runs: Sequence[Path], area: str, tta: bool = False) -> TilingEngine | None:
+def _held_out_engine(runs: Sequence[Path], area: str, tta_passes: int = 0) -> TilingEngine | None:
     """The engine that scores ``area``: its run in each of ``runs`` (averaged where
     several), or None where a folder lacks one."""
     paths = [r / f"loao-{area.split('+')[0]}" / "model.pt" for r in runs]
@@ -251,7 +251,8 @@ def _held_out_engine(runs: Sequence[Path], area: str, tta: bool = False) -> Tili
             raise ValueError(f"{run} did not hold out {area} (held out: {sorted(held)}); it cannot score that area")
         engines.append(TorchEngine(model, "cpu"))
     return TilingEngine(
-        engines[0] if len(engines) == 1 else EnsembleEngine.of(engines, f"loao-{area}"), EngineConfig(tta=tta or None)
+        engines[0] if len(engines) == 1 else EnsembleEngine.of(engines, f"loao-{area}"),
+        EngineConfig(tta_passes=tta_passes or None),
     )
 
 
@@ -261,7 +262,7 @@ def _one_resolution(
     compare: str | None,
     store: Path,
     overlays: Path | None,
-    tta: bool = False,
+    tta_passes: int = 0,
 ) -> tuple[dict[str, Any], dict[str, dict[float, Counts]], dict[str, ObjectCounts], dict[str, ObjectCounts]]:
     """Counts at 0.5 per area (held out, and the comparison model), and the held-out
     model's counts at every threshold and its buildings matched at 0.5 (components,
@@ -278,7 +279,7 @@ def _one_resolution(
         other = TilingEngine(open_engine(entry, "onnxruntime")), {}
         rows[f"{entry.name} v{entry.version}"] = other[1]
     for area, tiles in tqdm(areas.items(), desc="areas", unit="area"):
-        engine = _held_out_engine(runs, area, tta)
+        engine = _held_out_engine(runs, area, tta_passes)
         if engine is None:
             continue
         # As served: its plan window, its resolution; one overlay per held-out city.

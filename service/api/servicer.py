@@ -164,6 +164,7 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
                     window=header.window or None,
                     batch_size=self.limits.max_batch,
                     tta=header.tta if header.HasField("tta") else None,
+                    tta_passes=header.tta_passes if header.HasField("tta_passes") else None,
                     memory_budget_bytes=self.budget.total,
                     window_seconds=model.window_seconds,
                 )

@@ -17,7 +17,7 @@ from service._pb import footprints_pb2 as pb
 from service.api.convert import MAX_CHUNK_BYTES, georef_from_pb, polygon_options
 from service.errors import InputError, Undecodable, UploadStalled
 from service.rasters import RGBRaster, decode_options
-from service.tiling.engine import ArraySource, RasterSource
+from service.tiling.engine import ArraySource, RasterSource, tta_setting
 from service.urls import check_allowed
 
 STREAM_END_GRACE_S = 0.1
@@ -29,6 +29,7 @@ def check_header(h: pb.TileHeader, max_side: int, allowed_urls: Sequence[str] = 
     if h.HasField("threshold") and not 0.0 < h.threshold < 1.0:
         raise InputError(f"threshold must be in (0, 1), got {h.threshold}")
     polygon_options(h.polygon_options)
+    tta_setting(h.tta if h.HasField("tta") else None, h.tta_passes if h.HasField("tta_passes") else None)
     if h.mode not in pb.Mode.values():
         raise InputError(f"unknown mode {h.mode}; known: {', '.join(f'{k} ({v})' for k, v in pb.Mode.items())}")
     kind = h.WhichOneof("raster")

@@ -3,6 +3,7 @@ segmenting a real GeoTIFF into a georeferenced mask on a real gRPC server."""
 
 from __future__ import annotations
 
+import grpc
 import numpy as np
 import pytest
 import rasterio
@@ -48,8 +49,9 @@ def test_each_method_exports_with_parity_and_the_overlap_geometry(methods_store)
         assert entry.geometry.multiple == multiple and entry.geometry.tta == (name == "raisa")
 
 
-def _in_process(store, name, image, tta):
-    engine = TilingEngine(open_engine(ModelStore(store).get(name), "onnxruntime"), EngineConfig(window=256, tta=tta))
+def _in_process(store, name, image, tta, tta_passes=None):
+    config = EngineConfig(window=256, tta=tta, tta_passes=tta_passes)
+    engine = TilingEngine(open_engine(ModelStore(store).get(name), "onnxruntime"), config)
     with RGBRaster(image) as src:
         return np.where(engine.probabilities(src) >= 0.5, 255, 0).astype(np.uint8)
 
@@ -77,7 +79,18 @@ def test_each_method_segments_a_real_geotiff_through_grpc(methods_store, real_oa
             with rasterio.open(tmp_path / "plain.tif") as plain:
                 plain_mask = plain.read(1)
             assert np.array_equal(plain_mask, _in_process(methods_store, "raisa", image, tta=False))
-            assert not np.array_equal(plain_mask, _in_process(methods_store, "raisa", image, tta=True))
+            eight = _in_process(methods_store, "raisa", image, tta=True)
+            assert not np.array_equal(plain_mask, eight)
+            # Or ask for fewer passes (the quarter turns): the same answer as in-process.
+            client.segment_file(image, tmp_path / "four.tif", model="raisa", window=256, tta_passes=4, progress=False)
+            with rasterio.open(tmp_path / "four.tif") as four:
+                four_mask = four.read(1)
+            assert np.array_equal(four_mask, _in_process(methods_store, "raisa", image, tta=None, tta_passes=4))
+            assert not np.array_equal(four_mask, eight) and not np.array_equal(four_mask, plain_mask)
+            with pytest.raises(grpc.RpcError) as refused:
+                client.segment_file(image, tmp_path / "three.tif", model="raisa", tta_passes=3, progress=False)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "tta_passes must be one of 2, 4, 8, got 3" in refused.value.details()
     finally:
         server.stop()
 

@@ -309,10 +309,12 @@ def test_fine_tuning_a_pretrained_encoder_freezes_it_first_and_init_starts_from_
     both = leave_one_area_out([tmp_path, tmp_path / "again"], [Root(train_cities)], [])
     assert both["held out"]["ashford"] == results["held out"]["ashford"]
     assert "ashford" not in leave_one_area_out([tmp_path, tmp_path / "frozen"], [Root(train_cities)], [])["held out"]
-    # --tta: each window as the average of its 8 dihedral passes (what a request with tta gets).
+    # --tta / --tta-passes: each window as the average of its dihedral passes (what a
+    # request with tta gets).
     from training.loao import _held_out_engine
 
-    assert _held_out_engine([tmp_path], "ashford", tta=True).config.tta is True
+    four = _held_out_engine([tmp_path], "ashford", tta_passes=4).config
+    assert four.tta is True and four.tta_passes == 4
     assert _held_out_engine([tmp_path], "ashford").config.tta is None  # the model's own setting
     (tmp_path / "loao-brookline").symlink_to(tmp_path / "frozen")
     with pytest.raises(ValueError, match="did not hold out brookline"):

@@ -26,6 +26,8 @@ def test_headers_are_checked_before_any_byte_is_taken():
     for header, words in (
         (pb.TileHeader(threshold=1.5, geotiff=pb.GeoTiffInput(size_bytes=10)), "threshold must be in"),
         (pb.TileHeader(mode=9, geotiff=pb.GeoTiffInput(size_bytes=10)), "unknown mode 9"),
+        (pb.TileHeader(tta_passes=3, geotiff=pb.GeoTiffInput(size_bytes=10)), "tta_passes must be one of 2, 4, 8"),
+        (pb.TileHeader(tta=False, tta_passes=4, geotiff=pb.GeoTiffInput(size_bytes=10)), "with TTA turned off"),
         (_geotiff(0), "declared GeoTIFF size is 0"),
         (_geotiff(10**12), "exceeds the limit"),
         (raw_header(6000, 10), "exceeds the maximum side of 5000"),

@@ -8,7 +8,7 @@ import torch
 from service.engines.base import model_inputs
 from service.engines.pytorch import TorchEngine
 from service.errors import InputError
-from service.tiling.engine import ArraySource, EngineConfig, TilingEngine
+from service.tiling.engine import ArraySource, EngineConfig, TilingEngine, dihedral, undo_dihedral
 from service.tiling.geometry import DualWindows, OverlapWindows
 from service.tiling.plans import DualWindowPlan, LargeWindowPlan, grid_offsets, ramp
 from training.networks.model import SegmentationModel
@@ -185,6 +185,36 @@ def test_tta_inverts_its_transforms(amll):
     assert np.abs(p8 - p0).max() > 1e-4
     # Averaging 8 views of the same pixel smooths the random network's answer.
     assert p8.std() < p0.std()
+
+
+class Turned(TorchEngine):
+    """The network on every window turned by the ``t``-th symmetry, its answer turned back."""
+
+    def __init__(self, model, t):
+        super().__init__(model, "cpu")
+        self.t = t
+
+    def infer(self, inputs):
+        out = super().infer([np.ascontiguousarray(dihedral(x, self.t)) for x in inputs])
+        return np.ascontiguousarray(undo_dihedral(out, self.t))
+
+
+def test_fewer_tta_passes_average_the_half_or_quarter_turns(amll):
+    rgb = _raster(150, 170, seed=7)
+
+    def probabilities(backend, **tta):
+        return TilingEngine(backend, EngineConfig(window=252, **tta)).probabilities(ArraySource(rgb))
+
+    turned = {t: probabilities(Turned(amll, t)) for t in range(4)}
+    assert min(np.abs(turned[t] - turned[0]).max() for t in (1, 2, 3)) > 1e-4  # each turn answers differently
+    unet = TorchEngine(amll, "cpu")
+    np.testing.assert_allclose(probabilities(unet, tta_passes=2), (turned[0] + turned[2]) / 2, atol=1e-6)
+    np.testing.assert_allclose(probabilities(unet, tta_passes=4), sum(turned.values()) / 4, atol=1e-6)
+    assert EngineConfig(tta_passes=4).tta is True  # passes alone ask for TTA
+    with pytest.raises(InputError, match="tta_passes must be one of 2, 4, 8, got 3"):
+        EngineConfig(tta_passes=3)
+    with pytest.raises(InputError, match="given with TTA turned off"):
+        EngineConfig(tta=False, tta_passes=4)
 
 
 def test_memory_budget_caps_windows_in_flight():
