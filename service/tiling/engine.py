@@ -79,7 +79,7 @@ class ArraySource:
 # The symmetries a TTA of n passes averages: the first n of this order, so that every
 # choice is a group (each pass's inverse is in it, and no direction is favoured): 2 = the
 # half turn, 4 = the quarter turns, 8 = those and their mirror images. On effnet v3's
-# held-out runs 4 passes kept 90 % of the 8 passes' gain (docs/serving.md).
+# held-out runs 4 passes kept 88-90 % of the 8 passes' gain (docs/models.md).
 TTA_ORDER = (0, 2, 1, 3, 4, 6, 5, 7)
 TTA_CHOICES = (2, 4, 8)
 
