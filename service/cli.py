@@ -125,7 +125,8 @@ def _segment_remote(args: argparse.Namespace) -> int:
     if s is None:
         raise InputError(f"server {args.server} ended the stream without a tile summary")
     print(
-        f"{PurePosixPath(str(args.image)).name}: {s.width}x{s.height} by {s.model} v{s.model_version} ({s.backend} {s.precision}), {s.windows} windows of "
+        f"{PurePosixPath(str(args.image)).name}: {s.width}x{s.height} by {s.model} v{s.model_version} ({s.backend} {s.precision}"
+        f"{f', TTA over {s.tta_passes} passes' if s.tta_passes > 1 else ''}), {s.windows} windows of "
         f"{s.window} px, building share {s.building_share:.4f}, {s.timings.total_seconds:.1f} s; mask {args.output}"
     )
     return 0

@@ -202,6 +202,7 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
                         ground_resolution_m=run.ground_m,
                         resample_factor=run.factor,
                         threshold=run.threshold,
+                        tta_passes=engine.tta_passes,
                         timings=pb.Timings(
                             receive_seconds=t_received - t0,
                             segment_seconds=t_done - t_received,

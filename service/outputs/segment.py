@@ -77,6 +77,7 @@ def segment_file(
         "ground_resolution_m": run.ground_m,
         "resample_factor": run.factor,
         "threshold": run.threshold,
+        "tta_passes": engine.tta_passes,
         "seconds": run.seconds,
         "width": grid["width"],
         "height": grid["height"],

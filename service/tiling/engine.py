@@ -202,6 +202,12 @@ class TilingEngine:
             return geometry.plan(height, width, geometry.default_window(self.model.device), True, cfg.dual_overlap)
         return best[1]
 
+    @property
+    def tta_passes(self) -> int:
+        """Passes averaged per window: 1 without TTA (what a tile summary reports)."""
+        tta = self.model.geometry.tta if self.config.tta is None else self.config.tta
+        return (self.config.tta_passes or 8) if tta else 1
+
     def windows_in_flight(self, window: int) -> int:
         """How many windows may run at once under the memory budget (at least 1, or an error)."""
         budget = self.config.memory_budget_bytes or half_the_ram()
@@ -223,10 +229,9 @@ class TilingEngine:
             waits = [submit(c) for c in chunks]
             return lambda: np.concatenate([w() for w in waits])
 
-        tta = self.model.geometry.tta if self.config.tta is None else self.config.tta
-        if not tta:
+        if self.tta_passes == 1:
             return start(inputs)
-        turns = sorted(TTA_ORDER[: self.config.tta_passes or 8])  # summed in one order for every choice
+        turns = sorted(TTA_ORDER[: self.tta_passes])  # summed in one order for every choice
         passes = [(t, start([dihedral(x, t) for x in inputs] if t else inputs)) for t in turns]
 
         def averaged() -> np.ndarray:

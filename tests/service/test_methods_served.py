@@ -69,6 +69,7 @@ def test_each_method_segments_a_real_geotiff_through_grpc(methods_store, real_oa
                 out = tmp_path / f"{name}.tif"
                 result = client.segment_file(image, out, model=name, window=256, progress=False)
                 assert result.summary.model == name and result.summary.windows >= 4
+                assert result.summary.tta_passes == (8 if name == "raisa" else 1)
                 with rasterio.open(out) as mask, rasterio.open(image) as src:
                     assert (mask.crs, mask.transform, mask.shape) == (src.crs, src.transform, src.shape)
                     got = mask.read(1)
@@ -82,7 +83,8 @@ def test_each_method_segments_a_real_geotiff_through_grpc(methods_store, real_oa
             eight = _in_process(methods_store, "raisa", image, tta=True)
             assert not np.array_equal(plain_mask, eight)
             # Or ask for fewer passes (the quarter turns): the same answer as in-process.
-            client.segment_file(image, tmp_path / "four.tif", model="raisa", window=256, tta_passes=4, progress=False)
+            four_run = client.segment_file(image, tmp_path / "four.tif", model="raisa", window=256, tta_passes=4, progress=False)
+            assert four_run.summary.tta_passes == 4
             with rasterio.open(tmp_path / "four.tif") as four:
                 four_mask = four.read(1)
             assert np.array_equal(four_mask, _in_process(methods_store, "raisa", image, tta=None, tta_passes=4))

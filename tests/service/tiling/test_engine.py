@@ -211,6 +211,8 @@ def test_fewer_tta_passes_average_the_half_or_quarter_turns(amll):
     np.testing.assert_allclose(probabilities(unet, tta_passes=2), (turned[0] + turned[2]) / 2, atol=1e-6)
     np.testing.assert_allclose(probabilities(unet, tta_passes=4), sum(turned.values()) / 4, atol=1e-6)
     assert EngineConfig(tta_passes=4).tta is True  # passes alone ask for TTA
+    # What a tile summary reports: the passes averaged per window.
+    assert [TilingEngine(unet, EngineConfig(**tta)).tta_passes for tta in ({}, {"tta": True}, {"tta_passes": 2})] == [1, 8, 2]
     with pytest.raises(InputError, match="tta_passes must be one of 2, 4, 8, got 3"):
         EngineConfig(tta_passes=3)
     with pytest.raises(InputError, match="given with TTA turned off"):
