@@ -191,6 +191,8 @@ def _batch(args: argparse.Namespace) -> int:
         polygon=polygon_args(args),
         gsd_m=args.gsd,
         threshold=args.threshold,
+        tta=args.tta,
+        tta_passes=args.tta_passes,
     )
     o = run_batch(args.input, args.out, job, args.workers, args.ray_address, args.dashboard)
     rate = f", {o.megapixels / o.seconds:.1f} Mpx/s" if o.done else ""
@@ -218,6 +220,18 @@ def _cut_and_resolution_args(p: argparse.ArgumentParser) -> None:
         "--gsd", type=float, metavar="M",
         help="metres on the ground per pixel, for a raster without georeference or to override it "
         "(default: from the georeference; the raster is resampled to the model's resolution)",
+    )  # fmt: skip
+
+
+def _tta_args(p: argparse.ArgumentParser) -> None:
+    """Test-time augmentation: segment and batch take both."""
+    p.add_argument(
+        "--tta", action=argparse.BooleanOptionalAction, default=None,
+        help="average over the 8 flips and rotations (default: the model's own setting, on for raisa)",
+    )  # fmt: skip
+    p.add_argument(
+        "--tta-passes", type=int, metavar="N",
+        help="TTA over 2 (the half turn), 4 (the quarter turns) or 8 passes; implies --tta",
     )  # fmt: skip
 
 
@@ -410,14 +424,7 @@ def build_parser(ext: Extensions | None = None) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1, help="windows per model call (capped by the memory budget)")
     p.add_argument("--memory-budget-gb", type=float, help="cap on the memory windows in flight may take (default: half the RAM)")
     p.add_argument("--overlap", type=int, default=64, help="dual: px of overlap blended between windows")
-    p.add_argument(
-        "--tta", action=argparse.BooleanOptionalAction, default=None,
-        help="average over the 8 flips and rotations (default: the model's own setting, on for raisa)",
-    )  # fmt: skip
-    p.add_argument(
-        "--tta-passes", type=int, metavar="N",
-        help="TTA over 2 (the half turn), 4 (the quarter turns) or 8 passes; implies --tta",
-    )  # fmt: skip
+    _tta_args(p)
     _cut_and_resolution_args(p)
     p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     p.add_argument("--probabilities", type=Path, help="also write probabilities (uint8 0-255) here")
@@ -530,6 +537,7 @@ def build_parser(ext: Extensions | None = None) -> argparse.ArgumentParser:
     p.add_argument("--probabilities", action="store_true", help="also write probability GeoTIFFs")
     _polygon_args(p)
     _cut_and_resolution_args(p)
+    _tta_args(p)
     p.add_argument("--gt", type=Path, help="reference masks (same names): print the benchmark's per-city table")
     p.set_defaults(func=_batch)
 

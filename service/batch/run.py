@@ -100,7 +100,7 @@ def run_batch(
         workers = workers or int(ray.cluster_resources().get("CPU", 1))
     try:
         entry = ModelStore(job.store).find(job.model)
-        model = f"{entry.name}:{entry.version}"  # what the ledger checks finished tiles against
+        model = job.made_by(entry)  # what the ledger checks finished tiles against
         ledger = Ledger(out)
         # Done: this model version, this input, every output intact, the city layer's pieces among them.
         finished = {

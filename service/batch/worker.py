@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import rasterio
@@ -18,8 +18,8 @@ from service.batch.inputs import TileInput
 from service.engines import open_engine
 from service.outputs.polygons import PolygonOptions, finish_polygons
 from service.outputs.segment import SegmentOptions, segment_file
-from service.store.repository import ModelStore, file_sha256
-from service.tiling.engine import EngineConfig, TilingEngine
+from service.store.repository import ModelEntry, ModelStore, file_sha256
+from service.tiling.engine import EngineConfig, TilingEngine, tta_setting
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,28 @@ class Job:
     polygon: PolygonOptions = PolygonOptions()
     gsd_m: float | None = None  # metres per pixel of tiles without (or with a wrong) georeference
     threshold: float | None = None  # None: the model version's
+    tta: bool | None = None  # None: the model's own setting
+    tta_passes: int | None = None  # 2, 4 or 8 (None: 8 where TTA is on)
     cores: list[int] | None = None  # pin the worker to these cores (one machine, workers <= cores)
+
+    def __post_init__(self) -> None:
+        tta_setting(self.tta, self.tta_passes)  # refused before any worker starts
+
+    def made_by(self, entry: ModelEntry) -> str:
+        """What the ledger records a finished tile was made with: the model version and,
+        where not the default, every setting that changes a tile's outputs, so that a rerun
+        with other settings redoes the tiles instead of keeping the old ones."""
+        settings = {
+            "threshold": self.threshold,
+            "gsd_m": self.gsd_m,
+            "tta": self.tta,
+            "tta_passes": self.tta_passes,
+            "probabilities": self.probabilities or None,
+            "polygon": asdict(self.polygon) if self.polygon != PolygonOptions() else None,
+        }
+        changed = {k: v for k, v in settings.items() if v is not None}
+        model = f"{entry.name}:{entry.version}"
+        return f"{model} {json.dumps(changed, sort_keys=True)}" if changed else model
 
 
 def mask_frame(mask: Path) -> tuple[str | None, shapely.Geometry]:
@@ -85,8 +106,10 @@ class TileSegmenter:
         self.entry = ModelStore(job.store).find(job.model)
         self.job = job
         backend = open_engine(self.entry, job.backend, precision=job.precision)
-        self.engine = TilingEngine(backend, EngineConfig(window=job.window, memory_budget_bytes=job.memory_budget_bytes))
-        self.model = f"{self.entry.name}:{self.entry.version}"
+        config = EngineConfig(
+            window=job.window, memory_budget_bytes=job.memory_budget_bytes, tta=job.tta, tta_passes=job.tta_passes
+        )
+        self.engine = TilingEngine(backend, config)
 
     def pid(self) -> int:
         return os.getpid()

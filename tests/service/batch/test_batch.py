@@ -73,8 +73,9 @@ def city(tmp_path_factory):
     return folder
 
 
-def _expected(store, image: Path) -> np.ndarray:
-    engine = TilingEngine(open_engine(ModelStore(store).get("amll"), "onnxruntime"), EngineConfig(window=252))
+def _expected(store, image: Path, tta_passes: int | None = None) -> np.ndarray:
+    config = EngineConfig(window=252, tta_passes=tta_passes)
+    engine = TilingEngine(open_engine(ModelStore(store).get("amll"), "onnxruntime"), config)
     with RGBRaster(image) as src:
         return np.where(engine.probabilities(src) >= 0.5, 255, 0).astype(np.uint8)
 
@@ -248,6 +249,11 @@ def test_an_interrupted_run_resumes_with_only_what_is_missing_or_stale(store, ci
     done = run_cli("batch", "--input", str(city), "--out", str(out), "--store", str(store), *ARGS)
     assert "2 tiles segmented, 4 already done" in done.stdout, done.stdout
     assert np.array_equal(_mask(out, "town2"), _expected(store, city / "town2.tif"))
+    # Other settings make other outputs: a rerun with 2-pass TTA redoes every tile.
+    done = run_cli("batch", "--input", str(city), "--out", str(out), "--store", str(store), *ARGS, "--tta-passes", "2")
+    assert "6 tiles segmented, 0 already done" in done.stdout, done.stdout
+    assert np.array_equal(_mask(out, "town3"), _expected(store, city / "town3.tif", tta_passes=2))
+    assert not np.array_equal(_mask(out, "town3"), _expected(store, city / "town3.tif"))
 
 
 def test_bad_tiles_are_reported_and_do_not_stop_the_others(store, city, tmp_path):
