@@ -206,8 +206,7 @@ def tile_cost(entry: ModelEntry, engine: TilingEngine) -> tuple[int, float]:
     model, _ = load_checkpoint(entry.verify("model.pt"))
     plan = engine.plan(TILE_SIDE, TILE_SIDE)
     macs = window_cost(model, tuple((1, 3, side, side) for side in entry.geometry.input_sides(plan.window)))["macs"]
-    passes = 8 if entry.geometry.tta else 1
-    return sum(p.numel() for p in model.parameters()), macs * len(plan.windows) * passes / TILE_SIDE**2 / 1e3
+    return sum(p.numel() for p in model.parameters()), macs * len(plan.windows) * engine.tta_passes / TILE_SIDE**2 / 1e3
 
 
 def _time_tile(engine: TilingEngine) -> float:
