@@ -59,12 +59,15 @@ def segment_file(
         ground = raster_resolution(src.crs, src.transform, src.width, src.height, opts.gsd_m)
         sinks: list[RowSink] = []  # opened once the plan stands: bad windows fail before any file is
         run = TileRun(engine, src, sinks, opts.threshold, ground)
-        sinks.append(GeoTiffRows(out, **grid))
-        if opts.probabilities:
-            sinks.append(GeoTiffRows(opts.probabilities, **grid, probabilities=True))
-        plane = MaskPlane(src.width, src.height, probabilities=True) if opts.polygons else None
-        if plane is not None:
-            sinks.append(plane)  # buildings and their confidence come from the whole tile
+        # Creating the output files is part of encoding them (a busy disk stalls it), so
+        # the tile's stages still add up to its time.
+        with run.stages("encode"):
+            sinks.append(GeoTiffRows(out, **grid))
+            if opts.probabilities:
+                sinks.append(GeoTiffRows(opts.probabilities, **grid, probabilities=True))
+            plane = MaskPlane(src.width, src.height, probabilities=True) if opts.polygons else None
+            if plane is not None:
+                sinks.append(plane)  # buildings and their confidence come from the whole tile
         run.sinks = sinks
         run.run(progress)
         plan = run.plan

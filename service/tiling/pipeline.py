@@ -93,7 +93,7 @@ class TileRun:
             # The model sees the raster at its own resolution; rows come back to the raster's grid.
             with self.stages("resample"):
                 self.model_source = ArraySource(resample_image(source.read_full(), shape))
-            self.back = BackToRaster((source.height, source.width), shape)
+                self.back = BackToRaster((source.height, source.width), shape)
         self.building = 0
 
     @property
