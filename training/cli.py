@@ -185,6 +185,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _loao(args: argparse.Namespace) -> int:
+    from service.tiling.engine import TTA_DEFAULT_PASSES
     from training.data.sources import parse_root
     from training.loao import (
         OBJECTS,
@@ -210,7 +211,7 @@ def _loao(args: argparse.Namespace) -> int:
         args.overlays,
         resolutions,
         fine,
-        tta_passes=args.tta_passes or (8 if args.tta else 0),
+        tta_passes=args.tta_passes or (TTA_DEFAULT_PASSES if args.tta else 0),
     )
     print(table(results))
     if OBJECTS in results:

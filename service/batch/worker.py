@@ -37,7 +37,7 @@ class Job:
     gsd_m: float | None = None  # metres per pixel of tiles without (or with a wrong) georeference
     threshold: float | None = None  # None: the model version's
     tta: bool | None = None  # None: the model's own setting
-    tta_passes: int | None = None  # 2, 4 or 8 (None: 8 where TTA is on)
+    tta_passes: int | None = None  # 2, 4 or 8 (None: TTA_DEFAULT_PASSES where TTA is on)
     cores: list[int] | None = None  # pin the worker to these cores (one machine, workers <= cores)
 
     def __post_init__(self) -> None:

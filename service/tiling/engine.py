@@ -82,6 +82,7 @@ class ArraySource:
 # held-out runs 4 passes kept 88-90 % of the 8 passes' gain (docs/models.md).
 TTA_ORDER = (0, 2, 1, 3, 4, 6, 5, 7)
 TTA_CHOICES = (2, 4, 8)
+TTA_DEFAULT_PASSES = 8  # TTA asked for without a count: every symmetry
 
 
 def tta_setting(tta: bool | None, passes: int | None) -> bool | None:
@@ -107,7 +108,7 @@ class EngineConfig:
     batch_size: int = 1
     memory_budget_bytes: int | None = None
     tta: bool | None = None  # None: the model's own setting (its geometry's)
-    # Passes a TTA averages (2, 4 or 8; None: 8). Setting it asks for TTA.
+    # Passes a TTA averages (2, 4 or 8; None: TTA_DEFAULT_PASSES). Setting it asks for TTA.
     tta_passes: int | None = None
     dual_overlap: int = DUAL_OVERLAP
     window_seconds: dict[int, float] = field(default_factory=dict)
@@ -206,7 +207,7 @@ class TilingEngine:
     def tta_passes(self) -> int:
         """Passes averaged per window: 1 without TTA (what a tile summary reports)."""
         tta = self.model.geometry.tta if self.config.tta is None else self.config.tta
-        return (self.config.tta_passes or 8) if tta else 1
+        return (self.config.tta_passes or TTA_DEFAULT_PASSES) if tta else 1
 
     def windows_in_flight(self, window: int) -> int:
         """How many windows may run at once under the memory budget (at least 1, or an error)."""
